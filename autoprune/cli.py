@@ -1,0 +1,212 @@
+"""The ``autoprune`` command line. Every user error is one line on stderr and a non-zero exit."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from autoprune.errors import AutopruneError
+
+EXIT_USAGE = 2
+
+
+def default_threads() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def resolve_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise AutopruneError(f"device '{name}' requested but CUDA is not available")
+    return name
+
+
+def _add_runtime(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    p.add_argument("--threads", type=int, default=default_threads(), help="torch threads (default: CPUs available)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _data_root(arg: str | None) -> str | None:
+    return arg or os.environ.get("AUTOPRUNE_DATA")
+
+
+def cmd_train_base(args: argparse.Namespace) -> None:
+    import torch
+
+    from autoprune import checkpoint
+    from autoprune.data import DataSpec, load_data
+    from autoprune.measure import torch_threads
+    from autoprune.models import ModelSpec, build_model
+    from autoprune.train import TrainConfig, evaluate, train
+
+    data = load_data(DataSpec(args.dataset, _data_root(args.data_root), args.val_fraction, args.seed,
+                              args.image_size, args.download))
+    spec = ModelSpec(args.model, data.num_classes, data.input_shape[0])
+    device = resolve_device(args.device)
+    torch.manual_seed(args.seed)
+    model = build_model(spec)
+    loader = data.loader("train", args.batch_size, shuffle=True, augment=True, seed=args.seed, device=device,
+                         max_samples=args.max_train_samples)
+    val = data.loader("val", 256, device=device)
+    print(f"training {args.model} on {args.dataset}: {len(data.train)} train / {len(data.val)} val images, "
+          f"{args.epochs} epochs, device {device}, {args.threads} threads")
+    start = time.perf_counter()
+
+    def log(epoch: int, loss: float) -> None:
+        print(f"  epoch {epoch:3d}  loss {loss:.4f}  val_accuracy {evaluate(model, val, device):.4f}", flush=True)
+        model.train()
+
+    with torch_threads(args.threads):
+        train(model, loader, TrainConfig(epochs=args.epochs, lr=args.lr, seed=args.seed), device=device, on_epoch=log)
+        metrics = {"val_accuracy": evaluate(model, val, device),
+                   "test_accuracy": evaluate(model, data.loader("test", 256, device=device), device),
+                   "epochs": args.epochs, "train_seconds": round(time.perf_counter() - start, 1)}
+    checkpoint.save(checkpoint.from_model(model, spec, data.spec, data.input_shape, data.preprocess(), metrics),
+                    args.out)
+    print(f"saved {args.out}: val_accuracy {metrics['val_accuracy']:.4f}, test_accuracy {metrics['test_accuracy']:.4f}")
+
+
+def cmd_groups(args: argparse.Namespace) -> None:
+    from autoprune import checkpoint
+    from autoprune.policy import Policy, discover
+
+    ckpt = checkpoint.load(args.base)
+    model = ckpt.build(args.base)
+    groups = discover(model, ckpt.example_input)
+    print(f"{'group':32s} {'channels':>8s} {'MACs share':>10s}  members")
+    for g in groups:
+        print(f"{g.name:32s} {g.channels:8d} {g.macs_share:10.3f}  {len(g.members)} layers")
+    if args.write_policy:
+        Policy.uniform(groups, args.ratio, criterion=args.criterion).save(args.write_policy)
+        print(f"wrote {args.write_policy}: ratio {args.ratio} for every group, criterion {args.criterion}")
+
+
+def cmd_prune(args: argparse.Namespace) -> None:
+    from autoprune import checkpoint
+    from autoprune.data import load_data
+    from autoprune.policy import Policy
+    from autoprune.trial import TrialSettings, run_trial
+
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    policy = Policy.load(args.policy)
+    base = checkpoint.load(args.base)
+    model = base.build(args.base)
+    data_spec = base.data_spec
+    if args.data_root or (data_spec.dataset != "embedded" and data_spec.root is None):
+        data_spec = type(data_spec)(**{**data_spec.to_dict(), "root": _data_root(args.data_root)})
+    data = load_data(data_spec)
+    timings["load"] = round(time.perf_counter() - start, 3)
+    settings = TrialSettings(finetune_epochs=args.finetune_epochs, lr=args.lr, kd=args.kd, steps=args.steps,
+                             batch_size=args.batch_size, latency_batch_size=args.latency_batch_size,
+                             threads=args.threads, device=resolve_device(args.device), seed=args.seed)
+    print(f"pruning {base.model_spec.arch} with criterion '{policy.criterion}' "
+          f"({'iterative, %d steps' % args.steps if args.steps > 1 else 'one-shot'}), "
+          f"fine-tuning {args.finetune_epochs} epochs{' with KD' if args.kd else ''}")
+    result = run_trial(model, data, policy, settings,
+                       on_epoch=lambda e, acc: print(f"  fine-tune epoch {e}: val_accuracy {acc:.4f}", flush=True))
+    timings.update(result.seconds)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = checkpoint.from_model(result.model, base.model_spec, data_spec, data.input_shape, data.preprocess(),
+                                 result.pruned)
+    with_save = time.perf_counter()
+    checkpoint.save(ckpt, out / "pruned.pt")
+    policy.save(out / "policy.json")
+    timings["save"] = round(time.perf_counter() - with_save, 3)
+    report = {**result.to_dict(), "seconds": timings, "policy": policy.to_dict(), "settings": settings.to_dict()}
+    (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(format_comparison(report))
+    print(f"wrote {out / 'pruned.pt'}, {out / 'metrics.json'}, {out / 'policy.json'}")
+
+
+def format_comparison(report: dict[str, Any]) -> str:
+    """Base vs pruned as an aligned table."""
+    b, p = report["base"], report["pruned"]
+    rows = [("val accuracy", f"{b['val_accuracy']:.4f}", f"{p['val_accuracy']:.4f}", ""),
+            ("test accuracy", f"{b['test_accuracy']:.4f}", f"{p['test_accuracy']:.4f}", ""),
+            ("params", f"{b['params']:,}", f"{p['params']:,}", f"{p['params'] / b['params']:.2f}x"),
+            ("size (KB)", f"{b['size_bytes'] / 1024:.1f}", f"{p['size_bytes'] / 1024:.1f}",
+             f"{p['size_bytes'] / b['size_bytes']:.2f}x"),
+            ("MACs", f"{b['macs']:,}", f"{p['macs']:,}", f"{p['macs'] / b['macs']:.2f}x"),
+            ("latency (ms)", f"{b['latency_ms']:.3f} ±{b['latency_iqr_ms']:.3f}",
+             f"{p['latency_ms']:.3f} ±{p['latency_iqr_ms']:.3f}", f"speedup {report['speedup']:.2f}x")]
+    lines = [f"{'':16s}{'base':>22s}{'pruned':>22s}  ratio"]
+    lines += [f"{name:16s}{bv:>22s}{pv:>22s}  {r}" for name, bv, pv, r in rows]
+    s = report["seconds"]
+    lines.append("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in s.items()))
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="autoprune", description="Search per-layer structural pruning policies.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train-base", help="train a base model and save its checkpoint")
+    p.add_argument("--model", default="resnet20", help="resnet20|32|56, vgg11_bn, vgg16_bn, torchvision:NAME, pkg.mod:fn")
+    p.add_argument("--dataset", default="embedded", help="embedded, fashionmnist, mnist, cifar10, imagefolder")
+    p.add_argument("--data-root", help="dataset root in torchvision's layout (default: $AUTOPRUNE_DATA)")
+    p.add_argument("--download", action="store_true", help="let torchvision download the dataset")
+    p.add_argument("--image-size", type=int, default=32, help="ImageFolder images are resized to this")
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--epochs", type=float, default=10)
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--max-train-samples", type=int, help="train on the first N training images only")
+    p.add_argument("--out", required=True, help="checkpoint path to write")
+    _add_runtime(p)
+    p.set_defaults(func=cmd_train_base)
+
+    p = sub.add_parser("groups", help="list a model's prunable groups (the keys of a policy)")
+    p.add_argument("--base", required=True, help="base checkpoint")
+    p.add_argument("--write-policy", metavar="PATH", help="also write a uniform policy over every group")
+    p.add_argument("--ratio", type=float, default=0.5, help="ratio for --write-policy")
+    p.add_argument("--criterion", default="l1", help="criterion for --write-policy")
+    p.set_defaults(func=cmd_groups)
+
+    p = sub.add_parser("prune", help="prune a base checkpoint to one policy, fine-tune and measure it")
+    p.add_argument("--base", required=True, help="base checkpoint from 'autoprune train-base'")
+    p.add_argument("--policy", required=True, help="policy JSON")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--finetune-epochs", type=float, default=1.0)
+    p.add_argument("--kd", action="store_true", help="distil from the unpruned model while fine-tuning")
+    p.add_argument("--steps", type=int, default=1, help="iterative pruning in K steps (default: one-shot)")
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--latency-batch-size", type=int, default=32)
+    p.add_argument("--data-root", help="dataset root, if not the one recorded in the checkpoint")
+    _add_runtime(p)
+    p.set_defaults(func=cmd_prune)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except AutopruneError as e:
+        print(f"autoprune: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("autoprune: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # never a traceback for the user; AUTOPRUNE_DEBUG=1 shows it
+        if os.environ.get("AUTOPRUNE_DEBUG"):
+            raise
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        print(f"autoprune: internal error: {type(e).__name__}: {detail} (AUTOPRUNE_DEBUG=1 shows the traceback)",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

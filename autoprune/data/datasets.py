@@ -1,0 +1,202 @@
+"""Image-classification datasets held in memory as uint8 tensors, with a seeded validation split.
+
+Sources: the embedded Fashion-MNIST subset shipped in the package (no files needed), and
+torchvision's FashionMNIST, MNIST, CIFAR10 and ImageFolder from a local root. Nothing is ever
+downloaded unless ``download=True``.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from autoprune.errors import AutopruneError
+
+EMBEDDED_FILE = Path(__file__).parent / "embedded" / "fashionmnist_subset.npz"
+DATASETS = ("embedded", "fashionmnist", "mnist", "cifar10", "imagefolder")
+# Files torchvision needs under the root, named in the error when they are missing.
+EXPECTED = {
+    "fashionmnist": "FashionMNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte",
+    "mnist": "MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte",
+    "cifar10": "cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}",
+    "imagefolder": "train/<class>/*.png|jpg and test/<class>/*.png|jpg",
+}
+# Flipping a digit makes another symbol; clothes and objects stay what they are.
+FLIP_OK = {"embedded": True, "fashionmnist": True, "mnist": False, "cifar10": True, "imagefolder": True}
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Which data to load and how to split it; stored in checkpoints so a run can reload it."""
+
+    dataset: str = "embedded"
+    root: str | None = None
+    val_fraction: float = 0.1
+    seed: int = 0
+    image_size: int = 32  # ImageFolder images are resized to this
+    download: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DataSpec":
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+@dataclass
+class Split:
+    images: torch.Tensor  # uint8, N x C x H x W
+    labels: torch.Tensor  # int64, N
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class ImageData:
+    """Train / validation / test splits plus the normalisation computed on the training split."""
+
+    spec: DataSpec
+    train: Split
+    val: Split
+    test: Split
+    num_classes: int
+    mean: list[float]
+    std: list[float]
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.train.images.shape[1:])  # type: ignore[return-value]
+
+    def loader(self, split: str, batch_size: int = 128, *, shuffle: bool = False, augment: bool = False,
+               seed: int = 0, max_samples: int | None = None, device: str | torch.device = "cpu") -> "TensorLoader":
+        data = {"train": self.train, "val": self.val, "test": self.test}[split]
+        if max_samples is not None:
+            data = Split(data.images[:max_samples], data.labels[:max_samples])
+        flip = augment and FLIP_OK[self.spec.dataset]
+        return TensorLoader(data, self.mean, self.std, batch_size, shuffle=shuffle,
+                            crop_pad=(data.images.shape[-1] // 8) if augment else 0, flip=flip, seed=seed, device=device)
+
+    def preprocess(self) -> dict[str, list[float]]:
+        return {"mean": list(self.mean), "std": list(self.std)}
+
+
+class TensorLoader:
+    """Batches of normalised float images from in-memory uint8 tensors, with optional crop/flip augmentation.
+
+    Iterating yields ``(inputs, targets)``; each pass reshuffles with a seeded generator.
+    """
+
+    def __init__(self, data: Split, mean: list[float], std: list[float], batch_size: int, *, shuffle: bool = False,
+                 crop_pad: int = 0, flip: bool = False, seed: int = 0, device: str | torch.device = "cpu") -> None:
+        if len(data) == 0:
+            raise AutopruneError("cannot make a loader over an empty split")
+        self.data, self.batch_size, self.shuffle = data, batch_size, shuffle
+        self.crop_pad, self.flip, self.device = crop_pad, flip, torch.device(device)
+        self.mean = torch.tensor(mean).view(1, -1, 1, 1)
+        self.std = torch.tensor(std).view(1, -1, 1, 1)
+        self._generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return (len(self.data) + self.batch_size - 1) // self.batch_size
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.data)
+        order = torch.randperm(n, generator=self._generator) if self.shuffle else torch.arange(n)
+        for start in range(0, n, self.batch_size):
+            idx = order[start:start + self.batch_size]
+            x = self.data.images[idx]
+            if self.crop_pad:
+                x = self._random_crop(x)
+            if self.flip:
+                mirror = torch.rand(len(idx), generator=self._generator) < 0.5
+                x = torch.where(mirror.view(-1, 1, 1, 1), x.flip(-1), x)
+            x = (x.float() / 255.0 - self.mean) / self.std
+            yield x.to(self.device, non_blocking=True), self.data.labels[idx].to(self.device, non_blocking=True)
+
+    def _random_crop(self, x: torch.Tensor) -> torch.Tensor:
+        p, (h, w) = self.crop_pad, x.shape[-2:]
+        padded = torch.nn.functional.pad(x, (p, p, p, p))
+        dy, dx = torch.randint(0, 2 * p + 1, (2,), generator=self._generator).tolist()
+        return padded[..., dy:dy + h, dx:dx + w]
+
+
+def load_data(spec: DataSpec) -> ImageData:
+    """Load ``spec.dataset`` into memory, carve the validation split and compute normalisation."""
+    if spec.dataset not in DATASETS:
+        raise AutopruneError(f"unknown dataset '{spec.dataset}': use one of {', '.join(DATASETS)}")
+    if not 0.0 < spec.val_fraction < 1.0:
+        raise AutopruneError(f"val_fraction must be in (0, 1), got {spec.val_fraction}")
+    train, test = _read(spec)
+    num_classes = int(max(train.labels.max(), test.labels.max())) + 1
+    train, val = _split_validation(train, spec.val_fraction, spec.seed, num_classes)
+    pixels = train.images.float().div_(255.0)
+    mean = pixels.mean(dim=(0, 2, 3)).tolist()
+    std = pixels.std(dim=(0, 2, 3)).clamp_min(1e-6).tolist()
+    return ImageData(spec, train, val, test, num_classes, mean, std)
+
+
+def _split_validation(train: Split, fraction: float, seed: int, num_classes: int) -> tuple[Split, Split]:
+    """Stratified, seeded: the same fraction of every class goes to validation."""
+    g = torch.Generator().manual_seed(seed)
+    val_idx = []
+    for c in range(num_classes):
+        idx = torch.nonzero(train.labels == c).flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        val_idx.append(idx[: round(len(idx) * fraction)])
+    val_mask = torch.zeros(len(train), dtype=torch.bool)
+    val_mask[torch.cat(val_idx)] = True
+    return (Split(train.images[~val_mask], train.labels[~val_mask]),
+            Split(train.images[val_mask], train.labels[val_mask]))
+
+
+def _read(spec: DataSpec) -> tuple[Split, Split]:
+    if spec.dataset == "embedded":
+        with np.load(EMBEDDED_FILE) as z:
+            return (Split(torch.from_numpy(z["train_images"]).unsqueeze(1), torch.from_numpy(z["train_labels"]).long()),
+                    Split(torch.from_numpy(z["test_images"]).unsqueeze(1), torch.from_numpy(z["test_labels"]).long()))
+    if spec.root is None:
+        raise AutopruneError(f"dataset '{spec.dataset}' needs a data root (--data-root or AUTOPRUNE_DATA)")
+    root = Path(spec.root).expanduser()
+    try:
+        if spec.dataset == "imagefolder":
+            return _read_imagefolder(root, spec.image_size)
+        return _read_torchvision(spec.dataset, root, spec.download)
+    except (RuntimeError, FileNotFoundError, OSError) as e:
+        if isinstance(e, AutopruneError):
+            raise
+        raise AutopruneError(
+            f"dataset '{spec.dataset}' not found under '{root}': expected {root}/{EXPECTED[spec.dataset]}"
+            + ("" if spec.download else " (or pass --download)")
+        ) from None
+
+
+def _read_torchvision(name: str, root: Path, download: bool) -> tuple[Split, Split]:
+    from torchvision import datasets
+
+    cls = {"fashionmnist": datasets.FashionMNIST, "mnist": datasets.MNIST, "cifar10": datasets.CIFAR10}[name]
+    splits = []
+    for train in (True, False):
+        ds = cls(root=str(root), train=train, download=download)
+        images = torch.as_tensor(np.asarray(ds.data))
+        images = images.unsqueeze(1) if images.ndim == 3 else images.permute(0, 3, 1, 2)
+        splits.append(Split(images.contiguous(), torch.as_tensor(np.asarray(ds.targets)).long()))
+    return splits[0], splits[1]
+
+
+def _read_imagefolder(root: Path, size: int) -> tuple[Split, Split]:
+    """``root/train/<class>/`` and ``root/test/<class>/`` (or ``val/``), resized to ``size`` x ``size``."""
+    from torchvision import datasets, transforms
+
+    test_dir = root / "test" if (root / "test").is_dir() else root / "val"
+    to_uint8 = transforms.Compose([transforms.Resize((size, size)), transforms.PILToTensor()])
+    splits = []
+    for folder in (root / "train", test_dir):
+        ds = datasets.ImageFolder(str(folder), transform=to_uint8)
+        images = torch.stack([img for img, _ in ds]) if len(ds) else torch.empty(0, 3, size, size, dtype=torch.uint8)
+        splits.append(Split(images, torch.tensor(ds.targets, dtype=torch.long)))
+    return splits[0], splits[1]

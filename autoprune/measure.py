@@ -1,0 +1,91 @@
+"""Model metrics: parameters, serialised size, MACs, and honestly measured latency.
+
+Latency protocol: fixed batch size and torch thread count, warm-up, at least 30 timed repeats,
+median and interquartile range; several models are timed interleaved in one process (order
+alternating each round) so their ratio is not skewed by drift; CUDA is timed with synchronisation.
+"""
+from __future__ import annotations
+
+import io
+import statistics
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator, Mapping
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+MIN_REPEATS = 30
+
+
+@dataclass(frozen=True)
+class Latency:
+    median_ms: float
+    iqr_ms: float
+    repeats: int
+    batch_size: int
+    threads: int
+    device: str
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def serialized_size(model: nn.Module) -> int:
+    """Bytes of ``torch.save(model.state_dict())``: what the weights cost on disk."""
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.getbuffer().nbytes
+
+
+def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """Multiply-accumulates for one sample of ``input_shape`` (C, H, W)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    macs, _ = tp.utils.count_ops_and_params(model, torch.zeros(1, *input_shape, device=device))
+    model.train(was_training)
+    return int(macs)
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` intra-op threads, then restore the previous setting."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def measure_latency(models: Mapping[str, nn.Module], input_shape: tuple[int, ...], *, batch_size: int = 32,
+                    threads: int = 1, device: str | torch.device = "cpu", warmup: int = 10,
+                    repeats: int = 50) -> dict[str, Latency]:
+    """Time one forward pass of each model, interleaved round by round; return per-model statistics."""
+    repeats = max(repeats, MIN_REPEATS)
+    device = torch.device(device)
+    x = torch.randn(batch_size, *input_shape, device=device)
+    names = list(models)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for m in models.values():
+        m.to(device).eval()
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    with torch_threads(threads), torch.inference_mode():
+        for _ in range(warmup):
+            for n in names:
+                models[n](x)
+        sync()
+        for r in range(repeats):
+            for n in (names if r % 2 == 0 else reversed(names)):
+                start = time.perf_counter()
+                models[n](x)
+                sync()
+                times[n].append((time.perf_counter() - start) * 1e3)
+    result = {}
+    for n, t in times.items():
+        q1, _, q3 = statistics.quantiles(t, n=4)
+        result[n] = Latency(statistics.median(t), q3 - q1, len(t), batch_size, threads, str(device))
+    return result

@@ -1,0 +1,130 @@
+"""One candidate, end to end: prune the base model to a policy, fine-tune it, measure it against the base."""
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import nn
+
+from autoprune.data import ImageData
+from autoprune.measure import count_macs, count_params, measure_latency, serialized_size, torch_threads
+from autoprune.policy import Policy
+from autoprune.pruning import prune
+from autoprune.train import TrainConfig, evaluate, recalibrate_bn, train
+
+
+@dataclass(frozen=True)
+class TrialSettings:
+    """How a candidate is pruned, fine-tuned and measured."""
+
+    finetune_epochs: float = 1.0
+    lr: float = 0.01
+    kd: bool = False
+    kd_alpha: float = 0.7
+    kd_temperature: float = 4.0
+    steps: int = 1                 # >1: iterative pruning, a short fine-tune between steps
+    step_batches: int = 20         # batches of fine-tuning between iterative steps
+    calib_batches: int = 8         # batches for data-driven criteria
+    bn_batches: int = 20           # batches for adaptive BN recalibration
+    batch_size: int = 128
+    latency_batch_size: int = 32
+    latency_repeats: int = 50
+    threads: int = 1
+    device: str = "cpu"
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class TrialResult:
+    model: nn.Module
+    base: dict[str, Any]
+    pruned: dict[str, Any]
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        speedup = self.base["latency_ms"] / self.pruned["latency_ms"]
+        return {"base": self.base, "pruned": self.pruned, "speedup": speedup,
+                "params_ratio": self.pruned["params"] / self.base["params"],
+                "macs_ratio": self.pruned["macs"] / self.base["macs"], "seconds": self.seconds}
+
+
+class _Stopwatch:
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, step: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[step] = round(self.seconds.get(step, 0.0) + time.perf_counter() - start, 3)
+
+
+def static_metrics(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, Any]:
+    return {"params": count_params(model), "size_bytes": serialized_size(model), "macs": count_macs(model, input_shape)}
+
+
+def run_trial(base_model: nn.Module, data: ImageData, policy: Policy, settings: TrialSettings,
+              on_epoch: Callable[[int, float], None] | None = None) -> TrialResult:
+    """Prune → (adaptive BN) → fine-tune → measure; ``on_epoch(epoch, val_accuracy)`` after each epoch."""
+    device = torch.device(settings.device)
+    watch = _Stopwatch()
+    with torch_threads(settings.threads):
+        base_model = base_model.to(device).eval()
+        train_loader = data.loader("train", settings.batch_size, shuffle=True, augment=True,
+                                   seed=settings.seed, device=device)
+        val_loader = data.loader("val", 256, device=device)
+        test_loader = data.loader("test", 256, device=device)
+        example = torch.zeros(1, *data.input_shape, device=device)
+
+        def short_finetune(model: nn.Module, step: int) -> None:
+            epochs = settings.step_batches / len(train_loader)
+            train(model, train_loader, TrainConfig(epochs=epochs, lr=settings.lr, seed=settings.seed + step),
+                  device=device)
+
+        with watch("prune"):
+            pruned = prune(base_model, policy, example, data.loader("train", 64, shuffle=True, seed=settings.seed,
+                                                                   device=device),
+                           steps=settings.steps, between_steps=short_finetune,
+                           calib_batches=settings.calib_batches, seed=settings.seed)
+        with watch("recalibrate"):
+            recalibrate_bn(pruned, train_loader, settings.bn_batches, device)
+            recalibrated = evaluate(pruned, val_loader, device)
+        with watch("finetune"):
+            config = TrainConfig(epochs=settings.finetune_epochs, lr=settings.lr, seed=settings.seed,
+                                 kd_alpha=settings.kd_alpha if settings.kd else 0.0,
+                                 kd_temperature=settings.kd_temperature)
+
+            def report(epoch: int, loss: float) -> None:
+                if on_epoch is not None:
+                    on_epoch(epoch, evaluate(pruned, val_loader, device))
+                    pruned.train()
+
+            if settings.finetune_epochs > 0:
+                train(pruned, train_loader, config, teacher=base_model if settings.kd else None,
+                      device=device, on_epoch=report)
+        with watch("evaluate"):
+            base = {"val_accuracy": evaluate(base_model, val_loader, device),
+                    "test_accuracy": evaluate(base_model, test_loader, device)}
+            after = {"val_accuracy_after_bn_recalibration": recalibrated,
+                     "val_accuracy": evaluate(pruned, val_loader, device),
+                     "test_accuracy": evaluate(pruned, test_loader, device)}
+        with watch("measure"):
+            base.update(static_metrics(base_model, data.input_shape))
+            after.update(static_metrics(pruned, data.input_shape))
+            latency = measure_latency({"base": base_model, "pruned": pruned}, data.input_shape,
+                                      batch_size=settings.latency_batch_size, threads=settings.threads,
+                                      device=device, repeats=settings.latency_repeats)
+            for metrics, name in ((base, "base"), (after, "pruned")):
+                metrics.update(latency_ms=latency[name].median_ms, latency_iqr_ms=latency[name].iqr_ms,
+                               latency_repeats=latency[name].repeats)
+        record = getattr(pruned, "autoprune_record")
+        after["channels"] = {name: after_ for name, (_, after_) in record.channels.items()}
+    return TrialResult(pruned, base, after, watch.seconds)
