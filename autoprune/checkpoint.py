@@ -62,7 +62,7 @@ class Checkpoint:
              "preprocess": self.preprocess, "metrics": self.metrics, "state_dict": self.state_dict}
         if self.record is not None:
             d["prune_record"] = {"policy": self.record.policy, "history": self.record.history,
-                                 "channels": {k: list(v) for k, v in self.record.channels.items()}}
+                                 "kept": self.record.kept, "channels": self.record.channels}
         return d
 
 
@@ -105,6 +105,6 @@ def load(path: str | Path) -> Checkpoint:
     record = None
     if "prune_record" in d:
         r = d["prune_record"]
-        record = PruneRecord(r["policy"], r["history"], {k: tuple(v) for k, v in r["channels"].items()})
+        record = PruneRecord(r["policy"], r["history"], r["kept"], r["channels"])
     return Checkpoint(ModelSpec.from_dict(d["model_spec"]), DataSpec.from_dict(d["data_spec"]),
                       tuple(d["input_shape"]), d["preprocess"], d["state_dict"], d.get("metrics", {}), record)

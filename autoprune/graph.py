@@ -51,10 +51,15 @@ def frozen_layers(model: nn.Module, example_input: torch.Tensor, ignore: list[st
 
 
 def named_groups(graph: tp.DependencyGraph, ignored: list[nn.Module]) -> Iterator[tuple[str, tp.Group]]:
-    """Yield ``(name, group)`` for every prunable group; the name is the group's root module."""
-    names = graph._module2name
+    """Yield ``(name, group)`` for every prunable group.
+
+    A group is named after the first module, in definition order, whose output channels it prunes:
+    e.g. a ResNet stage is named after its stem or first block's convolution.
+    """
+    position = {name: i for i, name in enumerate(graph._module2name.values())}
     for group in graph.get_all_groups(ignored_layers=list(ignored), root_module_types=ROOT_TYPES):
-        yield names[group[0].dep.target.module], group
+        producers = [n for n in group_members(graph, group, producers_only=True) if n in position]
+        yield min(producers, key=position.__getitem__), group
 
 
 def group_channels(group: tp.Group) -> int:
@@ -62,11 +67,13 @@ def group_channels(group: tp.Group) -> int:
     return len(group[0].idxs)
 
 
-def group_members(graph: tp.DependencyGraph, group: tp.Group) -> list[str]:
-    """Names of the parametrised modules whose weights the group touches, in or out."""
+def group_members(graph: tp.DependencyGraph, group: tp.Group, producers_only: bool = False) -> list[str]:
+    """Names of the modules whose weights the group shrinks; ``producers_only``: those whose outputs it shrinks."""
     names, seen = graph._module2name, []
     for dep, _ in group:
         module = dep.target.module
+        if producers_only and not graph.is_out_channel_pruning_fn(dep.handler):
+            continue
         if isinstance(module, nn.Module) and module in names and names[module] not in seen:
             seen.append(names[module])
     return seen

@@ -28,7 +28,8 @@ class PrunableGroup:
     channels: int
     macs: int
     macs_share: float
-    members: tuple[str, ...]
+    members: tuple[str, ...]     # every layer whose weights shrink with the group
+    producers: tuple[str, ...]   # the layers whose output channels are the group's channels
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ class Policy:
         """Raise an error naming the first key that does not fit ``model``."""
         resolve(model, self.ignore, "policy ignore")
         roots = {g.name for g in groups}
-        member_of = {m: g.name for g in groups for m in g.members}
+        member_of = {m: g.name for g in groups for m in g.producers}
         modules = dict(model.named_modules())
         for name in self.ratios:
             if name in roots:
@@ -79,7 +80,8 @@ class Policy:
                     f"policy ratio key '{name}' is coupled into group '{member_of[name]}': name the group instead"
                 )
             if name in modules:
-                raise AutopruneError(f"policy ratio key '{name}' is not a prunable group of the model")
+                raise AutopruneError(
+                    f"policy ratio key '{name}' is not a prunable group of the model (an output or ignored layer)")
             raise AutopruneError(f"policy ratio key '{name}': model {type(model).__name__} has no layer '{name}'")
 
     def to_dict(self) -> dict[str, Any]:
@@ -156,7 +158,8 @@ def describe_groups(graph: tp.DependencyGraph, ignored: list[nn.Module],
     for name, group in named_groups(graph, ignored):
         members = tuple(group_members(graph, group))
         group_macs = sum(macs.get(m, 0) for m in members)
-        groups.append(PrunableGroup(name, group_channels(group), group_macs, group_macs / total, members))
+        producers = tuple(group_members(graph, group, producers_only=True))
+        groups.append(PrunableGroup(name, group_channels(group), group_macs, group_macs / total, members, producers))
     return sorted(groups, key=lambda g: position[g.name])
 
 

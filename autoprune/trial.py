@@ -13,6 +13,7 @@ from autoprune.data import ImageData
 from autoprune.measure import count_macs, count_params, measure_latency, serialized_size, torch_threads
 from autoprune.policy import Policy
 from autoprune.pruning import prune
+from autoprune.pruning.structural import RECORD_ATTR
 from autoprune.train import TrainConfig, evaluate, recalibrate_bn, train
 
 
@@ -125,6 +126,5 @@ def run_trial(base_model: nn.Module, data: ImageData, policy: Policy, settings: 
             for metrics, name in ((base, "base"), (after, "pruned")):
                 metrics.update(latency_ms=latency[name].median_ms, latency_iqr_ms=latency[name].iqr_ms,
                                latency_repeats=latency[name].repeats)
-        record = getattr(pruned, "autoprune_record")
-        after["channels"] = {name: after_ for name, (_, after_) in record.channels.items()}
+        after["channels"] = getattr(pruned, RECORD_ATTR).channels_after()
     return TrialResult(pruned, base, after, watch.seconds)

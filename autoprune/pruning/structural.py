@@ -21,21 +21,18 @@ RECORD_ATTR = "autoprune_record"
 class PruneRecord:
     """How a model was pruned: enough to rebuild its structure from the unpruned architecture.
 
-    ``history`` is torch-pruning's pruning history: ``[root_module_name, is_out_channels, removed_indices]``
-    in the order applied; ``channels`` maps each group to ``(before, after)``.
+    ``history`` is torch-pruning's pruning history, ``[root_module_name, is_out_channels, removed_indices]``
+    in the order applied (what ``replay`` needs); ``kept`` maps each group to the indices, in the
+    unpruned model, of the channels it kept; ``channels`` to its channel count before pruning.
     """
 
     policy: dict[str, Any]
     history: list[list[Any]]
-    channels: dict[str, tuple[int, int]]
+    kept: dict[str, list[int]]
+    channels: dict[str, int]
 
-    def kept_indices(self) -> dict[str, list[int]]:
-        """Per group, the original channel indices that survive, replaying the removals in order."""
-        alive = {name: list(range(before)) for name, (before, _) in self.channels.items()}
-        for name, _, removed in self.history:
-            drop = set(removed)
-            alive[name] = [c for i, c in enumerate(alive[name]) if i not in drop]
-        return alive
+    def channels_after(self) -> dict[str, int]:
+        return {name: len(k) for name, k in self.kept.items()}
 
 
 def prune(
@@ -80,6 +77,7 @@ def prune(
     policy.check(pruned, groups)
     before = {g.name: g.channels for g in groups}
     target = {name: policy.keep(name, n) for name, n in before.items()}
+    kept = {name: list(range(n)) for name, n in before.items()}
 
     was_training = pruned.training
     for step in range(1, steps + 1):
@@ -92,13 +90,15 @@ def prune(
             order = torch.argsort(criterion.scores(group).cpu(), stable=True)
             idxs = sorted(order[:remove].tolist())
             graph.get_pruning_group(group[0].dep.target.module, group[0].dep.handler, idxs).prune()
+            drop = set(idxs)
+            kept[name] = [c for i, c in enumerate(kept[name]) if i not in drop]
         pruned.zero_grad(set_to_none=True)
         if between_steps is not None and step < steps:
             between_steps(pruned, step)
     pruned.train(was_training)
 
-    channels = {name: (before[name], target[name]) for name in before}
-    setattr(pruned, RECORD_ATTR, PruneRecord(policy.to_dict(), copy.deepcopy(graph.pruning_history()), channels))
+    record = PruneRecord(policy.to_dict(), copy.deepcopy(graph.pruning_history()), kept, before)
+    setattr(pruned, RECORD_ATTR, record)
     return pruned
 
 

@@ -1,0 +1,104 @@
+import json
+
+import pytest
+import torch
+
+from autoprune import AutopruneError, Policy, discover
+from autoprune.models import ModelSpec, build_model
+from autoprune.pruning import REGISTRY
+
+X = torch.zeros(1, 1, 28, 28)
+
+
+@pytest.fixture(scope="module")
+def resnet20():
+    return build_model(ModelSpec("resnet20", 10, 1))
+
+
+def test_discover_resnet20_couples_each_stage_into_one_group(resnet20):
+    groups = {g.name: g for g in discover(resnet20, X)}
+    # 9 blocks each own their inner channels; the three residual stages are one group each.
+    assert len(groups) == 12
+    assert groups["conv1"].channels == 16
+    assert groups["layer2.0.conv2"].channels == 32
+    assert groups["layer3.0.conv2"].channels == 64
+    stage1 = set(groups["conv1"].members)
+    assert {"conv1", "layer1.0.conv2", "layer1.2.conv2", "layer2.0.conv1"} <= stage1
+    assert "fc" not in groups  # the output layer is never a group
+    assert all(0 < g.macs_share <= 1 for g in groups.values())
+
+
+def test_ignore_removes_a_group(resnet20):
+    names = {g.name for g in discover(resnet20, X, ignore=["layer1.0.conv1"])}
+    assert "layer1.0.conv1" not in names and "layer1.1.conv1" in names
+
+
+def test_policy_json_round_trip():
+    p = Policy({"a.b": 0.25, "c": 0.0}, criterion="taylor", round_to=8, ignore=["d"])
+    q = Policy.from_json(p.to_json())
+    assert q == p
+    assert json.loads(p.to_json())["schema_version"] == 1
+
+
+def test_policy_file_round_trip(tmp_path):
+    p = Policy({"conv1": 0.5}, criterion="apoz")
+    p.save(tmp_path / "p.json")
+    assert Policy.load(tmp_path / "p.json") == p
+
+
+def test_keep_rounds_to_multiple_and_never_empties():
+    p = Policy({"g": 0.5, "h": 0.99}, round_to=8)
+    assert p.keep("g", 64) == 32
+    assert p.keep("g", 20) == 8   # 10 -> nearest multiple of 8
+    assert p.keep("h", 64) == 8   # at least round_to
+    assert Policy({"h": 0.99}).keep("h", 16) == 1
+    assert p.keep("unlisted", 16) == 16
+
+
+@pytest.mark.parametrize("ratios, needle", [
+    ({"layer1.0.conv1": 1.0}, "'layer1.0.conv1'"),
+    ({"layer1.0.conv1": -0.1}, "'layer1.0.conv1'"),
+    ({"layer1.0.conv1": float("nan")}, "'layer1.0.conv1'"),
+    ({"layer1.0.conv1": "half"}, "'layer1.0.conv1'"),
+])
+def test_bad_ratio_names_the_key(ratios, needle):
+    with pytest.raises(AutopruneError, match=needle):
+        Policy(ratios)
+
+
+def test_unknown_criterion_names_it():
+    with pytest.raises(AutopruneError, match="unknown criterion 'l3'"):
+        Policy({}, criterion="l3")
+
+
+def test_every_registered_criterion_is_accepted():
+    for name in REGISTRY:
+        assert Policy({}, criterion=name).criterion == name
+
+
+@pytest.mark.parametrize("policy, needle", [
+    (Policy({"layer9.conv": 0.5}), "no layer 'layer9.conv'"),
+    (Policy({"layer1.0.conv2": 0.5}), "'layer1.0.conv2' is coupled into group 'conv1'"),
+    (Policy({"fc": 0.5}), "'fc' is not a prunable group"),
+    (Policy({}, ignore=["nope"]), "no layer 'nope'"),
+])
+def test_check_names_the_offending_key(resnet20, policy, needle):
+    with pytest.raises(AutopruneError, match=needle):
+        policy.check(resnet20, discover(resnet20, X))
+
+
+@pytest.mark.parametrize("doc, needle", [
+    ('{"schema_version": 1, "ratios": {}, "colour": 1}', "unknown policy key 'colour'"),
+    ('{"schema_version": 7, "ratios": {}}', "schema_version must be 1"),
+    ('{"schema_version": 1}', "'ratios'"),
+    ('{"schema_version": 1, "ratios": {}, "round_to": 0}', "round_to"),
+    ("{not json", "not valid JSON"),
+])
+def test_bad_policy_documents(doc, needle):
+    with pytest.raises(AutopruneError, match=needle):
+        Policy.from_json(doc)
+
+
+def test_missing_policy_file_names_the_path(tmp_path):
+    with pytest.raises(AutopruneError, match="nothere.json"):
+        Policy.load(tmp_path / "nothere.json")
