@@ -150,3 +150,14 @@ def test_record_replays_to_the_same_structure_and_kept_indices():
         kept = record.kept[g.name]
         assert len(kept) == after[g.name] and record.channels[g.name] == g.channels
         assert kept == sorted(set(kept)) and kept[-1] < g.channels
+
+
+def test_kept_indices_select_the_surviving_weights():
+    spec, shape = MODELS["resnet20"]
+    model = build_model(spec).eval()
+    pruned = prune(model, Policy({"conv1": 0.5, "layer3.1.conv1": 0.25}), torch.zeros(1, *shape))
+    kept = pruned.autoprune_record.kept
+    torch.testing.assert_close(pruned.conv1.weight, model.conv1.weight[kept["conv1"]])
+    torch.testing.assert_close(pruned.layer1[0].conv1.weight,
+                               model.layer1[0].conv1.weight[:, kept["conv1"]])
+    torch.testing.assert_close(pruned.layer3[1].conv1.weight, model.layer3[1].conv1.weight[kept["layer3.1.conv1"]])
