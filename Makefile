@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	@test -f $(DEMO)/base.pt || $(BIN)/autoprune train-base --model resnet20 --epochs 10 --out $(DEMO)/base.pt
 	$(BIN)/autoprune prune --base $(DEMO)/base.pt --policy examples/resnet20_policy.json \
-		--out $(DEMO)/pruned --finetune-epochs 2 --kd
+		--out $(DEMO)/pruned --finetune-epochs 3 --kd
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

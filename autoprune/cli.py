@@ -179,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--finetune-epochs", type=float, default=1.0)
     p.add_argument("--kd", action="store_true", help="distil from the unpruned model while fine-tuning")
     p.add_argument("--steps", type=int, default=1, help="iterative pruning in K steps (default: one-shot)")
-    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--lr", type=float, default=0.02)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--latency-batch-size", type=int, default=32)
     p.add_argument("--data-root", help="dataset root, if not the one recorded in the checkpoint")

@@ -22,9 +22,9 @@ class TrialSettings:
     """How a candidate is pruned, fine-tuned and measured."""
 
     finetune_epochs: float = 1.0
-    lr: float = 0.01
+    lr: float = 0.02
     kd: bool = False
-    kd_alpha: float = 0.7
+    kd_alpha: float = 0.5
     kd_temperature: float = 4.0
     steps: int = 1                 # >1: iterative pruning, a short fine-tune between steps
     step_batches: int = 20         # batches of fine-tuning between iterative steps
