@@ -48,13 +48,12 @@ def cmd_train_base(args: argparse.Namespace) -> None:
     from autoprune.train import TrainConfig, evaluate, train
 
     data = load_data(DataSpec(args.dataset, _data_root(args.data_root), args.val_fraction, args.seed,
-                              args.image_size, args.download))
+                              args.image_size, args.download, args.max_train_samples))
     spec = ModelSpec(args.model, data.num_classes, data.input_shape[0])
     device = resolve_device(args.device)
     torch.manual_seed(args.seed)
     model = build_model(spec)
-    loader = data.loader("train", args.batch_size, shuffle=True, augment=True, seed=args.seed, device=device,
-                         max_samples=args.max_train_samples)
+    loader = data.loader("train", args.batch_size, shuffle=True, augment=True, seed=args.seed, device=device)
     val = data.loader("val", 256, device=device)
     print(f"training {args.model} on {args.dataset}: {len(data.train)} train / {len(data.val)} val images, "
           f"{args.epochs} epochs, device {device}, {args.threads} threads")
@@ -112,7 +111,8 @@ def cmd_prune(args: argparse.Namespace) -> None:
           f"({'iterative, %d steps' % args.steps if args.steps > 1 else 'one-shot'}), "
           f"fine-tuning {args.finetune_epochs} epochs{' with KD' if args.kd else ''}")
     result = run_trial(model, data, policy, settings,
-                       on_epoch=lambda e, acc: print(f"  fine-tune epoch {e}: val_accuracy {acc:.4f}", flush=True))
+                       on_epoch=lambda e, m: print(f"  fine-tune epoch {e}: val_accuracy {m['val_accuracy']:.4f}",
+                                                  flush=True))
     timings.update(result.seconds)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -126,6 +126,44 @@ def cmd_prune(args: argparse.Namespace) -> None:
     (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
     print(format_comparison(report))
     print(f"wrote {out / 'pruned.pt'}, {out / 'metrics.json'}, {out / 'policy.json'}")
+
+
+def cmd_search(args: argparse.Namespace) -> None:
+    from autoprune.config import load_config
+    from autoprune.controller import run_search, summary_table
+
+    resume_dir = args.resume if isinstance(args.resume, str) else None
+    if resume_dir and args.out and Path(args.out) != Path(resume_dir):
+        raise AutopruneError(f"--resume {resume_dir} and --out {args.out} name different run directories")
+    run_dir = Path(resume_dir or args.out or "")
+    if args.resume and not (resume_dir or args.out):
+        raise AutopruneError("--resume needs the run directory: --resume RUN_DIR")
+    config_path = args.config
+    if config_path is None:
+        if not args.resume:
+            raise AutopruneError("search needs a CONFIG file (e.g. search_spaces/resnet20_fashionmnist.yaml)")
+        config_path = run_dir / "config.yaml"
+    config = load_config(config_path, args.set)
+    if not str(run_dir):
+        run_dir = Path("runs") / f"{config['name']}-{time.strftime('%Y%m%d-%H%M%S')}"
+    summary = run_search(config, run_dir, resume=bool(args.resume), echo=lambda m: print(m, flush=True))
+    print(f"\n{summary.finished} trials finished, {summary.failed} failed; "
+          f"Pareto front: {len(summary.front.rows)} trials, hypervolume {summary.front.hypervolume:.4f} (vs base)")
+    if summary.front.rows:
+        print(summary_table(summary.run_dir))
+    print(f"results: {summary.run_dir / 'trials.parquet'}\nfront:   {summary.run_dir / 'front.parquet'}\n"
+          f"plot:    {summary.run_dir / 'pareto.png'}")
+
+
+def cmd_front(args: argparse.Namespace) -> None:
+    from autoprune.front import write_front, format_rows
+
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        raise AutopruneError(f"run directory '{run_dir}' does not exist")
+    front = write_front(run_dir)
+    print(f"Pareto front of {run_dir}: {len(front.rows)} trials, hypervolume {front.hypervolume:.4f} (vs base)")
+    print(format_rows(front.rows))
 
 
 def format_comparison(report: dict[str, Any]) -> str:
@@ -185,6 +223,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", help="dataset root, if not the one recorded in the checkpoint")
     _add_runtime(p)
     p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("search", help="search pruning policies with Ray Tune")
+    p.add_argument("config", nargs="?", help="search space YAML (search_spaces/*.yaml)")
+    p.add_argument("--out", help="run directory (default: runs/NAME-TIMESTAMP)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN_DIR",
+                   help="continue an interrupted search without re-running finished trials")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("front", help="print a run's Pareto front")
+    p.add_argument("run_dir")
+    p.set_defaults(func=cmd_front)
     return parser
 
 

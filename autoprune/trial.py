@@ -73,8 +73,13 @@ def static_metrics(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, 
 
 
 def run_trial(base_model: nn.Module, data: ImageData, policy: Policy, settings: TrialSettings,
-              on_epoch: Callable[[int, float], None] | None = None) -> TrialResult:
-    """Prune → (adaptive BN) → fine-tune → measure; ``on_epoch(epoch, val_accuracy)`` after each epoch."""
+              on_epoch: Callable[[int, dict[str, Any]], None] | None = None) -> TrialResult:
+    """Prune → measure → adaptive BN → fine-tune → evaluate.
+
+    Size, MACs and latency do not change with fine-tuning, so they are measured right after pruning
+    (base and pruned interleaved); ``on_epoch(epoch, metrics)`` then gets the validation accuracy of
+    every fine-tuning epoch together with those measurements.
+    """
     device = torch.device(settings.device)
     watch = _Stopwatch()
     with torch_threads(settings.threads):
@@ -91,13 +96,22 @@ def run_trial(base_model: nn.Module, data: ImageData, policy: Policy, settings: 
                   device=device)
 
         with watch("prune"):
-            pruned = prune(base_model, policy, example, data.loader("train", 64, shuffle=True, seed=settings.seed,
-                                                                   device=device),
-                           steps=settings.steps, between_steps=short_finetune,
+            calib = data.loader("train", 64, shuffle=True, seed=settings.seed, device=device)
+            pruned = prune(base_model, policy, example, calib, steps=settings.steps, between_steps=short_finetune,
                            calib_batches=settings.calib_batches, seed=settings.seed)
+        with watch("measure"):
+            base = static_metrics(base_model, data.input_shape)
+            after = static_metrics(pruned, data.input_shape)
+            latency = measure_latency({"base": base_model, "pruned": pruned}, data.input_shape,
+                                      batch_size=settings.latency_batch_size, threads=settings.threads,
+                                      device=device, repeats=settings.latency_repeats)
+            for metrics, name in ((base, "base"), (after, "pruned")):
+                metrics.update(latency_ms=latency[name].median_ms, latency_iqr_ms=latency[name].iqr_ms,
+                               latency_repeats=latency[name].repeats)
+            after["channels"] = getattr(pruned, RECORD_ATTR).channels_after()
         with watch("recalibrate"):
             recalibrate_bn(pruned, train_loader, settings.bn_batches, device)
-            recalibrated = evaluate(pruned, val_loader, device)
+            after["val_accuracy_after_bn_recalibration"] = evaluate(pruned, val_loader, device)
         with watch("finetune"):
             config = TrainConfig(epochs=settings.finetune_epochs, lr=settings.lr, seed=settings.seed,
                                  kd_alpha=settings.kd_alpha if settings.kd else 0.0,
@@ -105,26 +119,15 @@ def run_trial(base_model: nn.Module, data: ImageData, policy: Policy, settings: 
 
             def report(epoch: int, loss: float) -> None:
                 if on_epoch is not None:
-                    on_epoch(epoch, evaluate(pruned, val_loader, device))
+                    on_epoch(epoch, {**after, "val_accuracy": evaluate(pruned, val_loader, device), "loss": loss})
                     pruned.train()
 
             if settings.finetune_epochs > 0:
                 train(pruned, train_loader, config, teacher=base_model if settings.kd else None,
                       device=device, on_epoch=report)
         with watch("evaluate"):
-            base = {"val_accuracy": evaluate(base_model, val_loader, device),
-                    "test_accuracy": evaluate(base_model, test_loader, device)}
-            after = {"val_accuracy_after_bn_recalibration": recalibrated,
-                     "val_accuracy": evaluate(pruned, val_loader, device),
-                     "test_accuracy": evaluate(pruned, test_loader, device)}
-        with watch("measure"):
-            base.update(static_metrics(base_model, data.input_shape))
-            after.update(static_metrics(pruned, data.input_shape))
-            latency = measure_latency({"base": base_model, "pruned": pruned}, data.input_shape,
-                                      batch_size=settings.latency_batch_size, threads=settings.threads,
-                                      device=device, repeats=settings.latency_repeats)
-            for metrics, name in ((base, "base"), (after, "pruned")):
-                metrics.update(latency_ms=latency[name].median_ms, latency_iqr_ms=latency[name].iqr_ms,
-                               latency_repeats=latency[name].repeats)
-        after["channels"] = getattr(pruned, RECORD_ATTR).channels_after()
-    return TrialResult(pruned, base, after, watch.seconds)
+            base.update(val_accuracy=evaluate(base_model, val_loader, device),
+                        test_accuracy=evaluate(base_model, test_loader, device))
+            after.update(val_accuracy=evaluate(pruned, val_loader, device),
+                         test_accuracy=evaluate(pruned, test_loader, device))
+    return TrialResult(pruned.eval(), base, after, watch.seconds)

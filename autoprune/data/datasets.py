@@ -38,6 +38,7 @@ class DataSpec:
     seed: int = 0
     image_size: int = 32  # ImageFolder images are resized to this
     download: bool = False
+    max_train_samples: int | None = None  # keep only the first N training images (quick runs, tests)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -73,10 +74,8 @@ class ImageData:
         return tuple(self.train.images.shape[1:])  # type: ignore[return-value]
 
     def loader(self, split: str, batch_size: int = 128, *, shuffle: bool = False, augment: bool = False,
-               seed: int = 0, max_samples: int | None = None, device: str | torch.device = "cpu") -> "TensorLoader":
+               seed: int = 0, device: str | torch.device = "cpu") -> "TensorLoader":
         data = {"train": self.train, "val": self.val, "test": self.test}[split]
-        if max_samples is not None:
-            data = Split(data.images[:max_samples], data.labels[:max_samples])
         flip = augment and FLIP_OK[self.spec.dataset]
         return TensorLoader(data, self.mean, self.std, batch_size, shuffle=shuffle,
                             crop_pad=(data.images.shape[-1] // 8) if augment else 0, flip=flip, seed=seed, device=device)
@@ -134,6 +133,8 @@ def load_data(spec: DataSpec) -> ImageData:
     train, test = _read(spec)
     num_classes = int(max(train.labels.max(), test.labels.max())) + 1
     train, val = _split_validation(train, spec.val_fraction, spec.seed, num_classes)
+    if spec.max_train_samples is not None:
+        train = Split(train.images[: spec.max_train_samples], train.labels[: spec.max_train_samples])
     pixels = train.images.float().div_(255.0)
     mean = pixels.mean(dim=(0, 2, 3)).tolist()
     std = pixels.std(dim=(0, 2, 3)).clamp_min(1e-6).tolist()

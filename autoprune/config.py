@@ -1,0 +1,219 @@
+"""Search configuration: YAML validated against a schema of defaults; ``--set key=value`` overrides any key.
+
+Every key has a default below, so a config file states only what differs. An unknown key, a value of
+the wrong type, or a bad constraint is an error naming the dotted key.
+"""
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from autoprune.errors import AutopruneError
+
+OBJECTIVES = ("accuracy", "size_bytes", "latency_ms")  # maximise, minimise, minimise
+CONSTRAINABLE = ("accuracy", "size_bytes", "latency_ms", "params", "macs")  # validation accuracy: never test
+
+DEFAULTS: dict[str, Any] = {
+    "name": "search",
+    "model": "resnet20",
+    "data": {"dataset": "embedded", "root": None, "val_fraction": 0.1, "seed": 0, "image_size": 32,
+             "max_train_samples": None},
+    "base": {"checkpoint": None, "epochs": 10.0, "lr": 0.1, "batch_size": 128},
+    "space": {"ratio": {"low": 0.0, "high": 0.7, "step": 0.1}, "groups": {}, "ignore": [], "round_to": 1,
+              "criteria": ["l1"]},
+    "finetune": {"epochs": 1.0, "lr": 0.02, "kd": True, "kd_alpha": 0.5, "kd_temperature": 4.0, "steps": 1,
+                 "batch_size": 128},
+    "constraints": [],
+    "searcher": {"name": "nsga2", "seed": 0, "warm_start": 3, "population": 8, "startup_trials": 6, "grid": 8},
+    "trials": 16,
+    "concurrency": 2,
+    "resources": {"cpu": 1.0, "gpu": 0.0},
+    "latency": {"device": "auto", "batch_size": 32, "threads": None, "repeats": 30},
+    "max_failures": 1,
+}
+NULLABLE = {"data.root": str, "data.max_train_samples": int, "base.checkpoint": str, "latency.threads": int}
+FREE_FORM = {"space.groups"}  # mapping of group name -> {low, high, step}
+
+_CONSTRAINT = re.compile(
+    r"^\s*(?P<metric>\w+)\s*(?P<op><=|>=)\s*(?:(?P<base>base)\s*(?:(?P<sign>[-+*])\s*(?P<delta>[0-9.eE+-]+))?"
+    r"|(?P<value>[-+]?[0-9.]+(?:[eE][-+]?\d+)?))\s*$"
+)
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """``metric <= bound`` or ``metric >= bound``; the bound may be relative to the base model."""
+
+    text: str
+    metric: str
+    op: str
+    value: float | None = None
+    sign: str | None = None
+    delta: float = 0.0
+
+    @classmethod
+    def parse(cls, text: str, key: str) -> "Constraint":
+        m = _CONSTRAINT.match(str(text))
+        if not m:
+            raise AutopruneError(f"{key}: cannot parse constraint '{text}' (e.g. 'latency_ms <= 2.0', "
+                                 f"'accuracy >= base - 0.01')")
+        if m["metric"] not in CONSTRAINABLE:
+            raise AutopruneError(f"{key}: unknown metric '{m['metric']}' in constraint '{text}': use one of "
+                                 f"{', '.join(CONSTRAINABLE)}")
+        if m["base"]:
+            return cls(str(text), m["metric"], m["op"], None, m["sign"], float(m["delta"] or 0.0))
+        return cls(str(text), m["metric"], m["op"], float(m["value"]))
+
+    def bound(self, base: dict[str, float]) -> float:
+        if self.value is not None:
+            return self.value
+        b = float(base[self.metric])
+        return {"-": b - self.delta, "+": b + self.delta, "*": b * self.delta, None: b}[self.sign]
+
+    def violation(self, metrics: dict[str, float], base: dict[str, float]) -> float:
+        """Optuna's convention: <= 0 when satisfied, the amount of violation otherwise."""
+        v, bound = float(metrics[self.metric]), self.bound(base)
+        return v - bound if self.op == "<=" else bound - v
+
+
+def violations(constraints: list[Constraint], metrics: dict[str, Any]) -> dict[str, float]:
+    """Each constraint's violation for a trial whose ``metrics`` carry ``base_<metric>`` values too."""
+    base = {m: metrics.get(f"base_{m}") for m in CONSTRAINABLE}
+    return {c.text: c.violation(metrics, base) for c in constraints}
+
+
+@dataclass
+class SearchConfig:
+    """A validated search configuration; ``raw`` holds every key with defaults filled in."""
+
+    raw: dict[str, Any]
+    path: str | None = None
+
+    def __getitem__(self, dotted: str) -> Any:
+        node: Any = self.raw
+        for part in dotted.split("."):
+            node = node[part]
+        return node
+
+    @property
+    def constraints(self) -> list[Constraint]:
+        return [Constraint.parse(c, f"constraints[{i}]") for i, c in enumerate(self.raw["constraints"])]
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.raw, sort_keys=False)
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> SearchConfig:
+    """Read ``path`` (or only the defaults), apply ``key=value`` overrides, validate."""
+    doc: Any = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise AutopruneError(f"config file '{p}' does not exist")
+        try:
+            doc = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise AutopruneError(f"config file '{p}' is not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+        if not isinstance(doc, dict):
+            raise AutopruneError(f"config file '{p}' must be a mapping of keys to values")
+    raw = _merge(copy.deepcopy(DEFAULTS), doc, "")
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise AutopruneError(f"--set expects key=value, got '{item}'")
+        _set(raw, key.strip(), yaml.safe_load(value))
+    config = SearchConfig(raw, str(path) if path else None)
+    _validate(config)
+    return config
+
+
+def _merge(defaults: dict[str, Any], doc: dict[str, Any], prefix: str) -> dict[str, Any]:
+    for key, value in doc.items():
+        _set(defaults, f"{prefix}{key}", value)
+    return defaults
+
+
+def _set(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set one dotted key in ``raw`` (the whole config), checking it against ``DEFAULTS``."""
+    parts = dotted.split(".")
+    node, default = raw, DEFAULTS
+    for i, part in enumerate(parts[:-1]):
+        if not isinstance(default, dict) or part not in default:
+            raise AutopruneError(f"unknown config key '{'.'.join(parts[:i + 1])}'")
+        node, default = node[part], default[part]
+        if ".".join(parts[: i + 1]) in FREE_FORM:  # space.groups.<group name with dots>[.low|.high|.step]
+            rest = parts[i + 1:]
+            if rest[-1] in ("low", "high", "step") and len(rest) > 1:
+                node.setdefault(".".join(rest[:-1]), {})[rest[-1]] = value
+            else:
+                node[".".join(rest)] = value
+            return
+    last = parts[-1]
+    if not isinstance(default, dict) or last not in default:
+        raise AutopruneError(f"unknown config key '{dotted}'")
+    if isinstance(default[last], dict) and dotted not in FREE_FORM:
+        if not isinstance(value, dict):
+            raise AutopruneError(f"config key '{dotted}' must be a mapping, got {value!r}")
+        for k, v in value.items():
+            _set(raw, f"{dotted}.{k}", v)
+    else:
+        node[last] = _check_type(dotted, value, default[last])
+
+
+def _check_type(key: str, value: Any, default: Any) -> Any:
+    if value is None and key in NULLABLE:
+        return None
+    expected = NULLABLE.get(key, type(default))
+    if expected is float and isinstance(value, (int, str)) and not isinstance(value, bool):
+        try:  # YAML reads 1e-3 (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
+    if expected is bool and not isinstance(value, bool) or expected is not bool and isinstance(value, bool):
+        raise AutopruneError(f"config key '{key}' must be {expected.__name__}, got {value!r}")
+    if not isinstance(value, expected):
+        raise AutopruneError(f"config key '{key}' must be {expected.__name__}, got {value!r}")
+    return value
+
+
+def _validate(c: SearchConfig) -> None:
+    from autoprune.data import DATASETS
+    from autoprune.policy import CRITERIA
+    from autoprune.searchers import SEARCHERS
+
+    if c["data.dataset"] not in DATASETS:
+        raise AutopruneError(f"config key 'data.dataset': unknown dataset '{c['data.dataset']}', use one of "
+                             f"{', '.join(DATASETS)}")
+    for key in ("space.criteria",):
+        if not c[key]:
+            raise AutopruneError(f"config key '{key}' must list at least one criterion")
+        for name in c[key]:
+            if name not in CRITERIA:
+                raise AutopruneError(f"config key '{key}': unknown criterion '{name}', use one of {', '.join(CRITERIA)}")
+    ranges = {"space.ratio": c["space.ratio"], **{f"space.groups.{g}": r for g, r in c["space.groups"].items()}}
+    for key, r in ranges.items():
+        if not isinstance(r, dict) or set(r) - {"low", "high", "step"}:
+            raise AutopruneError(f"config key '{key}' must be a mapping with low, high and step")
+        low, high = r.get("low", c["space.ratio.low"]), r.get("high", c["space.ratio.high"])
+        step = r.get("step", c["space.ratio.step"])
+        if not (0.0 <= low <= high < 1.0) or step <= 0:
+            raise AutopruneError(f"config key '{key}': need 0 <= low <= high < 1 and step > 0, "
+                                 f"got low={low} high={high} step={step}")
+    if c["searcher.name"] not in SEARCHERS:
+        raise AutopruneError(f"config key 'searcher.name': unknown searcher '{c['searcher.name']}', use one of "
+                             f"{', '.join(SEARCHERS)}")
+    for key in ("trials", "concurrency", "space.round_to", "finetune.steps", "latency.repeats"):
+        if c[key] < 1:
+            raise AutopruneError(f"config key '{key}' must be >= 1, got {c[key]}")
+    if c["resources.cpu"] <= 0 or c["resources.gpu"] < 0:
+        raise AutopruneError("config key 'resources': cpu must be > 0 and gpu >= 0")
+    if c["latency.device"] not in ("auto", "cpu", "cuda"):
+        raise AutopruneError(f"config key 'latency.device' must be auto, cpu or cuda, got '{c['latency.device']}'")
+    c.constraints  # parse every constraint now, naming the bad one

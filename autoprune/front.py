@@ -1,0 +1,71 @@
+"""Compute and persist the Pareto front of a run: ``front.parquet`` and ``pareto.png``."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from autoprune.pareto import hypervolume, pareto_indices
+from autoprune.plot import plot_front
+from autoprune.results import FRONT_FILE, read_trials, write_table
+
+OBJECTIVE_KEYS = ("accuracy", "size_bytes", "latency_ms")
+
+
+@dataclass
+class Front:
+    rows: list[dict[str, Any]]
+    hypervolume: float
+    base: dict[str, float] | None
+
+
+def base_values(rows: list[dict[str, Any]]) -> dict[str, float] | None:
+    """The base model as measured by the finished trials (median over workers)."""
+    ok = [r for r in rows if r["status"] == "ok"]
+    if not ok:
+        return None
+    out = {}
+    for key in OBJECTIVE_KEYS:
+        values = sorted(r[f"base_{key}"] for r in ok)
+        out[key] = values[len(values) // 2]
+    return out
+
+
+def compute_front(rows: list[dict[str, Any]]) -> Front:
+    """Non-dominated set over finished, feasible trials; hypervolume relative to the base model."""
+    candidates = [r for r in rows if r["status"] == "ok" and r["feasible"]]
+    points = [tuple(r[k] for k in OBJECTIVE_KEYS) for r in candidates]
+    front = [candidates[i] for i in pareto_indices(points)]
+    base = base_values(rows)
+    hv = hypervolume([tuple(r[k] for k in OBJECTIVE_KEYS) for r in front],
+                     tuple(base[k] for k in OBJECTIVE_KEYS)) if base and front else 0.0
+    return Front(sorted(front, key=lambda r: -r["accuracy"]), hv, base)
+
+
+def write_front(run_dir: str | Path) -> Front:
+    """Recompute the front from ``trials.parquet`` and write ``front.parquet`` and ``pareto.png``."""
+    run_dir = Path(run_dir)
+    table = read_trials(run_dir)
+    rows = table.to_pylist()
+    front = compute_front(rows)
+    write_table(pa.Table.from_pylist(front.rows, schema=table.schema), run_dir / FRONT_FILE)
+    plot_front(rows, {r["trial_id"] for r in front.rows}, front.base, run_dir / "pareto.png")
+    return front
+
+
+def format_rows(rows: list[dict[str, Any]]) -> str:
+    """A compact table of trials: id, criterion, policy summary, objectives, status."""
+    lines = [f"{'trial':>14s} {'criterion':>15s} {'ratios mean [min-max]':>22s} {'accuracy':>9s} "
+             f"{'size KB':>9s} {'lat ms':>8s} {'status':>8s}"]
+    for r in rows:
+        ratios = [v for k, v in r.items() if k.startswith("ratio:") and v is not None]
+        summary = f"{sum(ratios) / len(ratios):.2f} [{min(ratios):.2f}-{max(ratios):.2f}]" if ratios else "-"
+        acc = f"{r['accuracy']:.4f}" if r.get("accuracy") is not None else "-"
+        size = f"{r['size_bytes'] / 1024:.1f}" if r.get("size_bytes") is not None else "-"
+        lat = f"{r['latency_ms']:.3f}" if r.get("latency_ms") is not None else "-"
+        status = "infeas." if r["status"] == "ok" and not r.get("feasible", True) else r["status"]
+        lines.append(f"{r['trial_id']:>14s} {str(r.get('criterion') or '-'):>15s} {summary:>22s} {acc:>9s} "
+                     f"{size:>9s} {lat:>8s} {status:>8s}")
+    return "\n".join(lines)

@@ -1,0 +1,85 @@
+"""The results store: one Parquet row per finished trial, rewritten atomically on every append."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from autoprune.errors import AutopruneError
+
+TRIALS_FILE = "trials.parquet"
+FRONT_FILE = "front.parquet"
+METRIC_COLUMNS = ["accuracy", "test_accuracy", "params", "size_bytes", "macs", "latency_ms", "latency_iqr_ms"]
+BASE_COLUMNS = [f"base_{c}" for c in METRIC_COLUMNS]
+SECONDS_COLUMNS = ["seconds_prune", "seconds_finetune", "seconds_measure"]
+FIXED_COLUMNS = ["trial_id", "status", "error", "searcher", "criterion"]
+TAIL_COLUMNS = ["feasible", *METRIC_COLUMNS, *BASE_COLUMNS, *SECONDS_COLUMNS, "host", "checkpoint", "finished_at"]
+STRING_COLUMNS = {"trial_id", "status", "error", "searcher", "criterion", "host", "checkpoint", "finished_at"}
+INT_COLUMNS = {"params", "size_bytes", "macs", "base_params", "base_size_bytes", "base_macs"}
+
+
+def schema(groups: Iterable[str]) -> pa.Schema:
+    """Fixed columns, one ``ratio:<group>`` column per group, then metrics, base values and timings."""
+    fields = []
+    for name in [*FIXED_COLUMNS, *[f"ratio:{g}" for g in groups], *TAIL_COLUMNS]:
+        if name in STRING_COLUMNS:
+            t = pa.string()
+        elif name == "feasible":
+            t = pa.bool_()
+        elif name in INT_COLUMNS:
+            t = pa.int64()
+        else:
+            t = pa.float64()
+        fields.append(pa.field(name, t))
+    return pa.schema(fields)
+
+
+def write_table(table: pa.Table, path: Path) -> None:
+    """Write, then rename: readers never see a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class ResultsStore:
+    """``RUN_DIR/trials.parquet``: every finished trial, each exactly once (keyed by ``trial_id``)."""
+
+    def __init__(self, run_dir: str | Path, groups: list[str]) -> None:
+        self.path = Path(run_dir) / TRIALS_FILE
+        self.schema = schema(groups)
+        self._rows: dict[str, dict[str, Any]] = {r["trial_id"]: r for r in self.read_rows()} if self.path.exists() else {}
+
+    def read_rows(self) -> list[dict[str, Any]]:
+        return read_trials(self.path.parent).to_pylist()
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        return list(self._rows.values())
+
+    def __contains__(self, trial_id: str) -> bool:
+        return trial_id in self._rows
+
+    def append(self, row: dict[str, Any]) -> None:
+        """Add (or replace) one trial's row and rewrite the file atomically."""
+        self._rows[row["trial_id"]] = {name: row.get(name) for name in self.schema.names}
+        write_table(pa.Table.from_pylist(self.rows, schema=self.schema), self.path)
+
+
+def read_trials(run_dir: str | Path, name: str = TRIALS_FILE) -> pa.Table:
+    path = Path(run_dir) / name
+    if not path.is_file():
+        raise AutopruneError(f"no results in '{run_dir}': {path} does not exist (run 'autoprune search' first)")
+    try:
+        return pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise AutopruneError(f"results file '{path}' is unreadable: {e}") from None

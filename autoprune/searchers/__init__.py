@@ -1,0 +1,28 @@
+"""Searchers that propose per-layer sparsity policies; ``make_searcher(name, space, ...)`` builds one."""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from autoprune.errors import AutopruneError
+from autoprune.searchers.base import Outcome, Searcher
+
+# name -> "module:class"; imported on demand so Optuna loads only when a search runs.
+SEARCHERS = {
+    "nsga2": "autoprune.searchers.nsga2:NSGA2Searcher",
+    "tpe": "autoprune.searchers.tpe:TPESearcher",
+    "gp": "autoprune.searchers.gp:GPSearcher",
+    "random": "autoprune.searchers.random:RandomSearcher",
+    "uniform": "autoprune.searchers.uniform:UniformSearcher",
+}
+
+
+def make_searcher(name: str, space: Any, **kwargs: Any) -> Searcher:
+    """Instantiate the searcher called ``name`` over ``space``."""
+    if name not in SEARCHERS:
+        raise AutopruneError(f"unknown searcher '{name}': use one of {', '.join(SEARCHERS)}")
+    module, _, cls = SEARCHERS[name].partition(":")
+    return getattr(importlib.import_module(module), cls)(space, **kwargs)
+
+
+__all__ = ["SEARCHERS", "Outcome", "Searcher", "make_searcher"]

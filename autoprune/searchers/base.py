@@ -1,0 +1,50 @@
+"""The searcher interface: ask for a point of the space, tell how it went."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from autoprune.space import SearchSpace
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a suggested point fared.
+
+    ``state`` is ``ok`` (finished: ``values`` = (accuracy, size_bytes, latency_ms)), ``failed`` (raised),
+    or ``stopped`` (ended early by a scheduler: its partial values must not reach the front).
+    ``violations`` holds one value per constraint, <= 0 when satisfied.
+    """
+
+    state: str
+    values: tuple[float, float, float] | None = None
+    violations: dict[str, float] = field(default_factory=dict)
+
+
+class Searcher(ABC):
+    """Proposes per-layer sparsity policies. A new searcher is one subclass in one file."""
+
+    name: ClassVar[str]
+
+    def __init__(self, space: SearchSpace, *, seed: int = 0, warm_start: int = 0, **settings: Any) -> None:
+        self.space = space
+        self.seed = seed
+        self.warm_start = warm_start
+        self.settings = settings
+
+    @abstractmethod
+    def ask(self) -> tuple[int, dict[str, Any]] | None:
+        """A new ``(suggestion_id, point)``, or None when the searcher has nothing left to try."""
+
+    @abstractmethod
+    def tell(self, suggestion_id: int, outcome: Outcome) -> None:
+        """Report the outcome of a suggestion."""
+
+    @abstractmethod
+    def replay(self, point: dict[str, Any], outcome: Outcome) -> None:
+        """Learn from a point evaluated earlier (a resumed search) without suggesting it again."""
+
+    def warm_start_points(self) -> list[dict[str, Any]]:
+        """Uniform policies evaluated first, so every search starts from the manual baseline."""
+        return [self.space.uniform_point(r) for r in self.space.uniform_ratios(self.warm_start)] if self.warm_start else []

@@ -1,0 +1,114 @@
+"""Ray Tune wiring: trials run as Tune trials, their results land in the results store as they finish."""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from autoprune.config import SearchConfig, violations
+from autoprune.data import ImageData
+from autoprune.front import compute_front, format_rows
+from autoprune.results import ResultsStore
+from autoprune.searchers import Searcher
+from autoprune.space import SearchSpace
+from autoprune.trial import TrialSettings
+from autoprune.worker import PRUNED_FILE
+
+from ray import tune  # noqa: E402  (after the environment above)
+
+# Quiet, file-light Tune: no TensorBoard/CSV loggers per trial, the classic (terse) reporter.
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "60")
+
+
+def _quiet_tune() -> None:
+    """Tune's warnings about its own bookkeeping (searcher snapshots, per-trial result files) are noise here."""
+    for name in ("ray.tune", "ray.train", "ray.air"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def init_ray(cpus: float) -> None:
+    """Join the cluster named by ``RAY_ADDRESS`` (Ray Jobs, KubeRay) or start a local one."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(log_to_driver=False)
+    else:
+        ray.init(num_cpus=max(1, int(cpus)), include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)
+
+
+def run_tune(config: SearchConfig, run_dir: Path, base: Any, data: ImageData, space: SearchSpace,
+             searcher: Searcher, store: ResultsStore, settings: TrialSettings, trials: int, echo) -> None:
+    from autoprune.tune_search import AskTellSearch
+    from autoprune.worker import policy_trial
+
+    constraints = config.constraints
+    _quiet_tune()
+    init_ray(max(os.cpu_count() or 1, config["concurrency"] * config["resources.cpu"]))
+    trainable = tune.with_resources(
+        tune.with_parameters(policy_trial, base=base, data=data, space=space, settings=settings),
+        {"cpu": config["resources.cpu"], "gpu": config["resources.gpu"]},
+    )
+    search = AskTellSearch(searcher, lambda result: violations(constraints, result), trials)
+    callback = StoreCallback(store, space, config, echo)
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(search_alg=search, num_samples=trials,
+                                    max_concurrent_trials=config["concurrency"], reuse_actors=True,
+                                    trial_name_creator=str, trial_dirname_creator=lambda t: f"trial_{t.trial_id}"),
+        run_config=tune.RunConfig(name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=str(run_dir),
+                                  callbacks=[callback], verbose=0,
+                                  failure_config=tune.FailureConfig(max_failures=config["max_failures"]),
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
+    )
+    echo(format_rows([]).splitlines()[0] + "  front")
+    tuner.fit()
+
+
+class StoreCallback(tune.Callback):
+    """Appends each finished trial to the results store (exactly once) and prints a progress line."""
+
+    def __init__(self, store: ResultsStore, space: SearchSpace, config: SearchConfig, echo) -> None:
+        self.store, self.space, self.config, self.echo = store, space, config, echo
+        self.constraints = config.constraints
+
+    def _row(self, trial: Any, result: dict[str, Any] | None, error: str | None) -> dict[str, Any]:
+        point = trial.config["point"]
+        row: dict[str, Any] = {f"ratio:{g}": point[g] for g in self.space.groups}
+        row.update(trial_id=trial.trial_id, searcher=trial.config["searcher"],
+                   criterion=point["criterion"], status="failed", error=error)
+        if result and result.get("status") == "ok" and result.get("final"):
+            row.update({k: v for k, v in result.items() if k in self.store.schema.names and k not in row})
+            row["status"], row["error"] = "ok", None
+            row["feasible"] = all(v <= 0 for v in violations(self.constraints, result).values())
+            checkpoint = trial.checkpoint
+            row["checkpoint"] = str(Path(checkpoint.path) / PRUNED_FILE) if checkpoint else None
+        elif result and result.get("status") == "failed":
+            row["error"] = result.get("error") or error
+            row["host"] = result.get("host")
+        elif result and not result.get("final"):
+            row.update(status="stopped", error=error or "stopped before its fine-tuning budget")
+        row["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        return row
+
+    def _record(self, trial: Any, result: dict[str, Any] | None, error: str | None) -> None:
+        row = self._row(trial, result, error)
+        self.store.append(row)
+        front = compute_front(self.store.rows)
+        line = format_rows([row]).splitlines()[1]
+        self.echo(f"{line}  {len(front.rows):5d}" + (f"  {row['error']}" if row["status"] != "ok" else ""))
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._record(trial, trial.last_result, None)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        error = getattr(trial, "error_msg", None) or "trial errored"
+        self._record(trial, trial.last_result, str(error).strip().splitlines()[-1][:500])

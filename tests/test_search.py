@@ -1,0 +1,97 @@
+"""End-to-end searches in Ray local mode on tiny data."""
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from autoprune import checkpoint
+from autoprune.config import load_config
+from autoprune.controller import MARKER, run_search
+from autoprune.pareto import dominates
+from autoprune.results import read_trials
+
+TINY = ["data.max_train_samples=256", "base.epochs=1", "finetune.epochs=0.5", "finetune.batch_size=64",
+        "latency.batch_size=8", "latency.threads=1", "concurrency=2", "resources.cpu=1",
+        "space.criteria=[l1, bn_scale]", "searcher.population=4", "searcher.startup_trials=3",
+        "searcher.warm_start=2"]
+
+
+@pytest.fixture(scope="module")
+def base_path(tmp_path_factory):
+    return tmp_path_factory.mktemp("bases") / "resnet20.pt"
+
+
+def search(tmp_path, base_path, *overrides, resume=False, run_dir=None):
+    config = load_config(None, [*TINY, f"base.checkpoint={base_path}", *overrides])
+    lines = []
+    summary = run_search(config, run_dir or tmp_path / "run", resume=resume, echo=lines.append)
+    return summary, lines
+
+
+def objectives(r):
+    return (r["accuracy"], r["size_bytes"], r["latency_ms"])
+
+
+@pytest.mark.parametrize("searcher", ["nsga2", "tpe"])
+def test_search_end_to_end(tmp_path, base_path, searcher):
+    summary, lines = search(tmp_path, base_path, f"searcher.name={searcher}", "trials=6")
+    run = summary.run_dir
+    rows = read_trials(run).to_pylist()
+    assert len(rows) == 6 and len({r["trial_id"] for r in rows}) == 6
+    assert all(r["status"] == "ok" for r in rows), [r["error"] for r in rows]
+    assert all(r["searcher"] == searcher and r["criterion"] in ("l1", "bn_scale") for r in rows)
+    schema = pq.read_schema(run / "trials.parquet").names
+    assert "ratio:conv1" in schema and "ratio:layer3.0.conv2" in schema
+    for r in rows:
+        assert 0 <= r["accuracy"] <= 1 and r["size_bytes"] <= r["base_size_bytes"] and r["latency_ms"] > 0
+        assert r["params"] <= r["base_params"] and r["host"]
+    front = read_trials(run, "front.parquet").to_pylist()
+    feasible = [r for r in rows if r["feasible"]]
+    for f in front:
+        assert not any(dominates(objectives(r), objectives(f)) for r in feasible)
+    for r in feasible:  # every non-dominated feasible trial is on the front (or equals one there)
+        if not any(dominates(objectives(o), objectives(r)) for o in feasible):
+            assert objectives(r) in [objectives(f) for f in front]
+    assert (run / "pareto.png").stat().st_size > 1000 and (run / MARKER).is_file()
+    # the trial checkpoint rebuilds the pruned model with the recorded accuracy's structure
+    best = front[0]
+    model = checkpoint.load(best["checkpoint"]).build()
+    assert sum(p.numel() for p in model.parameters()) == best["params"]
+    assert any("front" in line for line in lines)
+
+
+def test_constraint_violators_never_enter_the_front(tmp_path, base_path):
+    summary, lines = search(tmp_path, base_path, "trials=4", "searcher.name=random",
+                            "constraints=['size_bytes <= base * 0.7']")
+    rows = read_trials(summary.run_dir).to_pylist()
+    front_ids = {r["trial_id"] for r in summary.front.rows}
+    for r in rows:
+        assert r["feasible"] == (r["size_bytes"] <= 0.7 * r["base_size_bytes"])
+        if not r["feasible"]:
+            assert r["trial_id"] not in front_ids
+
+
+def test_no_feasible_candidate_ends_with_an_empty_front(tmp_path, base_path):
+    summary, lines = search(tmp_path, base_path, "trials=2", "searcher.name=uniform",
+                            "constraints=['latency_ms <= 0.000001']")
+    assert summary.finished == 2 and summary.front.rows == []
+    assert read_trials(summary.run_dir, "front.parquet").num_rows == 0
+    assert any("no trial met every constraint" in line for line in lines)
+
+
+def test_a_failing_trial_is_recorded_and_the_search_completes(tmp_path, base_path):
+    summary, _ = search(tmp_path, base_path, "trials=3", "searcher.name=random", "finetune.lr=1e12")
+    rows = read_trials(summary.run_dir).to_pylist()
+    assert len(rows) == 3
+    failed = [r for r in rows if r["status"] == "failed"]
+    assert failed and all("diverged" in r["error"] for r in failed)
+
+
+def test_resume_runs_only_the_remaining_trials(tmp_path, base_path):
+    first, _ = search(tmp_path, base_path, "trials=3", "searcher.name=nsga2")
+    before = {r["trial_id"]: r for r in read_trials(first.run_dir).to_pylist()}
+    second, lines = search(tmp_path, base_path, "trials=5", "searcher.name=nsga2", resume=True,
+                           run_dir=first.run_dir)
+    after = {r["trial_id"]: r for r in read_trials(second.run_dir).to_pylist()}
+    assert len(after) == 5 and set(before) <= set(after)
+    assert all(after[t]["finished_at"] == before[t]["finished_at"] for t in before)  # not re-run
+    assert any("2 trials to run (3 already finished)" in line for line in lines)
