@@ -4,15 +4,26 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO := runs/demo
+CONFIG := search_spaces/resnet20_fashionmnist.yaml
 
-.PHONY: demo test test-all clean
+.PHONY: demo prune-demo test test-all clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --progress-bar off -e '.[test]'
 	touch $(STAMP)
 
+# The main job: a full search on the embedded data (the base model is trained on first use, then reused),
+# then the knee of the Pareto front exported. A fresh run directory each time.
 demo: $(STAMP)
+	rm -rf $(DEMO)/search $(DEMO)/export
+	$(BIN)/autoprune search $(CONFIG) --out $(DEMO)/search
+	$(BIN)/autoprune export $(DEMO)/search --pick knee --out $(DEMO)/export
+	@echo "results: $(DEMO)/search/trials.parquet  front: $(DEMO)/search/front.parquet"
+	@echo "plot:    $(DEMO)/search/pareto.png  export: $(DEMO)/export/"
+
+# The single-candidate pipeline: one hand-written non-uniform policy, pruned, fine-tuned, measured.
+prune-demo: $(STAMP)
 	@test -f $(DEMO)/base.pt || $(BIN)/autoprune train-base --model resnet20 --epochs 10 --out $(DEMO)/base.pt
 	$(BIN)/autoprune prune --base $(DEMO)/base.pt --policy examples/resnet20_policy.json \
 		--out $(DEMO)/pruned --finetune-epochs 3 --kd
@@ -24,4 +35,4 @@ test-all: $(STAMP)
 	$(BIN)/python -m pytest -m ""
 
 clean:
-	rm -rf $(DEMO) .pytest_cache
+	rm -rf runs .pytest_cache

@@ -82,6 +82,7 @@ def save(checkpoint: Checkpoint, path: str | Path) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(checkpoint.to_dict(), f)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

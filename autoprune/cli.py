@@ -166,6 +166,20 @@ def cmd_front(args: argparse.Namespace) -> None:
     print(format_rows(front.rows))
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from autoprune.export import export_trial, pick_trial
+
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        raise AutopruneError(f"run directory '{run_dir}' does not exist")
+    row = pick_trial(run_dir, args.pick, args.max_latency_ms, args.min_accuracy, args.max_size_mb)
+    m = export_trial(run_dir, row, args.out)
+    print(f"exported trial {m['trial_id']} ({args.pick}) to {args.out}: test_accuracy {m['test_accuracy']:.4f} "
+          f"(base {m['base']['test_accuracy']:.4f}), latency {m['latency_ms']:.3f} ms "
+          f"(base {m['base']['latency_ms']:.3f}), {m['params']:,} params (base {m['base']['params']:,})")
+    print(f"files: policy.json, model.pt, model.pt2, metrics.json, README.md")
+
+
 def format_comparison(report: dict[str, Any]) -> str:
     """Base vs pruned as an aligned table."""
     b, p = report["base"], report["pruned"]
@@ -231,6 +245,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN_DIR",
                    help="continue an interrupted search without re-running finished trials")
     p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("export", help="export a trial of a run: policy, weights, torch.export program, card")
+    p.add_argument("run_dir")
+    p.add_argument("--pick", default="knee", help="knee, max-accuracy, min-latency, min-size or trial:ID")
+    p.add_argument("--max-latency-ms", type=float)
+    p.add_argument("--min-accuracy", type=float, help="validation accuracy, as a fraction")
+    p.add_argument("--max-size-mb", type=float)
+    p.add_argument("--out", required=True, help="export directory")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("front", help="print a run's Pareto front")
     p.add_argument("run_dir")

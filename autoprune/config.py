@@ -30,6 +30,7 @@ DEFAULTS: dict[str, Any] = {
                  "batch_size": 128},
     "constraints": [],
     "searcher": {"name": "nsga2", "seed": 0, "warm_start": 3, "population": 8, "startup_trials": 6, "grid": 8},
+    "scheduler": "none",  # or "asha": stop weak candidates early on validation accuracy (multi-fidelity)
     "trials": 16,
     "concurrency": 2,
     "resources": {"cpu": 1.0, "gpu": 0.0},
@@ -214,6 +215,8 @@ def _validate(c: SearchConfig) -> None:
             raise AutopruneError(f"config key '{key}' must be >= 1, got {c[key]}")
     if c["resources.cpu"] <= 0 or c["resources.gpu"] < 0:
         raise AutopruneError("config key 'resources': cpu must be > 0 and gpu >= 0")
+    if c["scheduler"] not in ("none", "asha"):
+        raise AutopruneError(f"config key 'scheduler' must be none or asha, got '{c['scheduler']}'")
     if c["latency.device"] not in ("auto", "cpu", "cuda"):
         raise AutopruneError(f"config key 'latency.device' must be auto, cpu or cuda, got '{c['latency.device']}'")
     c.constraints  # parse every constraint now, naming the bad one

@@ -69,8 +69,6 @@ class SearchSpace:
         return point
 
     def uniform_ratios(self, count: int) -> list[float]:
-        """``count`` evenly spread ratios between the smallest low and the largest high."""
+        """``count`` evenly spread ratios in (lowest low, highest high]: the lower end is the base model itself."""
         low, high = min(p.low for p in self.params), max(p.high for p in self.params)
-        if count == 1:
-            return [round((low + high) / 2, 10)]
-        return [round(low + (high - low) * i / (count - 1), 10) for i in range(count)]
+        return [round(low + (high - low) * (i + 1) / count, 10) for i in range(count)]

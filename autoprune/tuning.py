@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -58,10 +59,15 @@ def run_tune(config: SearchConfig, run_dir: Path, base: Any, data: ImageData, sp
         {"cpu": config["resources.cpu"], "gpu": config["resources.gpu"]},
     )
     search = AskTellSearch(searcher, lambda result: violations(constraints, result), trials)
+    scheduler = None
+    if config["scheduler"] == "asha":  # stopped trials are told as stopped: they never reach the front
+        scheduler = tune.schedulers.ASHAScheduler(metric="accuracy", mode="max", time_attr="epoch",
+                                                  max_t=max(1, math.ceil(config["finetune.epochs"])),
+                                                  grace_period=1)
     callback = StoreCallback(store, space, config, echo)
     tuner = tune.Tuner(
         trainable,
-        tune_config=tune.TuneConfig(search_alg=search, num_samples=trials,
+        tune_config=tune.TuneConfig(search_alg=search, scheduler=scheduler, num_samples=trials,
                                     max_concurrent_trials=config["concurrency"], reuse_actors=True,
                                     trial_name_creator=str, trial_dirname_creator=lambda t: f"trial_{t.trial_id}"),
         run_config=tune.RunConfig(name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=str(run_dir),
@@ -78,6 +84,7 @@ class StoreCallback(tune.Callback):
 
     def __init__(self, store: ResultsStore, space: SearchSpace, config: SearchConfig, echo) -> None:
         self.store, self.space, self.config, self.echo = store, space, config, echo
+        self.run_dir = store.path.parent
         self.constraints = config.constraints
 
     def _row(self, trial: Any, result: dict[str, Any] | None, error: str | None) -> dict[str, Any]:
@@ -90,7 +97,9 @@ class StoreCallback(tune.Callback):
             row["status"], row["error"] = "ok", None
             row["feasible"] = all(v <= 0 for v in violations(self.constraints, result).values())
             checkpoint = trial.checkpoint
-            row["checkpoint"] = str(Path(checkpoint.path) / PRUNED_FILE) if checkpoint else None
+            if checkpoint:  # relative to the run directory, so a run directory can be moved
+                path = Path(checkpoint.path) / PRUNED_FILE
+                row["checkpoint"] = str(path.relative_to(self.run_dir)) if path.is_relative_to(self.run_dir) else str(path)
         elif result and result.get("status") == "failed":
             row["error"] = result.get("error") or error
             row["host"] = result.get("host")

@@ -46,12 +46,14 @@ def policy_trial(config: dict[str, Any], *, base: ckpt_io.Checkpoint, data: Imag
     except Exception as e:  # recorded as a failed trial; the search continues
         message = str(e).strip().splitlines()[0] if str(e).strip() else ""
         tune.report({"status": "failed", "error": f"{type(e).__name__}: {message}"[:500], "final": True,
-                     "host": host, "accuracy": math.nan, "size_bytes": math.nan, "latency_ms": math.nan})
+                     "host": host, "epoch": 0, "accuracy": math.nan, "size_bytes": math.nan,
+                     "latency_ms": math.nan})
         return
     base_metrics = {f"base_{k}": v for k, v in _objectives(result.base).items()}
     base_metrics["base_test_accuracy"] = result.base["test_accuracy"]
     final = {**_objectives(result.pruned), **base_metrics, "test_accuracy": result.pruned["test_accuracy"],
              "status": "ok", "error": None, "final": True, "host": host, "criterion": policy.criterion,
+             "epoch": math.ceil(settings.finetune_epochs),
              **{f"seconds_{k}": v for k, v in result.seconds.items()}}
     with tempfile.TemporaryDirectory() as tmp:
         ckpt_io.save(ckpt_io.from_model(result.model, base.model_spec, base.data_spec, base.input_shape,

@@ -31,9 +31,19 @@ def objectives(r):
     return (r["accuracy"], r["size_bytes"], r["latency_ms"])
 
 
+@pytest.fixture(scope="module")
+def nsga2_run(tmp_path_factory, base_path):
+    return search(tmp_path_factory.mktemp("nsga2"), base_path, "searcher.name=nsga2", "trials=6")
+
+
+@pytest.fixture(scope="module")
+def tpe_run(tmp_path_factory, base_path):
+    return search(tmp_path_factory.mktemp("tpe"), base_path, "searcher.name=tpe", "trials=6")
+
+
 @pytest.mark.parametrize("searcher", ["nsga2", "tpe"])
-def test_search_end_to_end(tmp_path, base_path, searcher):
-    summary, lines = search(tmp_path, base_path, f"searcher.name={searcher}", "trials=6")
+def test_search_end_to_end(request, searcher):
+    summary, lines = request.getfixturevalue(f"{searcher}_run")
     run = summary.run_dir
     rows = read_trials(run).to_pylist()
     assert len(rows) == 6 and len({r["trial_id"] for r in rows}) == 6
@@ -54,7 +64,7 @@ def test_search_end_to_end(tmp_path, base_path, searcher):
     assert (run / "pareto.png").stat().st_size > 1000 and (run / MARKER).is_file()
     # the trial checkpoint rebuilds the pruned model with the recorded accuracy's structure
     best = front[0]
-    model = checkpoint.load(best["checkpoint"]).build()
+    model = checkpoint.load(run / best["checkpoint"]).build()
     assert sum(p.numel() for p in model.parameters()) == best["params"]
     assert any("front" in line for line in lines)
 
@@ -95,3 +105,57 @@ def test_resume_runs_only_the_remaining_trials(tmp_path, base_path):
     assert len(after) == 5 and set(before) <= set(after)
     assert all(after[t]["finished_at"] == before[t]["finished_at"] for t in before)  # not re-run
     assert any("2 trials to run (3 already finished)" in line for line in lines)
+
+
+def test_export_reproduces_the_pruned_model_and_its_test_accuracy(nsga2_run, tmp_path):
+    import json
+
+    import autoprune
+    from autoprune.export import export_trial, pick_trial
+
+    run = nsga2_run[0].run_dir
+    row = pick_trial(run, "knee")
+    assert row["trial_id"] in {r["trial_id"] for r in read_trials(run, "front.parquet").to_pylist()}
+    metrics = export_trial(run, row, tmp_path / "export")
+    out = tmp_path / "export"
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "metrics.json", "model.pt", "model.pt2",
+                                                   "policy.json"]
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["test_accuracy"] == row["test_accuracy"] == metrics["test_accuracy"]
+    for key in ("latency_ms", "size_bytes", "params", "macs", "input_shape", "preprocess"):
+        assert key in saved
+    assert saved["input_shape"] == [1, 1, 28, 28] and len(saved["preprocess"]["mean"]) == 1
+    x = torch.randn(3, 1, 28, 28)
+    module = autoprune.load(out)
+    program = torch.export.load(str(out / "model.pt2")).module()
+    torch.testing.assert_close(program(x), module(x), rtol=1e-5, atol=1e-5)
+    raw = torch.load(out / "model.pt", weights_only=True)
+    assert raw["prune_record"]["policy"] == json.loads((out / "policy.json").read_text())
+
+
+def test_export_picks_and_limits(nsga2_run):
+    from autoprune import AutopruneError
+    from autoprune.export import pick_trial
+
+    run = nsga2_run[0].run_dir
+    front = read_trials(run, "front.parquet").to_pylist()
+    assert pick_trial(run, "max-accuracy")["accuracy"] == max(r["accuracy"] for r in front)
+    assert pick_trial(run, "min-latency")["latency_ms"] == min(r["latency_ms"] for r in front)
+    assert pick_trial(run, "min-size")["size_bytes"] == min(r["size_bytes"] for r in front)
+    any_id = read_trials(run).to_pylist()[0]["trial_id"]
+    assert pick_trial(run, f"trial:{any_id}")["trial_id"] == any_id
+    with pytest.raises(AutopruneError, match="meets the requested limits"):
+        pick_trial(run, "knee", max_latency_ms=1e-9)
+    with pytest.raises(AutopruneError, match="has no trial 'zzz'"):
+        pick_trial(run, "trial:zzz")
+    with pytest.raises(AutopruneError, match="--pick must be one of"):
+        pick_trial(run, "best")
+
+
+def test_early_stopped_trials_never_pollute_the_front(tmp_path, base_path):
+    summary, _ = search(tmp_path, base_path, "trials=6", "searcher.name=random", "scheduler=asha",
+                        "finetune.epochs=3", "data.max_train_samples=128")
+    rows = read_trials(summary.run_dir).to_pylist()
+    assert len(rows) == 6 and {r["status"] for r in rows} <= {"ok", "stopped"}
+    front_ids = {r["trial_id"] for r in summary.front.rows}
+    assert all(r["trial_id"] not in front_ids for r in rows if r["status"] == "stopped")

@@ -1,0 +1,143 @@
+"""Export a chosen trial: policy, weights, a ``torch.export`` program, metrics and a model card.
+
+``autoprune.load(DIR)`` rebuilds the model from the zoo architecture, the recorded pruning history
+and the weights (``torch.load(weights_only=True)``); ``model.pt2`` needs plain torch only:
+``torch.export.load("model.pt2").module()``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from autoprune import checkpoint as ckpt_io
+from autoprune.data import load_data
+from autoprune.errors import AutopruneError
+from autoprune.front import OBJECTIVE_KEYS, compute_front
+from autoprune.policy import Policy
+from autoprune.results import read_trials
+from autoprune.train import evaluate
+
+PICKS = ("knee", "max-accuracy", "min-latency", "min-size")
+MODEL_FILE, PROGRAM_FILE = "model.pt", "model.pt2"
+
+
+def knee(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The front point closest to the ideal point after scaling each objective to [0, 1] over the front."""
+    def scaled(r: dict[str, Any]) -> list[float]:
+        out = []
+        for key in OBJECTIVE_KEYS:
+            values = [x[key] for x in rows]
+            lo, hi = min(values), max(values)
+            v = (r[key] - lo) / (hi - lo) if hi > lo else 0.0
+            out.append(1.0 - v if key == "accuracy" else v)  # 0 is ideal for every objective
+        return out
+
+    return min(rows, key=lambda r: math.hypot(*scaled(r)))
+
+
+def pick_trial(run_dir: Path, pick: str, max_latency_ms: float | None = None, min_accuracy: float | None = None,
+               max_size_mb: float | None = None) -> dict[str, Any]:
+    """Choose a trial of the run: a point of the (filtered) front, or ``trial:ID``."""
+    rows = read_trials(run_dir).to_pylist()
+    if pick.startswith("trial:"):
+        wanted = pick.split(":", 1)[1]
+        match = [r for r in rows if r["trial_id"] == wanted]
+        if not match:
+            raise AutopruneError(f"--pick {pick}: run '{run_dir}' has no trial '{wanted}'")
+        if match[0]["status"] != "ok":
+            raise AutopruneError(f"--pick {pick}: that trial did not finish ({match[0]['status']}: {match[0]['error']})")
+        return match[0]
+    if pick not in PICKS:
+        raise AutopruneError(f"--pick must be one of {', '.join(PICKS)} or trial:ID, got '{pick}'")
+    front = compute_front(rows).rows
+    if max_latency_ms is not None:
+        front = [r for r in front if r["latency_ms"] <= max_latency_ms]
+    if min_accuracy is not None:
+        front = [r for r in front if r["accuracy"] >= min_accuracy]
+    if max_size_mb is not None:
+        front = [r for r in front if r["size_bytes"] <= max_size_mb * 1e6]
+    if not front:
+        raise AutopruneError(f"no Pareto-front trial of '{run_dir}' meets the requested limits")
+    if pick == "knee":
+        return knee(front)
+    key, sign = {"max-accuracy": ("accuracy", -1), "min-latency": ("latency_ms", 1), "min-size": ("size_bytes", 1)}[pick]
+    return min(front, key=lambda r: sign * r[key])
+
+
+def export_trial(run_dir: str | Path, row: dict[str, Any], out: str | Path) -> dict[str, Any]:
+    """Write the export of ``row`` into ``out`` (replaced atomically) and return its metrics."""
+    run_dir, out = Path(run_dir), Path(out)
+    source = run_dir / row["checkpoint"]
+    if not row.get("checkpoint") or not source.is_file():
+        raise AutopruneError(f"trial {row['trial_id']} has no checkpoint at '{source}'")
+    ckpt = ckpt_io.load(source)
+    model = ckpt.build(source)
+    data = load_data(ckpt.data_spec)
+    test_accuracy = evaluate(model, data.loader("test", 256))
+    if abs(test_accuracy - row["test_accuracy"]) > 1e-9:
+        raise AutopruneError(f"exported model gives test accuracy {test_accuracy:.4f}, the run recorded "
+                             f"{row['test_accuracy']:.4f}: the checkpoint at '{source}' does not match its trial")
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    policy = Policy.from_dict(ckpt.record.policy)
+    policy.save(tmp / "policy.json")
+    ckpt_io.save(ckpt, tmp / MODEL_FILE)
+    example = torch.randn(1, *ckpt.input_shape)
+    program = torch.export.export(model.eval(), (example,))
+    torch.export.save(program, tmp / PROGRAM_FILE)
+    metrics = {"trial_id": row["trial_id"], "model": ckpt.model_spec.arch, "test_accuracy": test_accuracy,
+               "val_accuracy": row["accuracy"], "latency_ms": row["latency_ms"],
+               "latency_iqr_ms": row["latency_iqr_ms"], "size_bytes": row["size_bytes"], "params": row["params"],
+               "macs": row["macs"], "input_shape": [1, *ckpt.input_shape], "preprocess": ckpt.preprocess,
+               "base": {k: row[f"base_{k}"] for k in ("accuracy", "test_accuracy", "size_bytes", "latency_ms",
+                                                        "params", "macs")}}
+    (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    (tmp / "README.md").write_text(model_card(metrics, policy))
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return metrics
+
+
+def model_card(m: dict[str, Any], policy: Policy) -> str:
+    b = m["base"]
+    return f"""# Pruned {m['model']} (trial {m['trial_id']})
+
+Structurally pruned with autoprune: channels physically removed by the per-layer policy in
+`policy.json` (criterion `{policy.criterion}`), then fine-tuned.
+
+| metric | base | pruned |
+| --- | ---: | ---: |
+| test accuracy | {b['test_accuracy']:.4f} | {m['test_accuracy']:.4f} |
+| validation accuracy | {b['accuracy']:.4f} | {m['val_accuracy']:.4f} |
+| parameters | {b['params']:,} | {m['params']:,} |
+| size (bytes) | {b['size_bytes']:,} | {m['size_bytes']:,} |
+| MACs | {b['macs']:,} | {m['macs']:,} |
+| latency (ms, median) | {b['latency_ms']:.3f} | {m['latency_ms']:.3f} |
+
+Latency was measured on the search worker, base and pruned interleaved in one process.
+
+## Use
+
+Inputs: shape `{m['input_shape']}`, pixels scaled to [0, 1], then normalised with
+mean `{[round(x, 4) for x in m['preprocess']['mean']]}` and std `{[round(x, 4) for x in m['preprocess']['std']]}`.
+
+```python
+import torch
+model = torch.export.load("model.pt2").module()      # plain torch, no autoprune needed
+# or: import autoprune; model = autoprune.load(".")  # nn.Module rebuilt from model.pt (weights_only)
+```
+"""
+
+
+def load(directory: str | Path) -> nn.Module:
+    """Rebuild an exported model as an ``nn.Module`` from ``DIR/model.pt`` (read with ``weights_only=True``)."""
+    path = Path(directory) / MODEL_FILE
+    return ckpt_io.load(path).build(path)
