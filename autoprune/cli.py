@@ -130,22 +130,20 @@ def cmd_prune(args: argparse.Namespace) -> None:
 
 def cmd_search(args: argparse.Namespace) -> None:
     from autoprune.config import load_config
-    from autoprune.controller import run_search, summary_table
+    from autoprune.controller import check_resumable, run_search, summary_table
 
-    resume_dir = args.resume if isinstance(args.resume, str) else None
-    if resume_dir and args.out and Path(args.out) != Path(resume_dir):
-        raise AutopruneError(f"--resume {resume_dir} and --out {args.out} name different run directories")
-    run_dir = Path(resume_dir or args.out or "")
-    if args.resume and not (resume_dir or args.out):
+    if isinstance(args.resume, str):  # --resume RUN_DIR
+        if args.out and Path(args.out) != Path(args.resume):
+            raise AutopruneError(f"--resume {args.resume} and --out {args.out} name different run directories")
+        args.out = args.resume
+    if args.resume and not args.out:
         raise AutopruneError("--resume needs the run directory: --resume RUN_DIR")
-    config_path = args.config
-    if config_path is None:
-        if not args.resume:
-            raise AutopruneError("search needs a CONFIG file (e.g. search_spaces/resnet20_fashionmnist.yaml)")
-        config_path = run_dir / "config.yaml"
-    config = load_config(config_path, args.set)
-    if not str(run_dir):
-        run_dir = Path("runs") / f"{config['name']}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if args.config is None and not args.resume:
+        raise AutopruneError("search needs a CONFIG file (e.g. search_spaces/resnet20_fashionmnist.yaml)")
+    if args.resume:
+        check_resumable(Path(args.out))
+    config = load_config(args.config or Path(args.out) / "config.yaml", args.set)
+    run_dir = Path(args.out or Path("runs") / f"{config['name']}-{time.strftime('%Y%m%d-%H%M%S')}")
     summary = run_search(config, run_dir, resume=bool(args.resume), echo=lambda m: print(m, flush=True))
     print(f"\n{summary.finished} trials finished, {summary.failed} failed; "
           f"Pareto front: {len(summary.front.rows)} trials, hypervolume {summary.front.hypervolume:.4f} (vs base)")

@@ -28,6 +28,7 @@ DEFAULTS: dict[str, Any] = {
               "criteria": ["l1"]},
     "finetune": {"epochs": 1.0, "lr": 0.02, "kd": True, "kd_alpha": 0.5, "kd_temperature": 4.0, "steps": 1,
                  "batch_size": 128},
+    "objectives": list(OBJECTIVES),  # stated for the reader; the front is always over these three
     "constraints": [],
     "searcher": {"name": "nsga2", "seed": 0, "warm_start": 3, "population": 8, "startup_trials": 6, "grid": 8},
     "scheduler": "none",  # or "asha": stop weak candidates early on validation accuracy (multi-fidelity)
@@ -215,6 +216,9 @@ def _validate(c: SearchConfig) -> None:
             raise AutopruneError(f"config key '{key}' must be >= 1, got {c[key]}")
     if c["resources.cpu"] <= 0 or c["resources.gpu"] < 0:
         raise AutopruneError("config key 'resources': cpu must be > 0 and gpu >= 0")
+    if sorted(c["objectives"]) != sorted(OBJECTIVES):
+        raise AutopruneError(f"config key 'objectives' must be {list(OBJECTIVES)} (accuracy max, size and "
+                             f"latency min), got {c['objectives']}")
     if c["scheduler"] not in ("none", "asha"):
         raise AutopruneError(f"config key 'scheduler' must be none or asha, got '{c['scheduler']}'")
     if c["latency.device"] not in ("auto", "cpu", "cuda"):

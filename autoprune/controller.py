@@ -67,7 +67,8 @@ def ensure_base(config: SearchConfig, data: ImageData, echo: Echo) -> tuple[ckpt
     model = build_model(spec)
     loader = data.loader("train", config["base.batch_size"], shuffle=True, augment=True)
     start = time.perf_counter()
-    train(model, loader, TrainConfig(epochs=config["base.epochs"], lr=config["base.lr"], seed=config["data.seed"]))
+    train(model, loader, TrainConfig(epochs=config["base.epochs"], lr=config["base.lr"], seed=config["data.seed"]),
+          on_epoch=lambda epoch, loss: echo(f"  base epoch {epoch}: loss {loss:.4f}"))
     metrics = {"val_accuracy": evaluate(model, data.loader("val", 256)),
                "test_accuracy": evaluate(model, data.loader("test", 256)),
                "train_seconds": round(time.perf_counter() - start, 1)}
@@ -91,11 +92,16 @@ def trial_settings(config: SearchConfig) -> TrialSettings:
                          threads=config["latency.threads"] or threads, device=device, seed=config["searcher.seed"])
 
 
+def check_resumable(run_dir: Path) -> None:
+    """Tune's state is a pickle: resume only directories autoprune created (they hold the marker file)."""
+    if not (Path(run_dir) / MARKER).is_file():
+        raise AutopruneError(f"--resume: '{run_dir}' is not an autoprune run directory (no {MARKER})")
+
+
 def prepare_run_dir(run_dir: Path, config: SearchConfig, resume: bool) -> None:
     marker = run_dir / MARKER
     if resume:
-        if not marker.is_file():
-            raise AutopruneError(f"--resume: '{run_dir}' is not an autoprune run directory (no {MARKER})")
+        check_resumable(run_dir)
         return
     if run_dir.exists() and any(run_dir.iterdir()):
         raise AutopruneError(f"run directory '{run_dir}' is not empty: pass --resume to continue it, or another --out")

@@ -89,13 +89,14 @@ def export_trial(run_dir: str | Path, row: dict[str, Any], out: str | Path) -> d
     policy = Policy.from_dict(ckpt.record.policy)
     policy.save(tmp / "policy.json")
     ckpt_io.save(ckpt, tmp / MODEL_FILE)
-    example = torch.randn(1, *ckpt.input_shape)
-    program = torch.export.export(model.eval(), (example,))
+    example = torch.randn(2, *ckpt.input_shape)
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    program = torch.export.export(model.eval(), (example,), dynamic_shapes=({0: batch},))
     torch.export.save(program, tmp / PROGRAM_FILE)
     metrics = {"trial_id": row["trial_id"], "model": ckpt.model_spec.arch, "test_accuracy": test_accuracy,
                "val_accuracy": row["accuracy"], "latency_ms": row["latency_ms"],
                "latency_iqr_ms": row["latency_iqr_ms"], "size_bytes": row["size_bytes"], "params": row["params"],
-               "macs": row["macs"], "input_shape": [1, *ckpt.input_shape], "preprocess": ckpt.preprocess,
+               "macs": row["macs"], "input_shape": ["batch", *ckpt.input_shape], "preprocess": ckpt.preprocess,
                "base": {k: row[f"base_{k}"] for k in ("accuracy", "test_accuracy", "size_bytes", "latency_ms",
                                                         "params", "macs")}}
     (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
@@ -126,7 +127,7 @@ Latency was measured on the search worker, base and pruned interleaved in one pr
 
 ## Use
 
-Inputs: shape `{m['input_shape']}`, pixels scaled to [0, 1], then normalised with
+Inputs: shape `{m['input_shape']}` (any batch size), pixels scaled to [0, 1], then normalised with
 mean `{[round(x, 4) for x in m['preprocess']['mean']]}` and std `{[round(x, 4) for x in m['preprocess']['std']]}`.
 
 ```python

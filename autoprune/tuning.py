@@ -110,6 +110,10 @@ class StoreCallback(tune.Callback):
 
     def _record(self, trial: Any, result: dict[str, Any] | None, error: str | None) -> None:
         row = self._row(trial, result, error)
+        if row["status"] == "stopped" and self.config["scheduler"] == "none":
+            # nothing stops trials early but an interruption: leave it out so --resume runs it again
+            self.echo(f"{row['trial_id']:>14s} interrupted before it finished: not recorded")
+            return
         self.store.append(row)
         front = compute_front(self.store.rows)
         line = format_rows([row]).splitlines()[1]

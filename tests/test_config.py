@@ -33,6 +33,8 @@ def test_defaults_and_overrides(tmp_path):
     ("constraints: ['latency_ms < = 2']\n", "constraints[0]"),
     ("constraints: ['test_accuracy >= 0.5']\n", "unknown metric 'test_accuracy'"),
     ("concurrency: 0\n", "config key 'concurrency' must be >= 1"),
+    ("objectives: [accuracy, macs]\n", "config key 'objectives'"),
+    ("scheduler: hyperband\n", "config key 'scheduler'"),
     ("trials: [1,\n", "is not valid YAML at line"),
     ("- a\n- b\n", "must be a mapping"),
 ])

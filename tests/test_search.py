@@ -96,15 +96,38 @@ def test_a_failing_trial_is_recorded_and_the_search_completes(tmp_path, base_pat
     assert failed and all("diverged" in r["error"] for r in failed)
 
 
-def test_resume_runs_only_the_remaining_trials(tmp_path, base_path):
-    first, _ = search(tmp_path, base_path, "trials=3", "searcher.name=nsga2")
-    before = {r["trial_id"]: r for r in read_trials(first.run_dir).to_pylist()}
-    second, lines = search(tmp_path, base_path, "trials=5", "searcher.name=nsga2", resume=True,
-                           run_dir=first.run_dir)
-    after = {r["trial_id"]: r for r in read_trials(second.run_dir).to_pylist()}
-    assert len(after) == 5 and set(before) <= set(after)
+def test_resume_after_a_stop_mid_search_runs_only_the_remaining_trials(tmp_path, base_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "run"
+    sets = [a for s in [*TINY, f"base.checkpoint={base_path}", "trials=6", "concurrency=1"] for a in ("--set", s)]
+    proc = subprocess.Popen([sys.executable, "-m", "autoprune.cli", "search", *sets, "--out", str(run)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if (run / "trials.parquet").exists() and read_trials(run).num_rows >= 2:
+            break
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)  # the user presses Ctrl-C mid-search
+    proc.communicate(timeout=120)
+    before = {r["trial_id"]: r for r in read_trials(run).to_pylist()}
+    assert 2 <= len(before) < 6
+    summary, lines = search(tmp_path, base_path, "trials=6", "concurrency=1", resume=True, run_dir=run)
+    after = {r["trial_id"]: r for r in read_trials(run).to_pylist()}
+    assert len(after) == 6 and set(before) <= set(after)
     assert all(after[t]["finished_at"] == before[t]["finished_at"] for t in before)  # not re-run
-    assert any("2 trials to run (3 already finished)" in line for line in lines)
+    assert any(f"{6 - len(before)} trials to run ({len(before)} already finished)" in line for line in lines)
+
+
+def test_resume_refuses_a_directory_autoprune_did_not_create(tmp_path, base_path):
+    from autoprune import AutopruneError
+
+    (tmp_path / "foreign").mkdir()
+    with pytest.raises(AutopruneError, match="not an autoprune run directory"):
+        search(tmp_path, base_path, "trials=1", resume=True, run_dir=tmp_path / "foreign")
 
 
 def test_export_reproduces_the_pruned_model_and_its_test_accuracy(nsga2_run, tmp_path):
@@ -124,11 +147,12 @@ def test_export_reproduces_the_pruned_model_and_its_test_accuracy(nsga2_run, tmp
     assert saved["test_accuracy"] == row["test_accuracy"] == metrics["test_accuracy"]
     for key in ("latency_ms", "size_bytes", "params", "macs", "input_shape", "preprocess"):
         assert key in saved
-    assert saved["input_shape"] == [1, 1, 28, 28] and len(saved["preprocess"]["mean"]) == 1
-    x = torch.randn(3, 1, 28, 28)
+    assert saved["input_shape"] == ["batch", 1, 28, 28] and len(saved["preprocess"]["mean"]) == 1
     module = autoprune.load(out)
     program = torch.export.load(str(out / "model.pt2")).module()
-    torch.testing.assert_close(program(x), module(x), rtol=1e-5, atol=1e-5)
+    for batch in (1, 5):
+        x = torch.randn(batch, 1, 28, 28)
+        torch.testing.assert_close(program(x), module(x), rtol=1e-5, atol=1e-5)
     raw = torch.load(out / "model.pt", weights_only=True)
     assert raw["prune_record"]["policy"] == json.loads((out / "policy.json").read_text())
 
