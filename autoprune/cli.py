@@ -153,6 +153,28 @@ def cmd_search(args: argparse.Namespace) -> None:
           f"plot:    {summary.run_dir / 'pareto.png'}")
 
 
+def cmd_submit(args: argparse.Namespace) -> None:
+    from autoprune import jobs
+
+    job_id = jobs.submit(args.config, args.address, args.working_dir, args.out, args.set)
+    print(job_id)
+    print(f"follow it with: autoprune status {job_id} --address {jobs.resolve_address(args.address)}"
+          f"  |  autoprune logs {job_id} --follow", file=sys.stderr)
+
+
+def cmd_status(args: argparse.Namespace) -> None:
+    from autoprune import jobs
+
+    print(jobs.status(args.job_id, args.address))
+
+
+def cmd_logs(args: argparse.Namespace) -> None:
+    from autoprune import jobs
+
+    for chunk in jobs.logs(args.job_id, args.address, args.follow):
+        print(chunk, end="", flush=True)
+
+
 def cmd_front(args: argparse.Namespace) -> None:
     from autoprune.front import write_front, format_rows
 
@@ -175,7 +197,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     print(f"exported trial {m['trial_id']} ({args.pick}) to {args.out}: test_accuracy {m['test_accuracy']:.4f} "
           f"(base {m['base']['test_accuracy']:.4f}), latency {m['latency_ms']:.3f} ms "
           f"(base {m['base']['latency_ms']:.3f}), {m['params']:,} params (base {m['base']['params']:,})")
-    print(f"files: policy.json, model.pt, model.pt2, metrics.json, README.md")
+    print("files: policy.json, model.pt, model.pt2, metrics.json, README.md, MANIFEST.sha256")
 
 
 def format_comparison(report: dict[str, Any]) -> str:
@@ -252,6 +274,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-size-mb", type=float)
     p.add_argument("--out", required=True, help="export directory")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("submit", help="submit a search to a Ray cluster as a Ray Job; prints the job id")
+    p.add_argument("config")
+    p.add_argument("--address", help="job server, e.g. http://HEAD:8265 (default: $RAY_ADDRESS or 127.0.0.1:8265)")
+    p.add_argument("--working-dir", help="directory shipped with the job (default: the current one)")
+    p.add_argument("--out", help="run directory on shared storage (a shared path or an object-store URI)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_submit)
+    for name, func, helptext in (("status", cmd_status, "status of a submitted search"),
+                                 ("logs", cmd_logs, "logs of a submitted search")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("job_id")
+        p.add_argument("--address", help="job server (default: $RAY_ADDRESS or 127.0.0.1:8265)")
+        if name == "logs":
+            p.add_argument("--follow", action="store_true", help="stream until the job ends")
+        p.set_defaults(func=func)
 
     p = sub.add_parser("front", help="print a run's Pareto front")
     p.add_argument("run_dir")

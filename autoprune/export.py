@@ -2,10 +2,12 @@
 
 ``autoprune.load(DIR)`` rebuilds the model from the zoo architecture, the recorded pruning history
 and the weights (``torch.load(weights_only=True)``); ``model.pt2`` needs plain torch only:
-``torch.export.load("model.pt2").module()``.
+``torch.export.load("model.pt2").module()``. ``MANIFEST.sha256`` lists every file's checksum;
+``autoprune.load`` refuses an export that does not match it.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import shutil
@@ -24,7 +26,36 @@ from autoprune.results import read_trials
 from autoprune.train import evaluate
 
 PICKS = ("knee", "max-accuracy", "min-latency", "min-size")
-MODEL_FILE, PROGRAM_FILE = "model.pt", "model.pt2"
+MODEL_FILE, PROGRAM_FILE, MANIFEST_FILE = "model.pt", "model.pt2", "MANIFEST.sha256"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_manifest(directory: Path) -> None:
+    """``sha256sum``-compatible list of every file in ``directory``."""
+    lines = [f"{_sha256(p)}  {p.name}" for p in sorted(directory.iterdir()) if p.is_file() and p.name != MANIFEST_FILE]
+    (directory / MANIFEST_FILE).write_text("\n".join(lines) + "\n")
+
+
+def verify_manifest(directory: Path) -> None:
+    """Refuse an export whose files do not match its manifest (tampered, truncated or missing)."""
+    manifest = directory / MANIFEST_FILE
+    if not manifest.is_file():
+        raise AutopruneError(f"export '{directory}' has no {MANIFEST_FILE}: refusing to load it")
+    for line in manifest.read_text().splitlines():
+        expected, _, name = line.partition("  ")
+        path = directory / name
+        if not path.is_file():
+            raise AutopruneError(f"export '{directory}': {name} listed in {MANIFEST_FILE} is missing")
+        if _sha256(path) != expected:
+            raise AutopruneError(f"export '{directory}': {name} does not match its checksum in {MANIFEST_FILE} "
+                                 f"(modified or corrupt): refusing to load it")
 
 
 def knee(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -101,6 +132,7 @@ def export_trial(run_dir: str | Path, row: dict[str, Any], out: str | Path) -> d
                                                         "params", "macs")}}
     (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (tmp / "README.md").write_text(model_card(metrics, policy))
+    write_manifest(tmp)
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
@@ -139,6 +171,10 @@ model = torch.export.load("model.pt2").module()      # plain torch, no autoprune
 
 
 def load(directory: str | Path) -> nn.Module:
-    """Rebuild an exported model as an ``nn.Module`` from ``DIR/model.pt`` (read with ``weights_only=True``)."""
-    path = Path(directory) / MODEL_FILE
+    """Rebuild an exported model from ``DIR/model.pt`` (``weights_only=True``) after checking ``MANIFEST.sha256``."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise AutopruneError(f"export directory '{directory}' does not exist")
+    verify_manifest(directory)
+    path = directory / MODEL_FILE
     return ckpt_io.load(path).build(path)

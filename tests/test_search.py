@@ -141,8 +141,8 @@ def test_export_reproduces_the_pruned_model_and_its_test_accuracy(nsga2_run, tmp
     assert row["trial_id"] in {r["trial_id"] for r in read_trials(run, "front.parquet").to_pylist()}
     metrics = export_trial(run, row, tmp_path / "export")
     out = tmp_path / "export"
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "metrics.json", "model.pt", "model.pt2",
-                                                   "policy.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["MANIFEST.sha256", "README.md", "metrics.json", "model.pt",
+                                                   "model.pt2", "policy.json"]
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["test_accuracy"] == row["test_accuracy"] == metrics["test_accuracy"]
     for key in ("latency_ms", "size_bytes", "params", "macs", "input_shape", "preprocess"):
@@ -155,6 +155,14 @@ def test_export_reproduces_the_pruned_model_and_its_test_accuracy(nsga2_run, tmp
         torch.testing.assert_close(program(x), module(x), rtol=1e-5, atol=1e-5)
     raw = torch.load(out / "model.pt", weights_only=True)
     assert raw["prune_record"]["policy"] == json.loads((out / "policy.json").read_text())
+    # a tampered file is refused
+    from autoprune import AutopruneError
+
+    data = bytearray((out / "model.pt").read_bytes())
+    data[-100] ^= 0xFF
+    (out / "model.pt").write_bytes(bytes(data))
+    with pytest.raises(AutopruneError, match="model.pt does not match its checksum"):
+        autoprune.load(out)
 
 
 def test_export_picks_and_limits(nsga2_run):
