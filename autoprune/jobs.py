@@ -19,6 +19,7 @@ from autoprune.errors import AutopruneError
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 CONNECT_TIMEOUT_S = 5.0
+FORWARDED_ENV = ("AUTOPRUNE_DATA", "AUTOPRUNE_DEBUG")
 EXCLUDES = [".venv", ".git", "runs", "__pycache__", "*.pt", "*.pt2", ".pytest_cache"]
 
 
@@ -76,7 +77,8 @@ def submit(config: str, address: str | None, working_dir: str | None = None, out
     load_config(config_path, list(sets))  # reject a bad config here, not on the cluster
     command = entrypoint(config_path, wd, out, list(sets))
     runtime_env = {"working_dir": str(wd.resolve()), "excludes": EXCLUDES,
-                   "py_modules": [str(Path(autoprune.__file__).parent)]}
+                   "py_modules": [str(Path(autoprune.__file__).parent)],
+                   "env_vars": {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}}
     job_client = client(address)
     try:
         return job_client.submit_job(entrypoint=command, runtime_env=runtime_env,

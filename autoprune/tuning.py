@@ -76,7 +76,18 @@ def run_tune(config: SearchConfig, run_dir: Path, base: Any, data: ImageData, sp
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
     )
     echo(format_rows([]).splitlines()[0] + "  front")
-    tuner.fit()
+    # Inside a Ray Job the driver's working directory is a runtime-env copy that Ray may garbage-collect
+    # once the driver connects; Tune calls os.getcwd(). Run from the (absolute) run directory instead.
+    try:
+        previous: str | None = os.getcwd()
+    except FileNotFoundError:
+        previous = None
+    os.chdir(run_dir)
+    try:
+        tuner.fit()
+    finally:
+        if previous and os.path.isdir(previous):
+            os.chdir(previous)
 
 
 class StoreCallback(tune.Callback):
