@@ -111,7 +111,7 @@ def cmd_prune(args: argparse.Namespace) -> None:
           f"({'iterative, %d steps' % args.steps if args.steps > 1 else 'one-shot'}), "
           f"fine-tuning {args.finetune_epochs} epochs{' with KD' if args.kd else ''}")
     result = run_trial(model, data, policy, settings,
-                       on_epoch=lambda e, m: print(f"  fine-tune epoch {e}: val_accuracy {m['val_accuracy']:.4f}",
+                       on_epoch=lambda e, m, _: print(f"  fine-tune epoch {e}: val_accuracy {m['val_accuracy']:.4f}",
                                                   flush=True))
     timings.update(result.seconds)
     out = Path(args.out)

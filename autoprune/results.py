@@ -17,9 +17,10 @@ METRIC_COLUMNS = ["accuracy", "test_accuracy", "params", "size_bytes", "macs", "
 BASE_COLUMNS = [f"base_{c}" for c in METRIC_COLUMNS]
 SECONDS_COLUMNS = ["seconds_prune", "seconds_finetune", "seconds_measure"]
 FIXED_COLUMNS = ["trial_id", "status", "error", "searcher", "criterion"]
-TAIL_COLUMNS = ["feasible", *METRIC_COLUMNS, *BASE_COLUMNS, *SECONDS_COLUMNS, "host", "checkpoint", "finished_at"]
+TAIL_COLUMNS = ["feasible", *METRIC_COLUMNS, *BASE_COLUMNS, *SECONDS_COLUMNS, "host", "checkpoint",
+                "resumed_from_epoch", "finished_at"]
 STRING_COLUMNS = {"trial_id", "status", "error", "searcher", "criterion", "host", "checkpoint", "finished_at"}
-INT_COLUMNS = {"params", "size_bytes", "macs", "base_params", "base_size_bytes", "base_macs"}
+INT_COLUMNS = {"params", "size_bytes", "macs", "base_params", "base_size_bytes", "base_macs", "resumed_from_epoch"}
 
 
 def schema(groups: Iterable[str]) -> pa.Schema:

@@ -72,57 +72,59 @@ def static_metrics(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, 
     return {"params": count_params(model), "size_bytes": serialized_size(model), "macs": count_macs(model, input_shape)}
 
 
+@dataclass
+class Resume:
+    """A trial restored from its last per-epoch checkpoint: the pruned, partly fine-tuned model and what was measured."""
+
+    model: nn.Module
+    base: dict[str, Any]
+    pruned: dict[str, Any]
+    epochs_done: int
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+EpochCallback = Callable[[int, dict[str, Any], "TrialResult"], None]
+
+
 def run_trial(base_model: nn.Module, data: ImageData, policy: Policy, settings: TrialSettings,
-              on_epoch: Callable[[int, dict[str, Any]], None] | None = None) -> TrialResult:
+              on_epoch: EpochCallback | None = None, resume: Resume | None = None) -> TrialResult:
     """Prune → measure → adaptive BN → fine-tune → evaluate.
 
     Size, MACs and latency do not change with fine-tuning, so they are measured right after pruning
-    (base and pruned interleaved); ``on_epoch(epoch, metrics)`` then gets the validation accuracy of
-    every fine-tuning epoch together with those measurements.
+    (base and pruned interleaved); ``on_epoch(epoch, metrics, state)`` then gets the validation accuracy
+    of every fine-tuning epoch together with those measurements, and the state to checkpoint. With
+    ``resume``, pruning and measuring are skipped and fine-tuning continues after ``epochs_done``
+    (a fresh cosine schedule over the remaining epochs).
     """
     device = torch.device(settings.device)
     watch = _Stopwatch()
+    if resume is not None:
+        watch.seconds.update(resume.seconds)
     with torch_threads(settings.threads):
         base_model = base_model.to(device).eval()
         train_loader = data.loader("train", settings.batch_size, shuffle=True, augment=True,
-                                   seed=settings.seed, device=device)
+                                   seed=settings.seed + (resume.epochs_done if resume else 0), device=device)
         val_loader = data.loader("val", 256, device=device)
         test_loader = data.loader("test", 256, device=device)
-        example = torch.zeros(1, *data.input_shape, device=device)
-
-        def short_finetune(model: nn.Module, step: int) -> None:
-            epochs = settings.step_batches / len(train_loader)
-            train(model, train_loader, TrainConfig(epochs=epochs, lr=settings.lr, seed=settings.seed + step),
-                  device=device)
-
-        with watch("prune"):
-            calib = data.loader("train", 64, shuffle=True, seed=settings.seed, device=device)
-            pruned = prune(base_model, policy, example, calib, steps=settings.steps, between_steps=short_finetune,
-                           calib_batches=settings.calib_batches, seed=settings.seed)
-        with watch("measure"):
-            base = static_metrics(base_model, data.input_shape)
-            after = static_metrics(pruned, data.input_shape)
-            latency = measure_latency({"base": base_model, "pruned": pruned}, data.input_shape,
-                                      batch_size=settings.latency_batch_size, threads=settings.threads,
-                                      device=device, repeats=settings.latency_repeats)
-            for metrics, name in ((base, "base"), (after, "pruned")):
-                metrics.update(latency_ms=latency[name].median_ms, latency_iqr_ms=latency[name].iqr_ms,
-                               latency_repeats=latency[name].repeats)
-            after["channels"] = getattr(pruned, RECORD_ATTR).channels_after()
-        with watch("recalibrate"):
-            recalibrate_bn(pruned, train_loader, settings.bn_batches, device)
-            after["val_accuracy_after_bn_recalibration"] = evaluate(pruned, val_loader, device)
+        if resume is None:
+            pruned, base, after = _prune_and_measure(base_model, data, policy, settings, train_loader, val_loader,
+                                                     watch, device)
+            done = 0
+        else:
+            pruned, base, after, done = resume.model.to(device), dict(resume.base), dict(resume.pruned), resume.epochs_done
+        state = TrialResult(pruned, base, after, watch.seconds)
         with watch("finetune"):
-            config = TrainConfig(epochs=settings.finetune_epochs, lr=settings.lr, seed=settings.seed,
+            config = TrainConfig(epochs=settings.finetune_epochs - done, lr=settings.lr, seed=settings.seed + done,
                                  kd_alpha=settings.kd_alpha if settings.kd else 0.0,
                                  kd_temperature=settings.kd_temperature)
 
             def report(epoch: int, loss: float) -> None:
                 if on_epoch is not None:
-                    on_epoch(epoch, {**after, "val_accuracy": evaluate(pruned, val_loader, device), "loss": loss})
+                    on_epoch(done + epoch, {**after, "val_accuracy": evaluate(pruned, val_loader, device),
+                                            "loss": loss}, state)
                     pruned.train()
 
-            if settings.finetune_epochs > 0:
+            if config.epochs > 0:
                 train(pruned, train_loader, config, teacher=base_model if settings.kd else None,
                       device=device, on_epoch=report)
         with watch("evaluate"):
@@ -131,3 +133,31 @@ def run_trial(base_model: nn.Module, data: ImageData, policy: Policy, settings: 
             after.update(val_accuracy=evaluate(pruned, val_loader, device),
                          test_accuracy=evaluate(pruned, test_loader, device))
     return TrialResult(pruned.eval(), base, after, watch.seconds)
+
+
+def _prune_and_measure(base_model: nn.Module, data: ImageData, policy: Policy, settings: TrialSettings,
+                       train_loader: Any, val_loader: Any, watch: _Stopwatch,
+                       device: torch.device) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
+    def short_finetune(model: nn.Module, step: int) -> None:
+        epochs = settings.step_batches / len(train_loader)
+        train(model, train_loader, TrainConfig(epochs=epochs, lr=settings.lr, seed=settings.seed + step), device=device)
+
+    with watch("prune"):
+        example = torch.zeros(1, *data.input_shape, device=device)
+        calib = data.loader("train", 64, shuffle=True, seed=settings.seed, device=device)
+        pruned = prune(base_model, policy, example, calib, steps=settings.steps, between_steps=short_finetune,
+                       calib_batches=settings.calib_batches, seed=settings.seed)
+    with watch("measure"):
+        base = static_metrics(base_model, data.input_shape)
+        after = static_metrics(pruned, data.input_shape)
+        latency = measure_latency({"base": base_model, "pruned": pruned}, data.input_shape,
+                                  batch_size=settings.latency_batch_size, threads=settings.threads,
+                                  device=device, repeats=settings.latency_repeats)
+        for metrics, name in ((base, "base"), (after, "pruned")):
+            metrics.update(latency_ms=latency[name].median_ms, latency_iqr_ms=latency[name].iqr_ms,
+                           latency_repeats=latency[name].repeats)
+        after["channels"] = getattr(pruned, RECORD_ATTR).channels_after()
+    with watch("recalibrate"):
+        recalibrate_bn(pruned, train_loader, settings.bn_batches, device)
+        after["val_accuracy_after_bn_recalibration"] = evaluate(pruned, val_loader, device)
+    return pruned, base, after

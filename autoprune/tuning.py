@@ -34,7 +34,8 @@ def _quiet_tune() -> None:
 
 
 def init_ray(cpus: float) -> None:
-    """Join the cluster named by ``RAY_ADDRESS`` (Ray Jobs, KubeRay) or start a local one."""
+    """Join the cluster named by ``RAY_ADDRESS`` (set by Ray Jobs and KubeRay; ``auto`` joins a ``ray start``
+    cluster on this machine), or start a private local instance, never a stale one by accident."""
     import ray
 
     if ray.is_initialized():
@@ -42,7 +43,7 @@ def init_ray(cpus: float) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=False)
     else:
-        ray.init(num_cpus=max(1, int(cpus)), include_dashboard=False, log_to_driver=False,
+        ray.init(address="local", num_cpus=max(1, int(cpus)), include_dashboard=False, log_to_driver=False,
                  configure_logging=False)
 
 

@@ -19,7 +19,7 @@ from ray import tune
 from autoprune import checkpoint as ckpt_io
 from autoprune.data import ImageData
 from autoprune.space import SearchSpace
-from autoprune.trial import TrialSettings, run_trial
+from autoprune.trial import Resume, TrialResult, TrialSettings, run_trial
 
 PRUNED_FILE = "pruned.pt"
 
@@ -30,19 +30,45 @@ def _objectives(metrics: dict[str, Any]) -> dict[str, Any]:
             "latency_iqr_ms": metrics["latency_iqr_ms"]}
 
 
+def _save(directory: str, base: ckpt_io.Checkpoint, state: TrialResult, epochs_done: int, final: bool) -> None:
+    metrics = {"pruned": state.pruned, "base": state.base, "seconds": state.seconds, "epochs_done": epochs_done,
+               "final": final}
+    ckpt_io.save(ckpt_io.from_model(state.model, base.model_spec, base.data_spec, base.input_shape, base.preprocess,
+                                    metrics), Path(directory) / PRUNED_FILE)
+
+
+def _restore() -> Resume | None:
+    """The trial's last checkpoint (after a node loss or a restart), if Tune hands one back."""
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as directory:
+        saved = ckpt_io.load(Path(directory) / PRUNED_FILE)
+        model = saved.build()
+    m = saved.metrics
+    return Resume(model, m["base"], m["pruned"], int(m["epochs_done"]), dict(m.get("seconds", {})))
+
+
 def policy_trial(config: dict[str, Any], *, base: ckpt_io.Checkpoint, data: ImageData, space: SearchSpace,
                  settings: TrialSettings) -> None:
-    """Run one candidate; ``config['point']`` is the searcher's point of ``space``."""
+    """Run one candidate; ``config['point']`` is the searcher's point of ``space``.
+
+    After every fine-tuning epoch the pruned model is checkpointed, so a trial whose node is lost
+    resumes on another node from its last epoch (``resumed_from_epoch`` in its final result).
+    """
     torch.set_num_threads(settings.threads)
     host = socket.gethostname()
     try:
         policy = space.policy(config["point"])
-        model = base.build()
+        resume = _restore()
 
-        def on_epoch(epoch: int, metrics: dict[str, Any]) -> None:
-            tune.report({**_objectives(metrics), "status": "running", "epoch": epoch, "final": False, "host": host})
+        def on_epoch(epoch: int, metrics: dict[str, Any], state: TrialResult) -> None:
+            with tempfile.TemporaryDirectory() as tmp:
+                _save(tmp, base, state, epoch, final=False)
+                tune.report({**_objectives(metrics), "status": "running", "epoch": epoch, "final": False,
+                             "host": host}, checkpoint=tune.Checkpoint.from_directory(tmp))
 
-        result = run_trial(model, data, policy, settings, on_epoch=on_epoch)
+        result = run_trial(base.build(), data, policy, settings, on_epoch=on_epoch, resume=resume)
     except Exception as e:  # recorded as a failed trial; the search continues
         message = str(e).strip().splitlines()[0] if str(e).strip() else ""
         tune.report({"status": "failed", "error": f"{type(e).__name__}: {message}"[:500], "final": True,
@@ -54,9 +80,8 @@ def policy_trial(config: dict[str, Any], *, base: ckpt_io.Checkpoint, data: Imag
     final = {**_objectives(result.pruned), **base_metrics, "test_accuracy": result.pruned["test_accuracy"],
              "status": "ok", "error": None, "final": True, "host": host, "criterion": policy.criterion,
              "epoch": math.ceil(settings.finetune_epochs),
+             "resumed_from_epoch": resume.epochs_done if resume else None,
              **{f"seconds_{k}": v for k, v in result.seconds.items()}}
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt_io.save(ckpt_io.from_model(result.model, base.model_spec, base.data_spec, base.input_shape,
-                                        base.preprocess, {**result.pruned, "base": result.base}),
-                     Path(tmp) / PRUNED_FILE)
+        _save(tmp, base, result, math.ceil(settings.finetune_epochs), final=True)
         tune.report(final, checkpoint=tune.Checkpoint.from_directory(tmp))

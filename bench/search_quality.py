@@ -62,7 +62,8 @@ def main() -> None:
             f"space.criteria={criteria}", f"finetune.epochs={args.finetune_epochs}", "constraints=[]",
             f"concurrency={args.concurrency}"])
         start = time.perf_counter()
-        summary = run_search(config, out / name, echo=lambda m: print(f"[{name}] {m}", flush=True))
+        resume = (out / name / "autoprune-run.json").is_file()  # an interrupted benchmark continues
+        summary = run_search(config, out / name, resume=resume, echo=lambda m: print(f"[{name}] {m}", flush=True))
         rows = read_trials(summary.run_dir).to_pylist()
         results[name] = {"hv": compute_front(rows).hypervolume, "trials": sum(r["status"] == "ok" for r in rows),
                          "lat": best_under(rows, "latency_ms", 0.5), "macs": best_under(rows, "macs", 1 / 3),

@@ -49,6 +49,8 @@ case "${1:-}" in
     pkill -f -- "$TEMP_DIR" || true
     sleep 2
     pkill -9 -f -- "$TEMP_DIR" || true
+    # forget it as this machine's "current cluster", so a later ray.init() does not try to join it
+    if grep -qs ":$HEAD_PORT\$" /tmp/ray/ray_current_cluster; then rm -f /tmp/ray/ray_current_cluster; fi
     echo "Ray cluster down" ;;
   *) usage ;;
 esac

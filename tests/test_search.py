@@ -1,4 +1,6 @@
 """End-to-end searches in Ray local mode on tiny data."""
+from pathlib import Path
+
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -9,6 +11,7 @@ from autoprune.controller import MARKER, run_search
 from autoprune.pareto import dominates
 from autoprune.results import read_trials
 
+DEFAULT_SPACE = Path(__file__).resolve().parents[1] / "search_spaces" / "resnet20_fashionmnist.yaml"
 TINY = ["data.max_train_samples=256", "base.epochs=1", "finetune.epochs=0.5", "finetune.batch_size=64",
         "latency.batch_size=8", "latency.threads=1", "concurrency=2", "resources.cpu=1",
         "space.criteria=[l1, bn_scale]", "searcher.population=4", "searcher.startup_trials=3",
@@ -104,7 +107,8 @@ def test_resume_after_a_stop_mid_search_runs_only_the_remaining_trials(tmp_path,
 
     run = tmp_path / "run"
     sets = [a for s in [*TINY, f"base.checkpoint={base_path}", "trials=6", "concurrency=1"] for a in ("--set", s)]
-    proc = subprocess.Popen([sys.executable, "-m", "autoprune.cli", "search", *sets, "--out", str(run)],
+    proc = subprocess.Popen([sys.executable, "-m", "autoprune.cli", "search", str(DEFAULT_SPACE), *sets,
+                             "--out", str(run)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
