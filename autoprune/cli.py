@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from autoprune.errors import AutopruneError
+from autoprune.storage import RunDir
 
 EXIT_USAGE = 2
 
@@ -142,15 +143,26 @@ def cmd_search(args: argparse.Namespace) -> None:
         raise AutopruneError("search needs a CONFIG file (e.g. search_spaces/resnet20_fashionmnist.yaml)")
     if args.resume:
         check_resumable(Path(args.out))
-    config = load_config(args.config or Path(args.out) / "config.yaml", args.set)
-    run_dir = Path(args.out or Path("runs") / f"{config['name']}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if args.config:
+        config = load_config(args.config, args.set)
+    else:
+        with RunDir(args.out).local_path("config.yaml") as saved:
+            config = load_config(saved, args.set)
+    run_dir = args.out or str(Path("runs") / f"{config['name']}-{time.strftime('%Y%m%d-%H%M%S')}")
     summary = run_search(config, run_dir, resume=bool(args.resume), echo=lambda m: print(m, flush=True))
     print(f"\n{summary.finished} trials finished, {summary.failed} failed; "
           f"Pareto front: {len(summary.front.rows)} trials, hypervolume {summary.front.hypervolume:.4f} (vs base)")
     if summary.front.rows:
         print(summary_table(summary.run_dir))
-    print(f"results: {summary.run_dir / 'trials.parquet'}\nfront:   {summary.run_dir / 'front.parquet'}\n"
-          f"plot:    {summary.run_dir / 'pareto.png'}")
+    run = summary.run_dir
+    print(f"results: {run.display('trials.parquet')}\nfront:   {run.display('front.parquet')}\n"
+          f"plot:    {run.display('pareto.png')}")
+    if summary.finished and not summary.front.rows:
+        raise AutopruneError(f"no trial met every constraint ({'; '.join(config['constraints'])}): the front is "
+                             f"empty; relax the constraints or widen the search space")
+    if not summary.finished:
+        raise AutopruneError(f"no trial finished ({summary.failed} failed): see the 'error' column of "
+                             f"{run.display('trials.parquet')}")
 
 
 def cmd_submit(args: argparse.Namespace) -> None:
@@ -178,9 +190,9 @@ def cmd_logs(args: argparse.Namespace) -> None:
 def cmd_front(args: argparse.Namespace) -> None:
     from autoprune.front import write_front, format_rows
 
-    run_dir = Path(args.run_dir)
+    run_dir = RunDir(args.run_dir)
     if not run_dir.is_dir():
-        raise AutopruneError(f"run directory '{run_dir}' does not exist")
+        raise AutopruneError(f"run directory '{args.run_dir}' does not exist")
     front = write_front(run_dir)
     print(f"Pareto front of {run_dir}: {len(front.rows)} trials, hypervolume {front.hypervolume:.4f} (vs base)")
     print(format_rows(front.rows))
@@ -189,9 +201,9 @@ def cmd_front(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     from autoprune.export import export_trial, pick_trial
 
-    run_dir = Path(args.run_dir)
+    run_dir = RunDir(args.run_dir)
     if not run_dir.is_dir():
-        raise AutopruneError(f"run directory '{run_dir}' does not exist")
+        raise AutopruneError(f"run directory '{args.run_dir}' does not exist")
     row = pick_trial(run_dir, args.pick, args.max_latency_ms, args.min_accuracy, args.max_size_mb)
     m = export_trial(run_dir, row, args.out)
     print(f"exported trial {m['trial_id']} ({args.pick}) to {args.out}: test_accuracy {m['test_accuracy']:.4f} "

@@ -22,6 +22,7 @@ from autoprune.policy import discover
 from autoprune.results import ResultsStore
 from autoprune.searchers import Outcome, make_searcher
 from autoprune.space import SearchSpace
+from autoprune.storage import RunDir, as_run_dir
 from autoprune.trial import TrialSettings
 
 MARKER = "autoprune-run.json"
@@ -30,7 +31,7 @@ Echo = Callable[[str], None]
 
 @dataclass
 class SearchSummary:
-    run_dir: Path
+    run_dir: RunDir
     finished: int
     failed: int
     front: Front
@@ -92,28 +93,28 @@ def trial_settings(config: SearchConfig) -> TrialSettings:
                          threads=config["latency.threads"] or threads, device=device, seed=config["searcher.seed"])
 
 
-def check_resumable(run_dir: Path) -> None:
+def check_resumable(run_dir: str | Path | RunDir) -> None:
     """Tune's state is a pickle: resume only directories autoprune created (they hold the marker file)."""
-    if not (Path(run_dir) / MARKER).is_file():
-        raise AutopruneError(f"--resume: '{run_dir}' is not an autoprune run directory (no {MARKER})")
+    run = as_run_dir(run_dir)
+    if not run.exists(MARKER):
+        raise AutopruneError(f"--resume: '{run}' is not an autoprune run directory (no {MARKER})")
 
 
-def prepare_run_dir(run_dir: Path, config: SearchConfig, resume: bool) -> None:
-    marker = run_dir / MARKER
+def prepare_run_dir(run: RunDir, config: SearchConfig, resume: bool) -> None:
     if resume:
-        check_resumable(run_dir)
+        check_resumable(run)
         return
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise AutopruneError(f"run directory '{run_dir}' is not empty: pass --resume to continue it, or another --out")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(config.to_yaml())
-    marker.write_text(json.dumps({"format": "autoprune-run", "version": 1, "config": config.path,
-                                  "created": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")
+    if not run.is_empty():
+        raise AutopruneError(f"run directory '{run}' is not empty: pass --resume to continue it, or another --out")
+    run.write_text("config.yaml", config.to_yaml())
+    run.write_text(MARKER, json.dumps({"format": "autoprune-run", "version": 1, "config": config.path,
+                                       "created": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")
 
 
-def run_search(config: SearchConfig, run_dir: Path, *, resume: bool = False, echo: Echo = print) -> SearchSummary:
-    """Run (or resume) the search described by ``config`` into ``run_dir``."""
-    run_dir = Path(run_dir).resolve()
+def run_search(config: SearchConfig, run_dir: str | Path | RunDir, *, resume: bool = False,
+               echo: Echo = print) -> SearchSummary:
+    """Run (or resume) the search described by ``config`` into ``run_dir`` (a path or a filesystem URI)."""
+    run_dir = as_run_dir(run_dir)
     prepare_run_dir(run_dir, config, resume)
     data = load_data(data_spec(config))
     base, base_path = ensure_base(config, data, echo)
@@ -152,7 +153,7 @@ def outcome_of_row(row: dict[str, Any], config: SearchConfig) -> Outcome:
     return Outcome("ok", (row["accuracy"], row["size_bytes"], row["latency_ms"]), violations(config.constraints, row))
 
 
-def summary_table(run_dir: Path) -> str:
+def summary_table(run_dir: RunDir) -> str:
     from autoprune.results import FRONT_FILE, read_trials
 
     return format_rows(read_trials(run_dir, FRONT_FILE).to_pylist())

@@ -23,6 +23,7 @@ from autoprune.errors import AutopruneError
 from autoprune.front import OBJECTIVE_KEYS, compute_front
 from autoprune.policy import Policy
 from autoprune.results import read_trials
+from autoprune.storage import RunDir, as_run_dir
 from autoprune.train import evaluate
 
 PICKS = ("knee", "max-accuracy", "min-latency", "min-size")
@@ -72,7 +73,7 @@ def knee(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return min(rows, key=lambda r: math.hypot(*scaled(r)))
 
 
-def pick_trial(run_dir: Path, pick: str, max_latency_ms: float | None = None, min_accuracy: float | None = None,
+def pick_trial(run_dir: str | Path | RunDir, pick: str, max_latency_ms: float | None = None, min_accuracy: float | None = None,
                max_size_mb: float | None = None) -> dict[str, Any]:
     """Choose a trial of the run: a point of the (filtered) front, or ``trial:ID``."""
     rows = read_trials(run_dir).to_pylist()
@@ -101,19 +102,19 @@ def pick_trial(run_dir: Path, pick: str, max_latency_ms: float | None = None, mi
     return min(front, key=lambda r: sign * r[key])
 
 
-def export_trial(run_dir: str | Path, row: dict[str, Any], out: str | Path) -> dict[str, Any]:
+def export_trial(run_dir: str | Path | RunDir, row: dict[str, Any], out: str | Path) -> dict[str, Any]:
     """Write the export of ``row`` into ``out`` (replaced atomically) and return its metrics."""
-    run_dir, out = Path(run_dir), Path(out)
-    source = run_dir / row["checkpoint"]
-    if not row.get("checkpoint") or not source.is_file():
-        raise AutopruneError(f"trial {row['trial_id']} has no checkpoint at '{source}'")
-    ckpt = ckpt_io.load(source)
-    model = ckpt.build(source)
+    run, out = as_run_dir(run_dir), Path(out)
+    if not row.get("checkpoint") or not run.exists(row["checkpoint"]):
+        raise AutopruneError(f"trial {row['trial_id']} has no checkpoint at '{run.display(row.get('checkpoint') or '')}'")
+    with run.local_path(row["checkpoint"]) as source:
+        ckpt = ckpt_io.load(source)
+        model = ckpt.build(source)
     data = load_data(ckpt.data_spec)
     test_accuracy = evaluate(model, data.loader("test", 256))
     if abs(test_accuracy - row["test_accuracy"]) > 1e-9:
         raise AutopruneError(f"exported model gives test accuracy {test_accuracy:.4f}, the run recorded "
-                             f"{row['test_accuracy']:.4f}: the checkpoint at '{source}' does not match its trial")
+                             f"{row['test_accuracy']:.4f}: its checkpoint does not match the trial")
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

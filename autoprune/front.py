@@ -9,9 +9,11 @@ import pyarrow as pa
 
 from autoprune.pareto import hypervolume, pareto_indices
 from autoprune.plot import plot_front
-from autoprune.results import FRONT_FILE, read_trials, write_table
+from autoprune.results import FRONT_FILE, read_trials
+from autoprune.storage import RunDir, as_run_dir
 
 OBJECTIVE_KEYS = ("accuracy", "size_bytes", "latency_ms")
+PLOT_FILE = "pareto.png"
 
 
 @dataclass
@@ -44,14 +46,14 @@ def compute_front(rows: list[dict[str, Any]]) -> Front:
     return Front(sorted(front, key=lambda r: -r["accuracy"]), hv, base)
 
 
-def write_front(run_dir: str | Path) -> Front:
+def write_front(run_dir: str | Path | RunDir) -> Front:
     """Recompute the front from ``trials.parquet`` and write ``front.parquet`` and ``pareto.png``."""
-    run_dir = Path(run_dir)
-    table = read_trials(run_dir)
+    run = as_run_dir(run_dir)
+    table = read_trials(run)
     rows = table.to_pylist()
     front = compute_front(rows)
-    write_table(pa.Table.from_pylist(front.rows, schema=table.schema), run_dir / FRONT_FILE)
-    plot_front(rows, {r["trial_id"] for r in front.rows}, front.base, run_dir / "pareto.png")
+    run.write_table(FRONT_FILE, pa.Table.from_pylist(front.rows, schema=table.schema))
+    run.write_bytes(PLOT_FILE, plot_front(rows, {r["trial_id"] for r in front.rows}, front.base))
     return front
 
 

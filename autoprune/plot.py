@@ -1,7 +1,7 @@
 """``pareto.png``: accuracy against latency and against size, the front highlighted, the base marked."""
 from __future__ import annotations
 
-from pathlib import Path
+import io
 from typing import Any
 
 import matplotlib
@@ -10,7 +10,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def plot_front(rows: list[dict[str, Any]], front_ids: set[str], base: dict[str, float] | None, path: Path) -> None:
+def plot_front(rows: list[dict[str, Any]], front_ids: set[str], base: dict[str, float] | None) -> bytes:
+    """The figure as PNG bytes."""
     ok = [r for r in rows if r["status"] == "ok"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
     for ax, key, label, scale in ((axes[0], "latency_ms", "latency (ms)", 1.0),
@@ -29,8 +30,7 @@ def plot_front(rows: list[dict[str, Any]], front_ids: set[str], base: dict[str, 
         ax.grid(alpha=0.3)
     if axes[0].get_legend_handles_labels()[0]:
         axes[0].legend(loc="lower right", fontsize=8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)
-    tmp.replace(path)
+    return buffer.getvalue()

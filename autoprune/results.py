@@ -1,15 +1,13 @@
 """The results store: one Parquet row per finished trial, rewritten atomically on every append."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from autoprune.errors import AutopruneError
+from autoprune.storage import RunDir, as_run_dir
 
 TRIALS_FILE = "trials.parquet"
 FRONT_FILE = "front.parquet"
@@ -39,29 +37,14 @@ def schema(groups: Iterable[str]) -> pa.Schema:
     return pa.schema(fields)
 
 
-def write_table(table: pa.Table, path: Path) -> None:
-    """Write, then rename: readers never see a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class ResultsStore:
     """``RUN_DIR/trials.parquet``: every finished trial, each exactly once (keyed by ``trial_id``)."""
 
-    def __init__(self, run_dir: str | Path, groups: list[str]) -> None:
-        self.path = Path(run_dir) / TRIALS_FILE
+    def __init__(self, run_dir: str | Path | RunDir, groups: list[str]) -> None:
+        self.run = as_run_dir(run_dir)
         self.schema = schema(groups)
-        self._rows: dict[str, dict[str, Any]] = {r["trial_id"]: r for r in self.read_rows()} if self.path.exists() else {}
-
-    def read_rows(self) -> list[dict[str, Any]]:
-        return read_trials(self.path.parent).to_pylist()
+        existing = read_trials(self.run).to_pylist() if self.run.exists(TRIALS_FILE) else []
+        self._rows: dict[str, dict[str, Any]] = {r["trial_id"]: r for r in existing}
 
     @property
     def rows(self) -> list[dict[str, Any]]:
@@ -73,14 +56,14 @@ class ResultsStore:
     def append(self, row: dict[str, Any]) -> None:
         """Add (or replace) one trial's row and rewrite the file atomically."""
         self._rows[row["trial_id"]] = {name: row.get(name) for name in self.schema.names}
-        write_table(pa.Table.from_pylist(self.rows, schema=self.schema), self.path)
+        self.run.write_table(TRIALS_FILE, pa.Table.from_pylist(self.rows, schema=self.schema))
 
 
-def read_trials(run_dir: str | Path, name: str = TRIALS_FILE) -> pa.Table:
-    path = Path(run_dir) / name
-    if not path.is_file():
-        raise AutopruneError(f"no results in '{run_dir}': {path} does not exist (run 'autoprune search' first)")
+def read_trials(run_dir: str | Path | RunDir, name: str = TRIALS_FILE) -> pa.Table:
+    run = as_run_dir(run_dir)
+    if not run.exists(name):
+        raise AutopruneError(f"no results in '{run}': {run.display(name)} does not exist (run 'autoprune search' first)")
     try:
-        return pq.read_table(path)
+        return run.read_table(name)
     except (pa.ArrowInvalid, OSError) as e:
-        raise AutopruneError(f"results file '{path}' is unreadable: {e}") from None
+        raise AutopruneError(f"results file '{run.display(name)}' is unreadable: {e}") from None

@@ -4,8 +4,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 from autoprune.config import SearchConfig, violations
@@ -47,7 +47,7 @@ def init_ray(cpus: float) -> None:
                  configure_logging=False)
 
 
-def run_tune(config: SearchConfig, run_dir: Path, base: Any, data: ImageData, space: SearchSpace,
+def run_tune(config: SearchConfig, run_dir: RunDir, base: Any, data: ImageData, space: SearchSpace,
              searcher: Searcher, store: ResultsStore, settings: TrialSettings, trials: int, echo) -> None:
     from autoprune.tune_search import AskTellSearch
     from autoprune.worker import policy_trial
@@ -71,19 +71,19 @@ def run_tune(config: SearchConfig, run_dir: Path, base: Any, data: ImageData, sp
         tune_config=tune.TuneConfig(search_alg=search, scheduler=scheduler, num_samples=trials,
                                     max_concurrent_trials=config["concurrency"], reuse_actors=True,
                                     trial_name_creator=str, trial_dirname_creator=lambda t: f"trial_{t.trial_id}"),
-        run_config=tune.RunConfig(name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=str(run_dir),
+        run_config=tune.RunConfig(name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=run_dir.uri,
                                   callbacks=[callback], verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=config["max_failures"]),
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
     )
     echo(format_rows([]).splitlines()[0] + "  front")
     # Inside a Ray Job the driver's working directory is a runtime-env copy that Ray may garbage-collect
-    # once the driver connects; Tune calls os.getcwd(). Run from the (absolute) run directory instead.
+    # once the driver connects; Tune calls os.getcwd(). Run from a directory that stays.
     try:
         previous: str | None = os.getcwd()
     except FileNotFoundError:
         previous = None
-    os.chdir(run_dir)
+    os.chdir(run_dir.path if run_dir.is_local else tempfile.gettempdir())
     try:
         tuner.fit()
     finally:
@@ -96,7 +96,7 @@ class StoreCallback(tune.Callback):
 
     def __init__(self, store: ResultsStore, space: SearchSpace, config: SearchConfig, echo) -> None:
         self.store, self.space, self.config, self.echo = store, space, config, echo
-        self.run_dir = store.path.parent
+        self.run = store.run
         self.constraints = config.constraints
 
     def _row(self, trial: Any, result: dict[str, Any] | None, error: str | None) -> dict[str, Any]:
@@ -110,8 +110,9 @@ class StoreCallback(tune.Callback):
             row["feasible"] = all(v <= 0 for v in violations(self.constraints, result).values())
             checkpoint = trial.checkpoint
             if checkpoint:  # relative to the run directory, so a run directory can be moved
-                path = Path(checkpoint.path) / PRUNED_FILE
-                row["checkpoint"] = str(path.relative_to(self.run_dir)) if path.is_relative_to(self.run_dir) else str(path)
+                path = f"{checkpoint.path.rstrip('/')}/{PRUNED_FILE}"
+                prefix = self.run.path.rstrip("/") + "/"
+                row["checkpoint"] = path[len(prefix):] if path.startswith(prefix) else path
         elif result and result.get("status") == "failed":
             row["error"] = result.get("error") or error
             row["host"] = result.get("host")

@@ -56,29 +56,6 @@ def test_missing_policy_file(base_ckpt, tmp_path):
     assert_one_line_error(proc, "none.json")
 
 
-def test_policy_with_a_layer_the_model_lacks(base_ckpt, tmp_path):
-    p = tmp_path / "p.json"
-    p.write_text(json.dumps({"schema_version": 1, "ratios": {"layer9.conv": 0.5}}))
-    assert_one_line_error(run_cli("prune", "--base", str(base_ckpt), "--policy", str(p), "--out", str(tmp_path / "o")),
-                          "layer9.conv")
-
-
-def test_policy_ratio_out_of_range(base_ckpt, tmp_path):
-    p = tmp_path / "p.json"
-    p.write_text(json.dumps({"schema_version": 1, "ratios": {"conv1": 1.0}}))
-    assert_one_line_error(run_cli("prune", "--base", str(base_ckpt), "--policy", str(p), "--out", str(tmp_path / "o")),
-                          "'conv1'")
-
-
-def test_corrupt_base_checkpoint(tmp_path):
-    bad = tmp_path / "bad.pt"
-    bad.write_bytes(b"\x00" * 100)
-    p = tmp_path / "p.json"
-    p.write_text(json.dumps({"schema_version": 1, "ratios": {}}))
-    assert_one_line_error(run_cli("prune", "--base", str(bad), "--policy", str(p), "--out", str(tmp_path / "o")),
-                          "bad.pt")
-
-
 def test_missing_data_root_for_train_base(tmp_path):
     assert_one_line_error(run_cli("train-base", "--dataset", "mnist", "--data-root", str(tmp_path / "nope"),
                                   "--out", str(tmp_path / "b.pt")), str(tmp_path / "nope"))

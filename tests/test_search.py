@@ -47,7 +47,7 @@ def tpe_run(tmp_path_factory, base_path):
 @pytest.mark.parametrize("searcher", ["nsga2", "tpe"])
 def test_search_end_to_end(request, searcher):
     summary, lines = request.getfixturevalue(f"{searcher}_run")
-    run = summary.run_dir
+    run = Path(summary.run_dir.path)
     rows = read_trials(run).to_pylist()
     assert len(rows) == 6 and len({r["trial_id"] for r in rows}) == 6
     assert all(r["status"] == "ok" for r in rows), [r["error"] for r in rows]
@@ -140,7 +140,7 @@ def test_export_reproduces_the_pruned_model_and_its_test_accuracy(nsga2_run, tmp
     import autoprune
     from autoprune.export import export_trial, pick_trial
 
-    run = nsga2_run[0].run_dir
+    run = Path(nsga2_run[0].run_dir.path)
     row = pick_trial(run, "knee")
     assert row["trial_id"] in {r["trial_id"] for r in read_trials(run, "front.parquet").to_pylist()}
     metrics = export_trial(run, row, tmp_path / "export")
@@ -173,7 +173,7 @@ def test_export_picks_and_limits(nsga2_run):
     from autoprune import AutopruneError
     from autoprune.export import pick_trial
 
-    run = nsga2_run[0].run_dir
+    run = Path(nsga2_run[0].run_dir.path)
     front = read_trials(run, "front.parquet").to_pylist()
     assert pick_trial(run, "max-accuracy")["accuracy"] == max(r["accuracy"] for r in front)
     assert pick_trial(run, "min-latency")["latency_ms"] == min(r["latency_ms"] for r in front)
@@ -195,3 +195,18 @@ def test_early_stopped_trials_never_pollute_the_front(tmp_path, base_path):
     assert len(rows) == 6 and {r["status"] for r in rows} <= {"ok", "stopped"}
     front_ids = {r["trial_id"] for r in summary.front.rows}
     assert all(r["trial_id"] not in front_ids for r in rows if r["status"] == "stopped")
+
+
+def test_run_directory_behind_a_filesystem_uri(tmp_path, base_path):
+    """Shared storage goes through pyarrow filesystems: a file:// URI exercises the same path as s3:// or gs://."""
+    from autoprune.cli import main
+
+    uri = (tmp_path / "shared" / "run").as_uri()
+    summary, _ = search(tmp_path, base_path, "trials=2", "searcher.name=uniform", run_dir=uri)
+    assert summary.run_dir.uri == uri and summary.finished == 2
+    local = tmp_path / "shared" / "run"
+    assert {"trials.parquet", "front.parquet", "pareto.png", "config.yaml", MARKER} <= {p.name for p in local.iterdir()}
+    assert read_trials(uri).num_rows == 2
+    assert main(["front", uri]) == 0
+    assert main(["export", uri, "--pick", "max-accuracy", "--out", str(tmp_path / "exp")]) == 0
+    assert (tmp_path / "exp" / "model.pt2").is_file()

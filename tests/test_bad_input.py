@@ -1,0 +1,138 @@
+"""Bad input: at most three lines naming the problem, a non-zero exit, no traceback, earlier results intact."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from autoprune import checkpoint
+from autoprune.data import DataSpec
+from autoprune.models import ModelSpec, build_model
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--set", "data.max_train_samples=256", "--set", "base.epochs=0.2", "--set", "finetune.epochs=0.2",
+        "--set", "latency.batch_size=8", "--set", "latency.threads=1", "--set", "resources.cpu=1"]
+
+
+def cli(*args, cwd=ROOT):
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests")}
+    return subprocess.run([sys.executable, "-m", "autoprune.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=600)
+
+
+def refused(proc, *needles):
+    err = proc.stderr.strip()
+    assert proc.returncode != 0, proc.stdout[-2000:]
+    assert "Traceback" not in err and len(err.splitlines()) <= 3, err
+    for needle in needles:
+        assert needle in err, err
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    path = tmp_path_factory.mktemp("base") / "base.pt"
+    model = build_model(ModelSpec("resnet20", 10, 1))
+    checkpoint.save(checkpoint.from_model(model, ModelSpec("resnet20", 10, 1), DataSpec(), (1, 28, 28),
+                                          {"mean": [0.3], "std": [0.35]}), path)
+    return path
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_malformed_yaml(tmp_path):
+    refused(cli("search", write(tmp_path / "c.yaml", "trials: [1,\n")), "c.yaml", "not valid YAML")
+
+
+def test_unknown_key(tmp_path):
+    refused(cli("search", write(tmp_path / "c.yaml", "trails: 4\n")), "unknown config key 'trails'")
+
+
+def test_missing_config_file(tmp_path):
+    refused(cli("search", tmp_path / "none.yaml"), "none.yaml", "does not exist")
+
+
+def test_policy_naming_a_missing_layer(tmp_path, base):
+    p = write(tmp_path / "p.json", json.dumps({"schema_version": 1, "ratios": {"layer9.conv1": 0.5}}))
+    refused(cli("prune", "--base", base, "--policy", p, "--out", tmp_path / "o"), "layer9.conv1")
+
+
+@pytest.mark.parametrize("ratio", [1.0, 1.5, -0.1])
+def test_ratio_out_of_range(tmp_path, base, ratio):
+    p = write(tmp_path / "p.json", json.dumps({"schema_version": 1, "ratios": {"conv1": ratio}}))
+    refused(cli("prune", "--base", base, "--policy", p, "--out", tmp_path / "o"), "'conv1'", "[0, 1)")
+
+
+def test_model_that_cannot_be_traced(tmp_path):
+    spec = ModelSpec("toy_models:Untraceable", 10, 3)
+    sys.path.insert(0, str(ROOT / "tests"))
+    path = tmp_path / "u.pt"
+    checkpoint.save(checkpoint.from_model(build_model(spec), spec, DataSpec(), (3, 8, 8), {"mean": [0], "std": [1]}),
+                    path)
+    refused(cli("groups", "--base", path), "cannot trace model Untraceable")
+
+
+def test_missing_data_root(tmp_path):
+    refused(cli("search", ROOT / "search_spaces/resnet56_cifar10.yaml", "--set", f"data.root={tmp_path / 'no'}",
+                "--out", tmp_path / "run"), str(tmp_path / "no"), "cifar-10-batches-py")
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_corrupt_or_truncated_checkpoint(tmp_path, base, damage):
+    bad = tmp_path / "bad.pt"
+    data = base.read_bytes()
+    bad.write_bytes(data[: len(data) // 3] if damage == "truncate" else b"not a checkpoint")
+    p = write(tmp_path / "p.json", json.dumps({"schema_version": 1, "ratios": {}}))
+    refused(cli("prune", "--base", bad, "--policy", p, "--out", tmp_path / "o"), "bad.pt")
+
+
+def test_base_checkpoint_of_another_architecture(tmp_path, base):
+    refused(cli("search", ROOT / "search_spaces/resnet20_fashionmnist.yaml", "--set", "model=vgg11_bn",
+                "--set", f"base.checkpoint={base}", "--out", tmp_path / "run"), "holds 'resnet20'", "vgg11_bn")
+
+
+def test_nan_loss_during_finetuning(tmp_path, base):
+    p = write(tmp_path / "p.json", json.dumps({"schema_version": 1, "ratios": {"conv1": 0.5}}))
+    refused(cli("prune", "--base", base, "--policy", p, "--out", tmp_path / "o", "--lr", "1e30",
+                "--finetune-epochs", "0.05", "--threads", "1"), "training diverged")
+
+
+def test_constraints_no_candidate_meets(tmp_path, base):
+    run = tmp_path / "run"
+    proc = cli("search", ROOT / "search_spaces/resnet20_fashionmnist.yaml", *TINY, "--set", "trials=2",
+               "--set", "searcher.name=uniform", "--set", f"base.checkpoint={base}",
+               "--set", "constraints=['latency_ms <= 0.000001']", "--out", run)
+    refused(proc, "no trial met every constraint", "latency_ms <= 0.000001")
+    from autoprune.results import read_trials
+
+    assert read_trials(run).num_rows == 2 and read_trials(run, "front.parquet").num_rows == 0
+    # earlier results stay intact: a second search into the same directory is refused, nothing changes
+    before = {p.name: p.stat().st_mtime_ns for p in run.iterdir() if p.is_file()}
+    refused(cli("search", ROOT / "search_spaces/resnet20_fashionmnist.yaml", "--out", run), "is not empty")
+    assert before == {p.name: p.stat().st_mtime_ns for p in run.iterdir() if p.is_file()}
+    refused(cli("export", run, "--out", tmp_path / "exp"), "no Pareto-front trial")
+    assert not (tmp_path / "exp").exists()
+
+
+def test_missing_run_directory_for_export(tmp_path):
+    refused(cli("export", tmp_path / "norun", "--out", tmp_path / "e"), "norun", "does not exist")
+
+
+def test_unreachable_cluster_address(tmp_path):
+    import time
+
+    start = time.perf_counter()
+    proc = cli("submit", ROOT / "search_spaces/resnet20_fashionmnist.yaml", "--address", "http://127.0.0.1:9")
+    refused(proc, "http://127.0.0.1:9")
+    assert time.perf_counter() - start < 30
+    refused(cli("status", "job-1", "--address", "http://127.0.0.1:9"), "http://127.0.0.1:9")
+
+
+def test_resume_of_a_directory_autoprune_did_not_create(tmp_path):
+    (tmp_path / "x").mkdir()
+    refused(cli("search", "--resume", tmp_path / "x"), "not an autoprune run directory")
