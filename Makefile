@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO := runs/demo
 CONFIG := search_spaces/resnet20_fashionmnist.yaml
 
-.PHONY: demo prune-demo test test-all clean
+.PHONY: demo prune-demo test test-slow test-all clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ prune-demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -m slow
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -m ""

@@ -1,10 +1,16 @@
 """autoprune: search per-layer structural-pruning policies for PyTorch models."""
+from typing import TYPE_CHECKING
+
 from autoprune.errors import AutopruneError
 from autoprune.pruning import prune  # first: policy.py reads the criteria registry from autoprune.pruning
 from autoprune.policy import Policy, PrunableGroup, discover
 
 
-def load(directory: str) -> "torch.nn.Module":  # noqa: F821
+if TYPE_CHECKING:
+    from torch import nn
+
+
+def load(directory: str) -> "nn.Module":
     """Rebuild the model exported into ``directory`` by ``autoprune export``."""
     from autoprune.export import load as _load
 

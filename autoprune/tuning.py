@@ -8,23 +8,24 @@ import tempfile
 import time
 from typing import Any
 
-from autoprune.config import SearchConfig, violations
-from autoprune.data import ImageData
-from autoprune.front import compute_front, format_rows
-from autoprune.results import ResultsStore
-from autoprune.searchers import Searcher
-from autoprune.space import SearchSpace
-from autoprune.trial import TrialSettings
-from autoprune.worker import PRUNED_FILE
-
-from ray import tune  # noqa: E402  (after the environment above)
-
-# Quiet, file-light Tune: no TensorBoard/CSV loggers per trial, the classic (terse) reporter.
+# Quiet, file-light Tune (set before Ray is imported): no TensorBoard/CSV loggers per trial, the classic
+# reporter, no warnings about the per-epoch checkpoints autoprune asks for.
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "60")
+
+from ray import tune  # noqa: E402
+
+from autoprune.config import SearchConfig, violations  # noqa: E402
+from autoprune.data import ImageData  # noqa: E402
+from autoprune.front import compute_front, format_rows  # noqa: E402
+from autoprune.results import ResultsStore  # noqa: E402
+from autoprune.searchers import Searcher  # noqa: E402
+from autoprune.space import SearchSpace  # noqa: E402
+from autoprune.storage import RunDir  # noqa: E402
+from autoprune.trial import TrialSettings  # noqa: E402
+from autoprune.worker import PRUNED_FILE  # noqa: E402
 
 
 def _quiet_tune() -> None:

@@ -1,5 +1,8 @@
 import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -29,3 +32,24 @@ def calib_batches(shape, n=2, batch=8, classes=10, seed=0):
     g = torch.Generator().manual_seed(seed)
     return [(torch.randn(batch, *shape, generator=g), torch.randint(0, classes, (batch,), generator=g))
             for _ in range(n)]
+
+
+DEFAULT_SPACE = Path(__file__).resolve().parents[1] / "search_spaces" / "resnet20_fashionmnist.yaml"
+
+
+def stop_search_midway(run_dir: Path, sets: list[str], after_rows: int, sig: int) -> None:
+    """Run ``autoprune search`` in a subprocess and send ``sig`` to its process group once
+    ``after_rows`` trials are in ``trials.parquet``."""
+    from autoprune.results import read_trials
+
+    args = [a for s in sets for a in ("--set", s)]
+    proc = subprocess.Popen([sys.executable, "-m", "autoprune.cli", "search", str(DEFAULT_SPACE), *args,
+                             "--out", str(run_dir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if (run_dir / "trials.parquet").exists() and read_trials(run_dir).num_rows >= after_rows:
+            break
+        time.sleep(0.2)
+    os.killpg(proc.pid, sig) if sig == signal.SIGKILL else proc.send_signal(sig)
+    proc.wait(timeout=120)

@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from autoprune import checkpoint
 from autoprune.data import DataSpec

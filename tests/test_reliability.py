@@ -1,8 +1,5 @@
 """Failures a long search must survive: a worker node lost mid-trial, the driver killed mid-search."""
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -13,8 +10,10 @@ import ray
 from autoprune.config import load_config
 from autoprune.controller import run_search
 from autoprune.results import read_trials
+from conftest import stop_search_midway
 
-DEFAULT_SPACE = Path(__file__).resolve().parents[1] / "search_spaces" / "resnet20_fashionmnist.yaml"
+pytestmark = pytest.mark.slow  # minutes each: a multi-node cluster, a killed driver
+
 TINY = ["data.max_train_samples=512", "base.epochs=1", "finetune.batch_size=64", "latency.batch_size=8",
         "latency.threads=1", "latency.repeats=30", "resources.cpu=1", "space.criteria=[l1]",
         "searcher.name=random", "searcher.warm_start=0"]
@@ -77,18 +76,9 @@ def test_worker_node_loss_resumes_the_trial_on_another_node(tmp_path, base_path,
 
 def test_driver_crash_then_resume_completes_without_rerunning_or_losing_trials(tmp_path, base_path, fresh_ray):
     run_dir = tmp_path / "run"
-    sets = [*TINY, f"base.checkpoint={base_path}", "trials=5", "concurrency=1", "finetune.epochs=1"]
-    args = [a for s in sets for a in ("--set", s)]
-    proc = subprocess.Popen([sys.executable, "-m", "autoprune.cli", "search", str(DEFAULT_SPACE), *args,
-                             "--out", str(run_dir)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if (run_dir / "trials.parquet").exists() and read_trials(run_dir).num_rows >= 2:
-            break
-        time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started die at once
-    proc.wait(timeout=30)
+    # the driver and everything it started die at once
+    stop_search_midway(run_dir, [*TINY, f"base.checkpoint={base_path}", "trials=5", "concurrency=1",
+                                 "finetune.epochs=1"], 2, signal.SIGKILL)
     before = {r["trial_id"]: r for r in read_trials(run_dir).to_pylist()}  # still readable: atomic writes
     assert 2 <= len(before) < 5
     config = load_config(run_dir / "config.yaml")

@@ -1,4 +1,3 @@
-import pyarrow.parquet as pq
 import pytest
 
 from autoprune import AutopruneError

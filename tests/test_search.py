@@ -10,8 +10,8 @@ from autoprune.config import load_config
 from autoprune.controller import MARKER, run_search
 from autoprune.pareto import dominates
 from autoprune.results import read_trials
+from conftest import stop_search_midway
 
-DEFAULT_SPACE = Path(__file__).resolve().parents[1] / "search_spaces" / "resnet20_fashionmnist.yaml"
 TINY = ["data.max_train_samples=256", "base.epochs=1", "finetune.epochs=0.5", "finetune.batch_size=64",
         "latency.batch_size=8", "latency.threads=1", "concurrency=2", "resources.cpu=1",
         "space.criteria=[l1, bn_scale]", "searcher.population=4", "searcher.startup_trials=3",
@@ -72,6 +72,7 @@ def test_search_end_to_end(request, searcher):
     assert any("front" in line for line in lines)
 
 
+@pytest.mark.slow
 def test_constraint_violators_never_enter_the_front(tmp_path, base_path):
     summary, lines = search(tmp_path, base_path, "trials=4", "searcher.name=random",
                             "constraints=['size_bytes <= base * 0.7']")
@@ -99,24 +100,13 @@ def test_a_failing_trial_is_recorded_and_the_search_completes(tmp_path, base_pat
     assert failed and all("diverged" in r["error"] for r in failed)
 
 
+@pytest.mark.slow
 def test_resume_after_a_stop_mid_search_runs_only_the_remaining_trials(tmp_path, base_path):
     import signal
-    import subprocess
-    import sys
-    import time
 
     run = tmp_path / "run"
-    sets = [a for s in [*TINY, f"base.checkpoint={base_path}", "trials=6", "concurrency=1"] for a in ("--set", s)]
-    proc = subprocess.Popen([sys.executable, "-m", "autoprune.cli", "search", str(DEFAULT_SPACE), *sets,
-                             "--out", str(run)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if (run / "trials.parquet").exists() and read_trials(run).num_rows >= 2:
-            break
-        time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)  # the user presses Ctrl-C mid-search
-    proc.communicate(timeout=120)
+    # the user presses Ctrl-C mid-search
+    stop_search_midway(run, [*TINY, f"base.checkpoint={base_path}", "trials=6", "concurrency=1"], 2, signal.SIGINT)
     before = {r["trial_id"]: r for r in read_trials(run).to_pylist()}
     assert 2 <= len(before) < 6
     summary, lines = search(tmp_path, base_path, "trials=6", "concurrency=1", resume=True, run_dir=run)
@@ -188,6 +178,7 @@ def test_export_picks_and_limits(nsga2_run):
         pick_trial(run, "best")
 
 
+@pytest.mark.slow
 def test_early_stopped_trials_never_pollute_the_front(tmp_path, base_path):
     summary, _ = search(tmp_path, base_path, "trials=6", "searcher.name=random", "scheduler=asha",
                         "finetune.epochs=3", "data.max_train_samples=128")
@@ -197,6 +188,7 @@ def test_early_stopped_trials_never_pollute_the_front(tmp_path, base_path):
     assert all(r["trial_id"] not in front_ids for r in rows if r["status"] == "stopped")
 
 
+@pytest.mark.slow
 def test_run_directory_behind_a_filesystem_uri(tmp_path, base_path):
     """Shared storage goes through pyarrow filesystems: a file:// URI exercises the same path as s3:// or gs://."""
     from autoprune.cli import main

@@ -22,7 +22,7 @@ def test_points_lie_on_the_grid_and_outcomes_are_accepted(name):
     for i in range(12):
         suggestion = s.ask()
         if suggestion is None:
-            assert name == "uniform" and i == 8  # 4 ratios x 2 criteria
+            assert name == "uniform" and i == 8  # 4 distinct uniform points x 2 criteria
             break
         sid, point = suggestion
         for p in SPACE.params:

@@ -12,7 +12,12 @@ class UniformSearcher(Searcher):
     def __init__(self, space, **kwargs: Any) -> None:
         super().__init__(space, **kwargs)
         count = int(self.settings.get("grid", 8))
-        self._queue = [self.space.uniform_point(r, c) for c in self.space.criteria for r in self.space.uniform_ratios(count)]
+        self._queue: list[dict[str, Any]] = []
+        for c in self.space.criteria:
+            for r in self.space.uniform_ratios(count):
+                point = self.space.uniform_point(r, c)
+                if point not in self._queue:  # ratios that snap to the same grid value are run once
+                    self._queue.append(point)
         self._asked = 0
 
     def ask(self) -> tuple[int, dict[str, Any]] | None:
