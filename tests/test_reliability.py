@@ -1,4 +1,5 @@
 """Failures a long search must survive: a worker node lost mid-trial, the driver killed mid-search."""
+import os
 import signal
 import threading
 import time
@@ -10,7 +11,7 @@ import ray
 from autoprune.config import load_config
 from autoprune.controller import run_search
 from autoprune.results import read_trials
-from conftest import stop_search_midway
+from conftest import DEFAULT_SPACE, stop_search_midway
 
 pytestmark = pytest.mark.slow  # minutes each: a multi-node cluster, a killed driver
 
@@ -88,3 +89,46 @@ def test_driver_crash_then_resume_completes_without_rerunning_or_losing_trials(t
     assert len(after) == 5 and set(before) <= set(after)
     assert all(after[t]["finished_at"] == before[t]["finished_at"] for t in before)
     assert all(r["status"] == "ok" for r in after.values())
+
+
+def test_submit_runs_the_search_as_a_ray_job_on_a_local_multi_node_cluster(tmp_path, base_path, fresh_ray):
+    """cluster/local.sh up 2, autoprune submit / status / logs, cluster/local.sh down."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    bin_dir = Path(sys.executable).parent
+    # a short temp dir of its own: Ray's unix sockets live under it, and 'down' stops only its processes
+    env = {**os.environ, "RAY": str(bin_dir / "ray"), "AUTOPRUNE_RAY_TEMP_DIR": f"/tmp/ap-test-{os.getpid()}"}
+    up = subprocess.run(["bash", str(root / "cluster/local.sh"), "up", "2"], env=env, capture_output=True, text=True)
+    assert up.returncode == 0, up.stderr
+    autoprune = [sys.executable, "-m", "autoprune.cli"]
+    try:
+        address = "http://127.0.0.1:8265"
+        sets = [a for s in [*TINY, f"base.checkpoint={base_path}", "trials=2", "concurrency=2", "finetune.epochs=0.3"]
+                for a in ("--set", s)]
+        job_id = None
+        for _ in range(10):  # the job server needs a few seconds after the cluster starts
+            sub = subprocess.run([*autoprune, "submit", str(DEFAULT_SPACE), "--address", address,
+                                  "--working-dir", str(root), "--out", str(tmp_path / "run"), *sets],
+                                 capture_output=True, text=True, cwd=root)
+            if sub.returncode == 0:
+                job_id = sub.stdout.strip().splitlines()[-1]
+                break
+            time.sleep(3)
+        assert job_id, sub.stderr
+        status = ""
+        deadline = time.time() + 400
+        while time.time() < deadline:
+            status = subprocess.run([*autoprune, "status", job_id, "--address", address],
+                                    capture_output=True, text=True).stdout.strip()
+            if status in ("SUCCEEDED", "FAILED", "STOPPED"):
+                break
+            time.sleep(3)
+        logs = subprocess.run([*autoprune, "logs", job_id, "--address", address], capture_output=True, text=True)
+        assert status == "SUCCEEDED", logs.stdout[-3000:]
+        assert "2 trials finished" in logs.stdout
+        rows = read_trials(tmp_path / "run").to_pylist()
+        assert len(rows) == 2 and all(r["status"] == "ok" for r in rows)
+    finally:
+        subprocess.run(["bash", str(root / "cluster/local.sh"), "down"], env=env, capture_output=True)
