@@ -2,7 +2,7 @@
 
 Sources: the embedded Fashion-MNIST subset shipped in the package (no files needed), and
 torchvision's FashionMNIST, MNIST, CIFAR10 and ImageFolder from a local root. Nothing is ever
-downloaded unless ``download=True``.
+downloaded unless the user asks for it (``--download``).
 """
 from __future__ import annotations
 
