@@ -124,7 +124,7 @@ def run_search(config: SearchConfig, run_dir: str | Path | RunDir, *, resume: bo
     searcher = make_searcher(config["searcher.name"], space, seed=config["searcher.seed"],
                              warm_start=config["searcher.warm_start"], population=config["searcher.population"],
                              startup_trials=config["searcher.startup_trials"], grid=config["searcher.grid"])
-    done = [r for r in store.rows if r["status"] in ("ok", "failed")]
+    done = store.rows  # finished, failed, or stopped early by the scheduler (interrupted ones are not recorded)
     for row in done:
         searcher.replay(space_point(row, space), outcome_of_row(row, config))
     remaining = config["trials"] - len(done)
@@ -135,9 +135,9 @@ def run_search(config: SearchConfig, run_dir: str | Path | RunDir, *, resume: bo
 
         run_tune(config, run_dir, base, data, space, searcher, store, trial_settings(config), remaining, echo)
     front = write_front(run_dir) if store.rows else Front([], 0.0, None)
-    if store.rows and not front.rows:
-        echo("no trial met every constraint: the front is empty")
     finished = sum(r["status"] == "ok" for r in store.rows)
+    if finished and not front.rows:
+        echo("no trial met every constraint: the front is empty")
     return SearchSummary(run_dir, finished, sum(r["status"] == "failed" for r in store.rows), front)
 
 
@@ -149,7 +149,7 @@ def space_point(row: dict[str, Any], space: SearchSpace) -> dict[str, Any]:
 
 def outcome_of_row(row: dict[str, Any], config: SearchConfig) -> Outcome:
     if row["status"] != "ok":
-        return Outcome("failed")
+        return Outcome("stopped" if row["status"] == "stopped" else "failed")
     return Outcome("ok", (row["accuracy"], row["size_bytes"], row["latency_ms"]), violations(config.constraints, row))
 
 

@@ -74,3 +74,14 @@ def test_space_from_groups_applies_overrides():
               PrunableGroup("l2", 32, 1, 0.5, ("l2",), ("l2",))]
     space = SearchSpace.from_config(load_config(None, ["space.groups.conv1.high=0.3"]), groups)
     assert space.params[0].grid() == [0.0, 0.1, 0.2, 0.3] and space.params[1].high == 0.7
+
+
+def test_replayed_outcomes_keep_their_state():
+    s = make_searcher("tpe", SPACE, seed=0)
+    points = [SPACE.uniform_point(r) for r in (0.1, 0.3, 0.5)]
+    s.replay(points[0], Outcome("ok", fake_values(points[0]), {"c": -1.0}))
+    s.replay(points[1], Outcome("stopped"))
+    s.replay(points[2], Outcome("failed"))
+    states = [t.state.name for t in s.study.trials]
+    assert states == ["COMPLETE", "PRUNED", "FAIL"]
+    assert s.study.trials[0].constraints == {"c": -1.0}

@@ -56,7 +56,8 @@ class OptunaSearcher(Searcher):
             trial = optuna.trial.create_trial(params=params, distributions=dists, values=list(outcome.values),
                                               system_attrs=attrs)
         else:
-            trial = optuna.trial.create_trial(params=params, distributions=dists, state=optuna.trial.TrialState.FAIL)
+            state = optuna.trial.TrialState.PRUNED if outcome.state == "stopped" else optuna.trial.TrialState.FAIL
+            trial = optuna.trial.create_trial(params=params, distributions=dists, state=state)
         self.study.add_trial(trial)
 
     def tell(self, suggestion_id: int, outcome: Outcome) -> None:
