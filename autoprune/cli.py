@@ -183,8 +183,7 @@ def cmd_status(args: argparse.Namespace) -> None:
 def cmd_logs(args: argparse.Namespace) -> None:
     from autoprune import jobs
 
-    for chunk in jobs.logs(args.job_id, args.address, args.follow):
-        print(chunk, end="", flush=True)
+    jobs.logs(args.job_id, args.address, args.follow, lambda chunk: print(chunk, end="", flush=True))
 
 
 def cmd_front(args: argparse.Namespace) -> None:

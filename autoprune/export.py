@@ -61,16 +61,16 @@ def verify_manifest(directory: Path) -> None:
 
 def knee(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The front point closest to the ideal point after scaling each objective to [0, 1] over the front."""
-    def scaled(r: dict[str, Any]) -> list[float]:
-        out = []
-        for key in OBJECTIVE_KEYS:
-            values = [x[key] for x in rows]
-            lo, hi = min(values), max(values)
-            v = (r[key] - lo) / (hi - lo) if hi > lo else 0.0
-            out.append(1.0 - v if key == "accuracy" else v)  # 0 is ideal for every objective
-        return out
+    bounds = {k: (min(r[k] for r in rows), max(r[k] for r in rows)) for k in OBJECTIVE_KEYS}
 
-    return min(rows, key=lambda r: math.hypot(*scaled(r)))
+    def distance(r: dict[str, Any]) -> float:
+        scaled = []
+        for key, (lo, hi) in bounds.items():
+            v = (r[key] - lo) / (hi - lo) if hi > lo else 0.0
+            scaled.append(1.0 - v if key == "accuracy" else v)  # 0 is ideal for every objective
+        return math.hypot(*scaled)
+
+    return min(rows, key=distance)
 
 
 def pick_trial(run_dir: str | Path | RunDir, pick: str, max_latency_ms: float | None = None, min_accuracy: float | None = None,

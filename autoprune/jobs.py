@@ -12,7 +12,7 @@ import shlex
 import socket
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable
 from urllib.parse import urlparse
 
 from autoprune.errors import AutopruneError
@@ -97,18 +97,20 @@ def status(job_id: str, address: str | None) -> str:
         raise AutopruneError(f"no job '{job_id}' at {resolve_address(address)}: {str(e).splitlines()[0]}") from None
 
 
-def logs(job_id: str, address: str | None, follow: bool = False) -> Iterator[str]:
+def logs(job_id: str, address: str | None, follow: bool, emit: Callable[[str], None]) -> None:
+    """Pass the job's logs to ``emit``; with ``follow``, chunk by chunk as they arrive until the job ends."""
     job_client = client(address)
     try:
         if not follow:
-            yield job_client.get_job_logs(job_id)
+            emit(job_client.get_job_logs(job_id))
             return
         import asyncio
 
-        async def tail() -> list[str]:
-            return [chunk async for chunk in job_client.tail_job_logs(job_id)]
+        async def tail() -> None:
+            async for chunk in job_client.tail_job_logs(job_id):
+                emit(chunk)
 
-        yield from asyncio.run(tail())
+        asyncio.run(tail())
     except AutopruneError:
         raise
     except Exception as e:

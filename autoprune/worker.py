@@ -78,7 +78,7 @@ def policy_trial(config: dict[str, Any], *, base: ckpt_io.Checkpoint, data: Imag
     base_metrics = {f"base_{k}": v for k, v in _objectives(result.base).items()}
     base_metrics["base_test_accuracy"] = result.base["test_accuracy"]
     final = {**_objectives(result.pruned), **base_metrics, "test_accuracy": result.pruned["test_accuracy"],
-             "status": "ok", "error": None, "final": True, "host": host, "criterion": policy.criterion,
+             "status": "ok", "error": None, "final": True, "host": host,
              "epoch": math.ceil(settings.finetune_epochs),
              "resumed_from_epoch": resume.epochs_done if resume else None,
              **{f"seconds_{k}": v for k, v in result.seconds.items()}}

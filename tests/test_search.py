@@ -202,3 +202,12 @@ def test_run_directory_behind_a_filesystem_uri(tmp_path, base_path):
     assert main(["front", uri]) == 0
     assert main(["export", uri, "--pick", "max-accuracy", "--out", str(tmp_path / "exp")]) == 0
     assert (tmp_path / "exp" / "model.pt2").is_file()
+
+
+def test_knee_is_the_point_nearest_the_ideal():
+    from autoprune.export import knee
+
+    rows = [{"accuracy": 0.9, "size_bytes": 100, "latency_ms": 10.0},   # accurate but big and slow
+            {"accuracy": 0.85, "size_bytes": 40, "latency_ms": 4.0},   # balanced
+            {"accuracy": 0.5, "size_bytes": 10, "latency_ms": 1.0}]    # tiny but poor
+    assert knee(rows) is rows[1]
