@@ -112,7 +112,7 @@ def cmd_prune(args: argparse.Namespace) -> None:
           f"({'iterative, %d steps' % args.steps if args.steps > 1 else 'one-shot'}), "
           f"fine-tuning {args.finetune_epochs} epochs{' with KD' if args.kd else ''}")
     result = run_trial(model, data, policy, settings,
-                       on_epoch=lambda e, m, _: print(f"  fine-tune epoch {e}: val_accuracy {m['val_accuracy']:.4f}",
+                       on_epoch=lambda e, m, *_: print(f"  fine-tune epoch {e}: val_accuracy {m['val_accuracy']:.4f}",
                                                   flush=True))
     timings.update(result.seconds)
     out = Path(args.out)
@@ -129,12 +129,18 @@ def cmd_prune(args: argparse.Namespace) -> None:
     print(f"wrote {out / 'pruned.pt'}, {out / 'metrics.json'}, {out / 'policy.json'}")
 
 
+def _same_run_dir(a: str, b: str) -> bool:
+    """Whether two run directory names (paths or filesystem URIs) name the same directory."""
+    ra, rb = RunDir(a), RunDir(b)
+    return ra.path == rb.path if ra.is_local and rb.is_local else ra.uri == rb.uri
+
+
 def cmd_search(args: argparse.Namespace) -> None:
     from autoprune.config import load_config
     from autoprune.controller import check_resumable, run_search, summary_table
 
-    if isinstance(args.resume, str):  # --resume RUN_DIR
-        if args.out and Path(args.out) != Path(args.resume):
+    if isinstance(args.resume, str):  # --resume RUN_DIR (a path or a filesystem URI, like --out)
+        if args.out and not _same_run_dir(args.out, args.resume):
             raise AutopruneError(f"--resume {args.resume} and --out {args.out} name different run directories")
         args.out = args.resume
     if args.resume and not args.out:
@@ -142,7 +148,7 @@ def cmd_search(args: argparse.Namespace) -> None:
     if args.config is None and not args.resume:
         raise AutopruneError("search needs a CONFIG file (e.g. search_spaces/resnet20_fashionmnist.yaml)")
     if args.resume:
-        check_resumable(Path(args.out))
+        check_resumable(args.out)
     if args.config:
         config = load_config(args.config, args.set)
     else:
@@ -163,6 +169,20 @@ def cmd_search(args: argparse.Namespace) -> None:
     if not summary.finished:
         raise AutopruneError(f"no trial finished ({summary.failed} failed): see the 'error' column of "
                              f"{run.display('trials.parquet')}")
+
+
+def cmd_space(args: argparse.Namespace) -> None:
+    from autoprune.config import load_config
+    from autoprune.controller import space_command
+
+    space_command(load_config(args.config, args.set), lambda m: print(m, flush=True))
+
+
+def cmd_latency_table(args: argparse.Namespace) -> None:
+    from autoprune.config import load_config
+    from autoprune.controller import latency_table_command
+
+    latency_table_command(load_config(args.config, args.set), args.out, lambda m: print(m, flush=True))
 
 
 def cmd_submit(args: argparse.Namespace) -> None:
@@ -271,11 +291,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("search", help="search pruning policies with Ray Tune")
     p.add_argument("config", nargs="?", help="search space YAML (search_spaces/*.yaml)")
-    p.add_argument("--out", help="run directory (default: runs/NAME-TIMESTAMP)")
+    p.add_argument("--out", help="run directory, a path or a filesystem URI such as s3://bucket/run "
+                                 "(default: runs/NAME-TIMESTAMP)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN_DIR",
-                   help="continue an interrupted search without re-running finished trials")
+                   help="continue an interrupted search (a path or a filesystem URI) without re-running finished "
+                        "trials")
     p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("space", help="what a search space can reach: smallest, midpoint and largest models measured")
+    p.add_argument("config", help="search space YAML")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.set_defaults(func=cmd_space)
+
+    p = sub.add_parser("latency-table", help="time every layer at the space's ratios on the latency target "
+                                             "(NetAdapt lookup table) and write it as JSON")
+    p.add_argument("config", help="search space YAML")
+    p.add_argument("--out", required=True, help="table path (then: --set latency.table=PATH)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.set_defaults(func=cmd_latency_table)
 
     p = sub.add_parser("export", help="export a trial of a run: policy, weights, torch.export program, card")
     p.add_argument("run_dir")

@@ -17,16 +17,22 @@ from autoprune import checkpoint as ckpt_io
 from autoprune.config import SearchConfig, violations
 from autoprune.data import DataSpec, ImageData, load_data
 from autoprune.errors import AutopruneError
+from autoprune.feasibility import check_constraints, format_report, space_report
 from autoprune.front import Front, format_rows, write_front
+from autoprune.latency import (LatencyTable, Meter, RemoteMeter, StructureModel, build_table, check_target, local_meter,
+                               node_resources, start_meter)
 from autoprune.policy import discover
-from autoprune.results import ResultsStore
+from autoprune.objectives import values_of
+from autoprune.results import MARKER, ResultsStore, read_marker, run_objectives
 from autoprune.searchers import Outcome, make_searcher
+from autoprune.searchers.journal import JOURNAL_FILE, StudyJournal
 from autoprune.space import SearchSpace
 from autoprune.storage import RunDir, as_run_dir
 from autoprune.trial import TrialSettings
 
-MARKER = "autoprune-run.json"
+MARKER_VERSION = 2  # 2: objectives and the Optuna study (name, journal file) recorded
 Echo = Callable[[str], None]
+LATENCY_FILE = "latency.json"  # the latency actor's reference and timed structures, so --resume continues them
 
 
 @dataclass
@@ -79,6 +85,67 @@ def ensure_base(config: SearchConfig, data: ImageData, echo: Echo) -> tuple[ckpt
     return base, path
 
 
+def structure_base(config: SearchConfig, data: ImageData, echo: Echo) -> Any:
+    """The base model when only its structure matters (MACs, size, latency): the checkpoint when there is one,
+    else the untrained architecture, which has the same structure and needs no training."""
+    from autoprune.models import ModelSpec, build_model
+
+    path = Path(config["base.checkpoint"] or default_base_path(config))
+    if path.exists():
+        return ckpt_io.load(path).build(path)
+    echo(f"base checkpoint {path} not found: using the untrained {config['model']} (same structure)")
+    return build_model(ModelSpec(config["model"], data.num_classes, data.input_shape[0])).eval()
+
+
+def space_command(config: SearchConfig, echo: Echo) -> None:
+    """``autoprune space``: the space's corners measured in-process; an unmeetable constraint is an error."""
+    import torch
+
+    data = load_data(data_spec(config))
+    model = structure_base(config, data, echo)
+    example = torch.zeros(1, *data.input_shape)
+    groups = discover(model, example, ignore=config["space.ignore"])
+    space = SearchSpace.from_config(config, groups)
+    settings = trial_settings(config)
+    table = LatencyTable.load(config["latency.table"]) if config["latency.table"] else None
+    meter = local_meter(model, example, groups, settings.latency_spec(data.input_shape), table)
+    echo(f"{config['model']}: {len(groups)} prunable groups, ratios "
+         f"{min(p.low for p in space.params)}..{max(p.high for p in space.params)}, {settings.threads} thread(s), "
+         f"device {settings.device}")
+    feasible(model, example, space, config, meter, echo)
+
+
+def latency_table_command(config: SearchConfig, out: str, echo: Echo) -> None:
+    """``autoprune latency-table``: time every layer at the space's ratios on the target; write JSON to ``out``."""
+    import torch
+
+    data = load_data(data_spec(config))
+    model = structure_base(config, data, echo)
+    example = torch.zeros(1, *data.input_shape)
+    groups = discover(model, example, ignore=config["space.ignore"])
+    space = SearchSpace.from_config(config, groups)
+    fractions = sorted({round(1.0 - r, 4) for p in space.params for r in p.grid()})
+    structure = StructureModel.from_model(model, example, groups)
+    spec = trial_settings(config).latency_spec(data.input_shape)
+    start = time.perf_counter()
+    if config["latency.target"]:
+        import ray
+
+        from autoprune.tuning import init_ray
+
+        init_ray(1)
+        check_target(config["latency.target"])
+        task = ray.remote(build_table).options(num_cpus=0, resources={config["latency.target"]: 1})
+        table = ray.get(task.remote(structure, spec, fractions))
+    else:
+        table = build_table(structure, spec, fractions)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(table.to_json() + "\n")
+    echo(f"latency table: {len(structure.layers)} layers x {len(fractions)}x{len(fractions)} kept fractions, "
+         f"built on {table.built_on} in {time.perf_counter() - start:.1f} s -> {out}\n"
+         f"use it with: --set latency.table={out}")
+
+
 def trial_settings(config: SearchConfig) -> TrialSettings:
     import torch
 
@@ -90,7 +157,55 @@ def trial_settings(config: SearchConfig) -> TrialSettings:
                          kd_alpha=config["finetune.kd_alpha"], kd_temperature=config["finetune.kd_temperature"],
                          steps=config["finetune.steps"], batch_size=config["finetune.batch_size"],
                          latency_batch_size=config["latency.batch_size"], latency_repeats=config["latency.repeats"],
+                         latency_reference_repeats=config["latency.reference_repeats"],
                          threads=config["latency.threads"] or threads, device=device, seed=config["searcher.seed"])
+
+
+def start_latency_meter(config: SearchConfig, run_dir: RunDir, base_model: Any, example_input: Any,
+                        groups: list[Any], settings: TrialSettings, echo: Echo) -> Any:
+    """The search's latency actor on ``latency.target`` (the driver's node when null), continuing the run
+    directory's ``latency.json`` (reference and timed structures) when it was taken with the same settings."""
+    table = LatencyTable.load(config["latency.table"]) if config["latency.table"] else None
+    structure = StructureModel.from_model(base_model, example_input, groups)
+    spec = settings.latency_spec(tuple(example_input.shape[1:]))
+    state = json.loads(run_dir.read_text(LATENCY_FILE)) if run_dir.exists(LATENCY_FILE) else None
+    meter, restored = start_meter(base_model, spec, structure, table, config["latency.target"], state)
+    if state is not None:
+        echo(f"latency: continuing {LATENCY_FILE} (same reference and cache)" if restored else
+             f"latency: {LATENCY_FILE} was timed with other settings: timing afresh")
+    return meter
+
+
+def save_latency_state(run_dir: RunDir, meter: Any, echo: Echo) -> None:
+    """Write the actor's reference and cache to ``latency.json``; a dead actor is reported, not raised (this runs
+    while the search stops, whatever stopped it)."""
+    import ray
+
+    try:
+        state = ray.get(meter.state.remote())
+    except ray.exceptions.RayError as e:
+        echo(f"latency: {LATENCY_FILE} not updated, the latency actor is gone: {str(e).splitlines()[0]}")
+        return
+    run_dir.write_text(LATENCY_FILE, json.dumps(state) + "\n")
+
+
+def feasible(base_model: Any, example_input: Any, space: SearchSpace, config: SearchConfig, meter: Meter,
+             echo: Echo) -> None:
+    """Print what the space can reach; refuse a constraint it cannot meet before any trial runs."""
+    rows = space_report(base_model, example_input, space, meter)
+    echo(f"search space (latency at batch {config['latency.batch_size']}):\n{format_report(rows)}")
+    check_constraints(rows, config.constraints)
+
+
+def latency_summary(summary: dict[str, Any]) -> str:
+    mape = summary["prediction_mape"]
+    custom = sorted(k for k in node_resources(summary["node"]) if k not in ("CPU", "GPU", "memory", "object_store_memory")
+                    and not k.startswith("node:") and not k.startswith("accelerator_type"))
+    return (f"latency: {summary['measured']} structures timed, {summary['cache_hits']} answered from the cache, on "
+            f"node {str(summary['node'])[:12]} (resources: {', '.join(custom) or 'none custom'}; {summary['device']}, "
+            f"{summary['threads']} thread(s)); reference base {summary['reference_ms']:.3f} ms; {summary['predictor']} "
+            f"predictor error " + (f"{100 * mape:.1f} % (mean absolute, predicted before measuring)"
+                                   if mape is not None else "n/a"))
 
 
 def check_resumable(run_dir: str | Path | RunDir) -> None:
@@ -100,40 +215,73 @@ def check_resumable(run_dir: str | Path | RunDir) -> None:
         raise AutopruneError(f"--resume: '{run}' is not an autoprune run directory (no {MARKER})")
 
 
-def prepare_run_dir(run: RunDir, config: SearchConfig, resume: bool) -> None:
+def prepare_run_dir(run: RunDir, config: SearchConfig, resume: bool) -> dict[str, Any]:
+    """A new run directory gets ``config.yaml`` and the marker; a resumed one is checked. Returns the marker.
+
+    The marker, ``autoprune-run.json``, records the objectives (a resumed search keeps them) and the Optuna
+    study (``study``: its name in ``journal``, ``optuna.journal``; only Optuna-backed searchers write it).
+    """
+    names = [o.name for o in config.objectives]
     if resume:
         check_resumable(run)
-        return
+        marker = read_marker(run)
+        searched = [o.name for o in run_objectives(run)]
+        if searched != names:
+            raise AutopruneError(f"config key 'objectives': run '{run}' searched {searched}, not {names}; a resumed "
+                                 f"search keeps its objectives")
+        if marker.get("version", 1) < 2:  # its trials are replayed into a new study in the run directory
+            marker = {**marker, "version": MARKER_VERSION, "objectives": names, "study": config["name"],
+                      "journal": JOURNAL_FILE}
+            run.write_text(MARKER, json.dumps(marker) + "\n")
+        return marker
     if not run.is_empty():
         raise AutopruneError(f"run directory '{run}' is not empty: pass --resume to continue it, or another --out")
     run.write_text("config.yaml", config.to_yaml())
-    run.write_text(MARKER, json.dumps({"format": "autoprune-run", "version": 1, "config": config.path,
-                                       "created": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")
+    marker = {"format": "autoprune-run", "version": MARKER_VERSION, "config": config.path,
+              "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "objectives": names, "study": config["name"],
+              "journal": JOURNAL_FILE}
+    run.write_text(MARKER, json.dumps(marker) + "\n")
+    return marker
 
 
 def run_search(config: SearchConfig, run_dir: str | Path | RunDir, *, resume: bool = False,
                echo: Echo = print) -> SearchSummary:
     """Run (or resume) the search described by ``config`` into ``run_dir`` (a path or a filesystem URI)."""
     run_dir = as_run_dir(run_dir)
-    prepare_run_dir(run_dir, config, resume)
+    marker = prepare_run_dir(run_dir, config, resume)
     data = load_data(data_spec(config))
     base, base_path = ensure_base(config, data, echo)
-    groups = discover(base.build(base_path), base.example_input, ignore=config["space.ignore"])
+    base_model = base.build(base_path)
+    groups = discover(base_model, base.example_input, ignore=config["space.ignore"])
     space = SearchSpace.from_config(config, groups)
     store = ResultsStore(run_dir, space.groups)
     searcher = make_searcher(config["searcher.name"], space, seed=config["searcher.seed"],
                              warm_start=config["searcher.warm_start"], population=config["searcher.population"],
-                             startup_trials=config["searcher.startup_trials"], grid=config["searcher.grid"])
+                             startup_trials=config["searcher.startup_trials"], grid=config["searcher.grid"],
+                             objectives=config.objectives, study=StudyJournal(run_dir, marker["study"]))
     done = store.rows  # finished, failed, or stopped early by the scheduler (interrupted ones are not recorded)
-    for row in done:
-        searcher.replay(space_point(row, space), outcome_of_row(row, config))
-    remaining = config["trials"] - len(done)
+    if not searcher.resumed:  # a study loaded from the run directory already holds them
+        for row in done:
+            searcher.replay(space_point(row, space), outcome_of_row(row, config))
+    evaluated = [r for r in done if r["status"] != "skipped"]  # skipped on predicted latency: not a trial
+    remaining = config["trials"] - len(evaluated)
     echo(f"search '{config['name']}': {len(space.params)} groups, searcher {config['searcher.name']}, "
-         f"{remaining} trials to run ({len(done)} already finished), {config['concurrency']} at a time -> {run_dir}")
+         f"{remaining} trials to run ({len(evaluated)} already finished), {config['concurrency']} at a time "
+         f"-> {run_dir}")
     if remaining > 0:
-        from autoprune.tuning import run_tune
+        import ray
 
-        run_tune(config, run_dir, base, data, space, searcher, store, trial_settings(config), remaining, echo)
+        from autoprune.tuning import init_ray, run_tune
+
+        init_ray(max(os.cpu_count() or 1, config["concurrency"] * config["resources.cpu"]))
+        settings = trial_settings(config)
+        meter = start_latency_meter(config, run_dir, base_model, base.example_input, groups, settings, echo)
+        try:
+            feasible(base_model, base.example_input, space, config, RemoteMeter(meter), echo)
+            run_tune(config, run_dir, base, data, space, searcher, store, settings, remaining, echo, meter)
+        finally:
+            save_latency_state(run_dir, meter, echo)
+        echo(latency_summary(ray.get(meter.summary.remote())))
     front = write_front(run_dir) if store.rows else Front([], 0.0, None)
     finished = sum(r["status"] == "ok" for r in store.rows)
     if finished and not front.rows:
@@ -150,7 +298,7 @@ def space_point(row: dict[str, Any], space: SearchSpace) -> dict[str, Any]:
 def outcome_of_row(row: dict[str, Any], config: SearchConfig) -> Outcome:
     if row["status"] != "ok":
         return Outcome("stopped" if row["status"] == "stopped" else "failed")
-    return Outcome("ok", (row["accuracy"], row["size_bytes"], row["latency_ms"]), violations(config.constraints, row))
+    return Outcome("ok", values_of(row, config.objectives), violations(config.constraints, row))
 
 
 def summary_table(run_dir: RunDir) -> str:

@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +21,10 @@ from torch import nn
 from autoprune import checkpoint as ckpt_io
 from autoprune.data import load_data
 from autoprune.errors import AutopruneError
-from autoprune.front import OBJECTIVE_KEYS, compute_front
+from autoprune.front import compute_front
+from autoprune.objectives import Objective
 from autoprune.policy import Policy
-from autoprune.results import read_trials
+from autoprune.results import read_trials, run_objectives
 from autoprune.storage import RunDir, as_run_dir
 from autoprune.train import evaluate
 
@@ -59,15 +61,15 @@ def verify_manifest(directory: Path) -> None:
                                  f"(modified or corrupt): refusing to load it")
 
 
-def knee(rows: list[dict[str, Any]]) -> dict[str, Any]:
+def knee(rows: list[dict[str, Any]], objectives: Sequence[Objective]) -> dict[str, Any]:
     """The front point closest to the ideal point after scaling each objective to [0, 1] over the front."""
-    bounds = {k: (min(r[k] for r in rows), max(r[k] for r in rows)) for k in OBJECTIVE_KEYS}
+    bounds = [(o, min(r[o.name] for r in rows), max(r[o.name] for r in rows)) for o in objectives]
 
     def distance(r: dict[str, Any]) -> float:
         scaled = []
-        for key, (lo, hi) in bounds.items():
-            v = (r[key] - lo) / (hi - lo) if hi > lo else 0.0
-            scaled.append(1.0 - v if key == "accuracy" else v)  # 0 is ideal for every objective
+        for o, lo, hi in bounds:
+            v = (r[o.name] - lo) / (hi - lo) if hi > lo else 0.0
+            scaled.append(1.0 - v if o.maximize else v)  # 0 is ideal for every objective
         return math.hypot(*scaled)
 
     return min(rows, key=distance)
@@ -87,7 +89,8 @@ def pick_trial(run_dir: str | Path | RunDir, pick: str, max_latency_ms: float | 
         return match[0]
     if pick not in PICKS:
         raise AutopruneError(f"--pick must be one of {', '.join(PICKS)} or trial:ID, got '{pick}'")
-    front = compute_front(rows).rows
+    objectives = run_objectives(run_dir)
+    front = compute_front(rows, objectives).rows
     if max_latency_ms is not None:
         front = [r for r in front if r["latency_ms"] <= max_latency_ms]
     if min_accuracy is not None:
@@ -97,7 +100,7 @@ def pick_trial(run_dir: str | Path | RunDir, pick: str, max_latency_ms: float | 
     if not front:
         raise AutopruneError(f"no Pareto-front trial of '{run_dir}' meets the requested limits")
     if pick == "knee":
-        return knee(front)
+        return knee(front, objectives)
     key, sign = {"max-accuracy": ("accuracy", -1), "min-latency": ("latency_ms", 1), "min-size": ("size_bytes", 1)}[pick]
     return min(front, key=lambda r: sign * r[key])
 

@@ -1,18 +1,19 @@
 """Compute and persist the Pareto front of a run: ``front.parquet`` and ``pareto.png``."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
+from autoprune.objectives import Objective, values_of
 from autoprune.pareto import hypervolume, pareto_indices
 from autoprune.plot import plot_front
-from autoprune.results import FRONT_FILE, read_trials
+from autoprune.results import FRONT_FILE, read_trials, run_objectives
 from autoprune.storage import RunDir, as_run_dir
 
-OBJECTIVE_KEYS = ("accuracy", "size_bytes", "latency_ms")
 PLOT_FILE = "pareto.png"
 
 
@@ -23,42 +24,46 @@ class Front:
     base: dict[str, float] | None
 
 
-def base_values(rows: list[dict[str, Any]]) -> dict[str, float] | None:
-    """The base model as measured by the finished trials (median over workers)."""
+def base_values(rows: list[dict[str, Any]], objectives: Sequence[Objective]) -> dict[str, float] | None:
+    """The base model's value of each objective as measured by the finished trials (median over workers)."""
     ok = [r for r in rows if r["status"] == "ok"]
     if not ok:
         return None
     out = {}
-    for key in OBJECTIVE_KEYS:
-        values = sorted(r[f"base_{key}"] for r in ok)
-        out[key] = values[len(values) // 2]
+    for o in objectives:
+        values = sorted(r[f"base_{o.name}"] for r in ok)
+        out[o.name] = values[len(values) // 2]
     return out
 
 
-def compute_front(rows: list[dict[str, Any]]) -> Front:
-    """Non-dominated set over finished, feasible trials; hypervolume relative to the base model."""
+def compute_front(rows: list[dict[str, Any]], objectives: Sequence[Objective]) -> Front:
+    """Non-dominated set over finished, feasible trials; hypervolume relative to the base model.
+
+    Sorted best first in the first objective.
+    """
     candidates = [r for r in rows if r["status"] == "ok" and r["feasible"]]
-    points = [tuple(r[k] for k in OBJECTIVE_KEYS) for r in candidates]
-    front = [candidates[i] for i in pareto_indices(points)]
-    base = base_values(rows)
-    hv = hypervolume([tuple(r[k] for k in OBJECTIVE_KEYS) for r in front],
-                     tuple(base[k] for k in OBJECTIVE_KEYS)) if base and front else 0.0
-    return Front(sorted(front, key=lambda r: -r["accuracy"]), hv, base)
+    front = [candidates[i] for i in pareto_indices([values_of(r, objectives) for r in candidates], objectives)]
+    base = base_values(rows, objectives)
+    hv = hypervolume([values_of(r, objectives) for r in front], values_of(base, objectives),
+                     objectives) if base and front else 0.0
+    return Front(sorted(front, key=lambda r: objectives[0].loss(r[objectives[0].name])), hv, base)
 
 
 def write_front(run_dir: str | Path | RunDir) -> Front:
-    """Recompute the front from ``trials.parquet`` and write ``front.parquet`` and ``pareto.png``."""
+    """Recompute the front over the run's objectives (from its marker) from ``trials.parquet``; write
+    ``front.parquet`` and ``pareto.png``."""
     run = as_run_dir(run_dir)
+    objectives = run_objectives(run)
     table = read_trials(run)
     rows = table.to_pylist()
-    front = compute_front(rows)
+    front = compute_front(rows, objectives)
     run.write_table(FRONT_FILE, pa.Table.from_pylist(front.rows, schema=table.schema))
-    run.write_bytes(PLOT_FILE, plot_front(rows, {r["trial_id"] for r in front.rows}, front.base))
+    run.write_bytes(PLOT_FILE, plot_front(rows, {r["trial_id"] for r in front.rows}, front.base, objectives))
     return front
 
 
 def format_rows(rows: list[dict[str, Any]]) -> str:
-    """A compact table of trials: id, criterion, policy summary, objectives, status."""
+    """A compact table of trials: id, criterion, policy summary, accuracy, size, latency, status."""
     lines = [f"{'trial':>14s} {'criterion':>15s} {'ratios mean [min-max]':>22s} {'accuracy':>9s} "
              f"{'size KB':>9s} {'lat ms':>8s} {'status':>8s}"]
     for r in rows:

@@ -1,7 +1,8 @@
 """torch-pruning's dependency graph, with groups named after the module that produces their channels."""
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch_pruning as tp
@@ -10,6 +11,10 @@ from torch import nn
 from autoprune.errors import AutopruneError
 
 ROOT_TYPES = (tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR)
+# torch-pruning's stand-ins for tensor operations (cat, split, add, view, ...): they own no channels
+_OP_TYPES = {tp.ops.OPTYPE.CONCAT, tp.ops.OPTYPE.SPLIT, tp.ops.OPTYPE.ELEMENTWISE, tp.ops.OPTYPE.RESHAPE,
+             tp.ops.OPTYPE.UNBIND, tp.ops.OPTYPE.EXPAND, tp.ops.OPTYPE.SLICE, tp.ops.OPTYPE.OUTPUT,
+             tp.ops.OPTYPE.CUSTOMIZED}
 
 
 def build_graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
@@ -45,7 +50,7 @@ def output_layers(model: nn.Module, example_input: torch.Tensor) -> list[nn.Modu
     return order[-1:]
 
 
-def frozen_layers(model: nn.Module, example_input: torch.Tensor, ignore: list[str] = ()) -> list[nn.Module]:
+def frozen_layers(model: nn.Module, example_input: torch.Tensor, ignore: Sequence[str] = ()) -> list[nn.Module]:
     """Layers whose output channels stay: the output layer and the user's ``ignore`` list."""
     return output_layers(model, example_input) + resolve(model, list(ignore), "ignore")
 
@@ -86,3 +91,78 @@ def resolve(model: nn.Module, names: list[str], what: str) -> list[nn.Module]:
     if missing:
         raise AutopruneError(f"{what}: model {type(model).__name__} has no layer '{missing[0]}'")
     return [modules[n] for n in names]
+
+
+@dataclass(frozen=True)
+class GroupLayout:
+    """How a group's channels can be removed without breaking a layer.
+
+    ``units`` are the smallest sets of root channels that go together: one channel, or the same
+    position in every block of a grouped convolution / group norm, or in every head of a multi-head
+    attention (its ``num_heads`` stays, each head loses the same dims). ``segments`` split the units
+    by the layers that own them: the branches of a concatenation are separate segments, each of which
+    must keep some units. Both are in root-channel order.
+    """
+
+    units: list[list[int]]
+    segments: list[list[int]]  # indices into ``units``
+
+    @property
+    def unit_size(self) -> int:
+        """Channels per unit: the number of blocks the group's channels form (1 without grouping)."""
+        return len(self.units[0])
+
+    def segment_units(self) -> list[int]:
+        return [len(s) for s in self.segments]
+
+
+def _blocks(dep: tp.Dependency) -> tuple[int, int]:
+    """(number of blocks, channels) of the dimension ``dep`` prunes, for layers whose channels come in blocks."""
+    module, kind = dep.target.module, dep.target.type
+    if kind == tp.ops.OPTYPE.CONV and module.groups > 1:  # grouped, not depthwise (that one is coupled 1:1)
+        out = dep.handler == tp.prune_conv_out_channels
+        return module.groups, module.out_channels if out else module.in_channels
+    if kind == tp.ops.OPTYPE.GN:
+        return module.num_groups, module.num_channels
+    if kind == tp.ops.OPTYPE.MHA:
+        return module.num_heads, module.embed_dim
+    return 1, 0
+
+
+def group_layout(name: str, group: tp.Group) -> GroupLayout:
+    """The units and segments of ``group`` (called ``name`` in errors); see ``GroupLayout``."""
+    n = group_channels(group)
+    parent = list(range(n))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    owners: list[set[int]] = [set() for _ in range(n)]
+    for k, item in enumerate(group):
+        if item.dep.target.type in _OP_TYPES:
+            continue
+        pairs = [(int(i), int(r)) for i, r in zip(item.idxs, item.root_idxs) if r is not None]
+        for _, r in pairs:
+            owners[r].add(k)
+        blocks, channels = _blocks(item.dep)
+        if blocks > 1:
+            width = channels // blocks
+            first: dict[int, int] = {}
+            for i, r in pairs:  # the same position in every block is one unit
+                a, b = find(first.setdefault(i % width, r)), find(r)
+                parent[max(a, b)] = min(a, b)
+    members: dict[int, list[int]] = {}
+    for c in range(n):
+        members.setdefault(find(c), []).append(c)
+    units = list(members.values())
+    if len({len(u) for u in units}) > 1:
+        raise AutopruneError(f"group '{name}': its channel blocks (grouped convolution or attention heads) "
+                             f"do not line up across the coupled layers")
+    segments: dict[frozenset[int], list[int]] = {}
+    for u, unit in enumerate(units):
+        key = frozenset().union(*(owners[c] for c in unit))
+        segments.setdefault(key, []).append(u)
+    return GroupLayout(units, list(segments.values()))

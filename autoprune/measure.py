@@ -28,6 +28,7 @@ class Latency:
     batch_size: int
     threads: int
     device: str
+    samples_ms: tuple[float, ...] = ()  # one per round, in round order (rounds are shared by the models timed together)
 
 
 def count_params(model: nn.Module) -> int:
@@ -87,5 +88,5 @@ def measure_latency(models: Mapping[str, nn.Module], input_shape: tuple[int, ...
     result = {}
     for n, t in times.items():
         q1, _, q3 = statistics.quantiles(t, n=4)
-        result[n] = Latency(statistics.median(t), q3 - q1, len(t), batch_size, threads, str(device))
+        result[n] = Latency(statistics.median(t), q3 - q1, len(t), batch_size, threads, str(device), tuple(t))
     return result

@@ -1,26 +1,25 @@
-"""Pareto front of accuracy (max), size (min) and latency (min), and its hypervolume."""
+"""Pareto dominance over two or three objectives of mixed directions, and the hypervolume."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
-Point = Sequence[float]  # (accuracy, size_bytes, latency_ms)
+from autoprune.objectives import Objective
 
-
-def _as_minimisation(p: Point) -> tuple[float, float, float]:
-    return (-float(p[0]), float(p[1]), float(p[2]))
+Point = Sequence[float]  # one value per objective, in the objectives' order
 
 
-def dominates(a: Point, b: Point) -> bool:
+def dominates(a: Point, b: Point, objectives: Sequence[Objective]) -> bool:
     """``a`` is at least as good as ``b`` in every objective and better in one."""
-    ma, mb = _as_minimisation(a), _as_minimisation(b)
-    return all(x <= y for x, y in zip(ma, mb)) and any(x < y for x, y in zip(ma, mb))
+    la = [o.loss(x) for o, x in zip(objectives, a, strict=True)]
+    lb = [o.loss(x) for o, x in zip(objectives, b, strict=True)]
+    return all(x <= y for x, y in zip(la, lb)) and any(x < y for x, y in zip(la, lb))
 
 
-def pareto_indices(points: Sequence[Point]) -> list[int]:
+def pareto_indices(points: Sequence[Point], objectives: Sequence[Objective]) -> list[int]:
     """Indices of the non-dominated points (duplicates of a front point are kept once, the first)."""
     front: list[int] = []
     for i, p in enumerate(points):
-        if any(dominates(q, p) for q in points):
+        if any(dominates(q, p, objectives) for q in points):
             continue
         if any(tuple(points[j]) == tuple(p) for j in front):
             continue
@@ -28,26 +27,31 @@ def pareto_indices(points: Sequence[Point]) -> list[int]:
     return front
 
 
-def hypervolume(points: Sequence[Point], base: Point) -> float:
-    """Volume dominated by ``points``, normalised by the base model, bounded by (0 accuracy, base size, base latency).
+def hypervolume(points: Sequence[Point], base: Point, objectives: Sequence[Objective]) -> float:
+    """Volume dominated by ``points``, each objective normalised by the base model's value.
 
-    Each point becomes (accuracy / base accuracy, size / base size, latency / base latency); the
-    reference is (0, 1, 1). So the base model itself scores 0 and a model as accurate as the base with
-    no size and no latency would score 1: comparable across runs. Points no smaller or no faster than the
-    base add nothing. Exact, by slicing along latency (fine for hundreds of points).
+    Each value becomes ``value / base`` (``Objective.normalised_loss``) against the reference 0 for a
+    maximised objective and 1 for a minimised one: with the default (accuracy, size, latency) the base
+    model itself scores 0 and a model as accurate as the base with no size and no latency scores 1, so
+    hypervolumes compare across runs. Points no better than the reference in some objective add nothing.
+    Exact, by slicing (fine for hundreds of points).
     """
-    scale = [float(base[0]) or 1.0, float(base[1]) or 1.0, float(base[2]) or 1.0]
-    norm = [(-float(p[0]) / scale[0], float(p[1]) / scale[1], float(p[2]) / scale[2]) for p in points]
-    ref = (0.0, 1.0, 1.0)
-    pts = [p for p in norm if all(x < y for x, y in zip(p, ref))]
-    if not pts:
-        return 0.0
-    pts.sort(key=lambda p: p[2])
+    ref = tuple(o.reference for o in objectives)
+    norm = [tuple(o.normalised_loss(v, b) for o, v, b in zip(objectives, p, base, strict=True)) for p in points]
+    inside = [p for p in norm if all(x < r for x, r in zip(p, ref))]
+    return _volume(inside, ref) if inside else 0.0
+
+
+def _volume(points: list[tuple[float, ...]], ref: tuple[float, ...]) -> float:
+    """Volume dominated by ``points`` (each strictly below ``ref``): sweep the last coordinate, recurse on the rest."""
+    if len(ref) == 2:
+        return _area_2d(points, ref)
+    pts = sorted(points, key=lambda p: p[-1])
     volume = 0.0
     for k, p in enumerate(pts):
-        z_next = pts[k + 1][2] if k + 1 < len(pts) else ref[2]
-        if z_next > p[2]:
-            volume += _area_2d([q[:2] for q in pts[: k + 1]], ref[:2]) * (z_next - p[2])
+        upper = pts[k + 1][-1] if k + 1 < len(pts) else ref[-1]
+        if upper > p[-1]:
+            volume += _volume([q[:-1] for q in pts[: k + 1]], ref[:-1]) * (upper - p[-1])
     return volume
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,15 @@ import torch_pruning as tp
 from torch import nn
 
 from autoprune.errors import AutopruneError
-from autoprune.graph import build_graph, frozen_layers, group_channels, group_members, named_groups, resolve
+from autoprune.graph import (
+    build_graph,
+    frozen_layers,
+    group_channels,
+    group_layout,
+    group_members,
+    named_groups,
+    resolve,
+)
 
 from autoprune.pruning.criteria import REGISTRY
 
@@ -30,6 +39,8 @@ class PrunableGroup:
     macs_share: float
     members: tuple[str, ...]     # every layer whose weights shrink with the group
     producers: tuple[str, ...]   # the layers whose output channels are the group's channels
+    channel_groups: int = 1      # channels go in units of this many: blocks of a grouped conv, attention heads
+    segments: tuple[int, ...] = ()  # channels of each concatenated segment, in order; () is one segment
 
 
 @dataclass(frozen=True)
@@ -60,11 +71,31 @@ class Policy:
         return cls({g.name: ratio for g in groups}, **kwargs)
 
     def keep(self, name: str, channels: int) -> int:
-        """Channels the group ``name`` keeps: ``channels * (1 - ratio)``, rounded to ``round_to``, at least one."""
-        kept = max(1, round(channels * (1.0 - self.ratios.get(name, 0.0))))
-        if self.round_to > 1:
-            kept = max(self.round_to, round(kept / self.round_to) * self.round_to)
-        return min(channels, kept)
+        """Channels the group ``name`` keeps: ``channels * (1 - ratio)``, rounded to ``round_to``, at least one.
+
+        That is the count ``prune`` leaves in a plain group; ``kept_channels`` gives it for any group.
+        """
+        return _kept(channels, self.ratios.get(name, 0.0), self.round_to)
+
+    def kept_units(self, name: str, segment_units: Sequence[int], unit_size: int = 1,
+                   fraction: float = 1.0) -> list[int]:
+        """Units each segment of group ``name`` keeps (see ``graph.GroupLayout``).
+
+        The group keeps ``(1 - ratio)`` of its units, rounded so that its channel count is a multiple
+        of ``round_to`` where the unit size allows; the segments share them in proportion to their
+        size, each keeping at least ``round_to`` channels' worth (at least one unit) or all it has.
+        ``fraction`` < 1 is an intermediate step of iterative pruning: that share of the removal.
+        """
+        total = sum(segment_units)
+        step = self.round_to // math.gcd(self.round_to, unit_size)
+        goal = total - round((total - _kept(total, self.ratios.get(name, 0.0), step)) * fraction)
+        return allocate(segment_units, goal, step)
+
+    def kept_channels(self, group: PrunableGroup) -> int:
+        """Exactly the channels ``prune`` leaves in ``group``."""
+        segments = group.segments or (group.channels,)
+        units = [c // group.channel_groups for c in segments]
+        return group.channel_groups * sum(self.kept_units(group.name, units, group.channel_groups))
 
     def check(self, model: nn.Module, groups: list[PrunableGroup]) -> None:
         """Raise an error naming the first key that does not fit ``model``."""
@@ -85,6 +116,7 @@ class Policy:
             raise AutopruneError(f"policy ratio key '{name}': model {type(model).__name__} has no layer '{name}'")
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON document ``from_dict`` reads."""
         return {"schema_version": SCHEMA_VERSION, "criterion": self.criterion, "round_to": self.round_to,
                 "ignore": list(self.ignore), "ratios": dict(self.ratios)}
 
@@ -126,13 +158,44 @@ class Policy:
         Path(path).write_text(self.to_json() + "\n")
 
 
+def _kept(count: int, ratio: float, round_to: int) -> int:
+    """``count * (1 - ratio)`` rounded to a multiple of ``round_to``, at least ``round_to`` (and one), at most ``count``."""
+    kept = max(1, round(count * (1.0 - ratio)))
+    if round_to > 1:
+        kept = max(round_to, round(kept / round_to) * round_to)
+    return min(count, kept)
+
+
+def allocate(sizes: Sequence[int], total: int, step: int = 1) -> list[int]:
+    """Share ``total`` kept items among segments of ``sizes`` in proportion to their size.
+
+    Every segment keeps at least ``step`` items (or all it has, if fewer), so none is emptied, even
+    when that exceeds ``total``; the rest goes ``step`` items at a time to the segment furthest below
+    its proportional share.
+    """
+    keep = [min(size, step) for size in sizes]
+    share = [total * size / sum(sizes) for size in sizes]
+    left = total - sum(keep)
+    while left > 0:
+        room = [i for i, size in enumerate(sizes) if keep[i] < size]
+        if not room:
+            break
+        i = max(room, key=lambda i: (share[i] - keep[i], -i))
+        add = min(step, sizes[i] - keep[i], left)
+        keep[i] += add
+        left -= add
+    return keep
+
+
 def layer_macs(model: nn.Module, example_input: torch.Tensor) -> dict[str, int]:
     """Multiply-accumulates of every Conv/Linear layer for one sample of ``example_input``'s shape."""
     names = {m: n for n, m in model.named_modules()}
     macs: dict[str, int] = {}
 
     def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-        per_out = module.weight[0].numel()  # in_channels/groups * kernel area, or in_features
+        weight = module.weight
+        assert isinstance(weight, torch.Tensor)
+        per_out = weight[0].numel()  # in_channels/groups * kernel area, or in_features
         macs[names[module]] = macs.get(names[module], 0) + output[:1].numel() * per_out
 
     hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear))]
@@ -148,22 +211,26 @@ def layer_macs(model: nn.Module, example_input: torch.Tensor) -> dict[str, int]:
     return macs
 
 
-def describe_groups(graph: tp.DependencyGraph, ignored: list[nn.Module],
-                    macs: dict[str, int] | None = None) -> list[PrunableGroup]:
-    """The prunable groups of a traced model; MAC shares are zero when ``macs`` is not given."""
+def describe_groups(graph: tp.DependencyGraph, ignored: list[nn.Module], macs: dict[str, int] | None = None,
+                    named: Iterable[tuple[str, tp.Group]] | None = None) -> list[PrunableGroup]:
+    """The prunable groups of a traced model (``named``: ``named_groups``' output when already at hand);
+    MAC shares are zero when ``macs`` is not given."""
     macs = macs or {}
     total = max(1, sum(macs.values()))
     position = {name: i for i, name in enumerate(graph._module2name.values())}
     groups = []
-    for name, group in named_groups(graph, ignored):
+    for name, group in named if named is not None else named_groups(graph, ignored):
         members = tuple(group_members(graph, group))
         group_macs = sum(macs.get(m, 0) for m in members)
         producers = tuple(group_members(graph, group, producers_only=True))
-        groups.append(PrunableGroup(name, group_channels(group), group_macs, group_macs / total, members, producers))
+        layout = group_layout(name, group)
+        segments = tuple(len(s) * layout.unit_size for s in layout.segments)
+        groups.append(PrunableGroup(name, group_channels(group), group_macs, group_macs / total, members, producers,
+                                    layout.unit_size, segments))
     return sorted(groups, key=lambda g: position[g.name])
 
 
-def discover(model: nn.Module, example_input: torch.Tensor, ignore: list[str] = ()) -> list[PrunableGroup]:
+def discover(model: nn.Module, example_input: torch.Tensor, ignore: Sequence[str] = ()) -> list[PrunableGroup]:
     """Every prunable group of ``model``, in forward order, with its channels and share of MACs.
 
     A group's MACs are those of the layers whose weights it shrinks (as producer or consumer),

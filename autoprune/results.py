@@ -1,21 +1,32 @@
-"""The results store: one Parquet row per finished trial, rewritten atomically on every append."""
+"""The results store: one Parquet row per finished trial, rewritten atomically on every append.
+
+Also the run directory's marker, ``autoprune-run.json``, which says what the run searched (its objectives)
+and where its Optuna study lives.
+"""
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pyarrow as pa
 
 from autoprune.errors import AutopruneError
+from autoprune.objectives import DEFAULT_OBJECTIVES, Objective, parse_objectives
 from autoprune.storage import RunDir, as_run_dir
 
+MARKER = "autoprune-run.json"
 TRIALS_FILE = "trials.parquet"
 FRONT_FILE = "front.parquet"
 METRIC_COLUMNS = ["accuracy", "test_accuracy", "params", "size_bytes", "macs", "latency_ms", "latency_iqr_ms"]
 BASE_COLUMNS = [f"base_{c}" for c in METRIC_COLUMNS]
 SECONDS_COLUMNS = ["seconds_prune", "seconds_finetune", "seconds_measure"]
 FIXED_COLUMNS = ["trial_id", "status", "error", "searcher", "criterion"]
-TAIL_COLUMNS = ["feasible", *METRIC_COLUMNS, *BASE_COLUMNS, *SECONDS_COLUMNS, "host", "checkpoint",
+# how the latency figure came about (autoprune/latency.py): the ratio to the base timed back to back, the raw
+# timings under whatever load there was, the prediction made before measuring, and whether it came from the cache
+LATENCY_COLUMNS = ["latency_ratio", "latency_raw_ms", "latency_raw_base_ms", "latency_predicted_ms", "latency_cached"]
+TAIL_COLUMNS = ["feasible", *METRIC_COLUMNS, *BASE_COLUMNS, *LATENCY_COLUMNS, *SECONDS_COLUMNS, "host", "checkpoint",
                 "resumed_from_epoch", "finished_at"]
 STRING_COLUMNS = {"trial_id", "status", "error", "searcher", "criterion", "host", "checkpoint", "finished_at"}
 INT_COLUMNS = {"params", "size_bytes", "macs", "base_params", "base_size_bytes", "base_macs", "resumed_from_epoch"}
@@ -27,7 +38,7 @@ def schema(groups: Iterable[str]) -> pa.Schema:
     for name in [*FIXED_COLUMNS, *[f"ratio:{g}" for g in groups], *TAIL_COLUMNS]:
         if name in STRING_COLUMNS:
             t = pa.string()
-        elif name == "feasible":
+        elif name in ("feasible", "latency_cached"):
             t = pa.bool_()
         elif name in INT_COLUMNS:
             t = pa.int64()
@@ -67,3 +78,28 @@ def read_trials(run_dir: str | Path | RunDir, name: str = TRIALS_FILE) -> pa.Tab
         return run.read_table(name)
     except (pa.ArrowInvalid, OSError) as e:
         raise AutopruneError(f"results file '{run.display(name)}' is unreadable: {e}") from None
+
+
+def read_marker(run_dir: str | Path | RunDir) -> dict[str, Any]:
+    """The run directory's ``autoprune-run.json``; only directories autoprune created have one."""
+    run = as_run_dir(run_dir)
+    if not run.exists(MARKER):
+        raise AutopruneError(f"'{run}' is not an autoprune run directory (no {MARKER})")
+    try:
+        marker = json.loads(run.read_text(MARKER))
+    except (ValueError, OSError) as e:
+        raise AutopruneError(f"{run.display(MARKER)} is unreadable: {e}") from None
+    if not isinstance(marker, dict) or marker.get("format") != "autoprune-run":
+        raise AutopruneError(f"{run.display(MARKER)} is not an autoprune run marker")
+    return marker
+
+
+def run_objectives(run_dir: str | Path | RunDir) -> tuple[Objective, ...]:
+    """The objectives the run searched over, as recorded in its marker.
+
+    Version 1 markers predate configurable objectives: those runs always searched the default three.
+    """
+    marker = read_marker(run_dir)
+    if marker.get("version", 1) < 2:
+        return DEFAULT_OBJECTIVES
+    return parse_objectives(marker["objectives"], f"{MARKER} objectives")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from itertools import islice
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -44,11 +44,16 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, targets: tor
 
 
 def train(model: nn.Module, loader: Batches, config: TrainConfig, *, teacher: nn.Module | None = None,
-          device: str | torch.device = "cpu", on_epoch: Callable[[int, float], None] | None = None) -> list[float]:
+          device: str | torch.device = "cpu", on_epoch: Callable[[int, float], None] | None = None,
+          progress: dict[str, Any] | None = None) -> list[float]:
     """Train ``model`` in place; return the mean loss of each epoch.
 
     Mixed precision (bf16 autocast) on CUDA. ``on_epoch(epoch, mean_loss)`` is called after each
     epoch, e.g. to report validation accuracy. Raises ``TrainingDiverged`` on a non-finite loss.
+
+    ``progress`` makes the run resumable: before each ``on_epoch`` it is filled with the step, epoch,
+    optimizer and schedule state (checkpoint it); passed back filled, training continues from there, with
+    the same schedule, as if it had never stopped.
     """
     device = torch.device(device)
     torch.manual_seed(config.seed)
@@ -61,7 +66,12 @@ def train(model: nn.Module, loader: Batches, config: TrainConfig, *, teacher: nn
                                 weight_decay=config.weight_decay, nesterov=True)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total_steps)
     use_amp = device.type == "cuda"
-    losses, step, epoch = [], 0, 0
+    losses: list[float] = []
+    step, epoch = 0, 0
+    if progress:
+        optimizer.load_state_dict(progress["optimizer"])
+        schedule.load_state_dict(progress["schedule"])
+        step, epoch = int(progress["step"]), int(progress["epoch"])
     while step < total_steps:
         running, seen = 0.0, 0
         for x, y in islice(loader, total_steps - step):
@@ -85,6 +95,8 @@ def train(model: nn.Module, loader: Batches, config: TrainConfig, *, teacher: nn
             step += 1
         epoch += 1
         losses.append(running / max(seen, 1))
+        if progress is not None:
+            progress.update(step=step, epoch=epoch, optimizer=optimizer.state_dict(), schedule=schedule.state_dict())
         if on_epoch is not None:
             on_epoch(epoch, losses[-1])
     return losses

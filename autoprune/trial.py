@@ -10,8 +10,9 @@ import torch
 from torch import nn
 
 from autoprune.data import ImageData
-from autoprune.measure import count_macs, count_params, measure_latency, serialized_size, torch_threads
-from autoprune.policy import Policy
+from autoprune.latency import LatencySpec, Meter, local_meter
+from autoprune.measure import count_macs, count_params, serialized_size, torch_threads
+from autoprune.policy import Policy, discover
 from autoprune.pruning import prune
 from autoprune.pruning.structural import RECORD_ATTR
 from autoprune.train import TrainConfig, evaluate, recalibrate_bn, train
@@ -33,12 +34,17 @@ class TrialSettings:
     batch_size: int = 128
     latency_batch_size: int = 32
     latency_repeats: int = 50
+    latency_reference_repeats: int = 100
     threads: int = 1
     device: str = "cpu"
     seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def latency_spec(self, input_shape: tuple[int, ...]) -> LatencySpec:
+        return LatencySpec(tuple(input_shape), self.latency_batch_size, self.threads, self.device,
+                           self.latency_repeats, reference_repeats=self.latency_reference_repeats)
 
 
 @dataclass
@@ -74,27 +80,30 @@ def static_metrics(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, 
 
 @dataclass
 class Resume:
-    """A trial restored from its last per-epoch checkpoint: the pruned, partly fine-tuned model and what was measured."""
+    """A trial restored from its last per-epoch checkpoint: the pruned, partly fine-tuned model, what was
+    measured, and the fine-tuning progress (step, optimizer and schedule state) to continue from."""
 
     model: nn.Module
     base: dict[str, Any]
     pruned: dict[str, Any]
     epochs_done: int
     seconds: dict[str, float] = field(default_factory=dict)
+    progress: dict[str, Any] = field(default_factory=dict)
 
 
-EpochCallback = Callable[[int, dict[str, Any], "TrialResult"], None]
+EpochCallback = Callable[[int, dict[str, Any], "TrialResult", dict[str, Any]], None]
 
 
 def run_trial(base_model: nn.Module, data: ImageData, policy: Policy, settings: TrialSettings,
-              on_epoch: EpochCallback | None = None, resume: Resume | None = None) -> TrialResult:
+              on_epoch: EpochCallback | None = None, resume: Resume | None = None,
+              meter: Meter | None = None) -> TrialResult:
     """Prune → measure → adaptive BN → fine-tune → evaluate.
 
-    Size, MACs and latency do not change with fine-tuning, so they are measured right after pruning
-    (base and pruned interleaved); ``on_epoch(epoch, metrics, state)`` then gets the validation accuracy
-    of every fine-tuning epoch together with those measurements, and the state to checkpoint. With
-    ``resume``, pruning and measuring are skipped and fine-tuning continues after ``epochs_done``
-    (a fresh cosine schedule over the remaining epochs).
+    Size, MACs and latency do not change with fine-tuning, so they are measured right after pruning, latency
+    by ``meter`` (the search's shared latency actor; an in-process one when None). ``on_epoch(epoch, metrics,
+    state, progress)`` then gets the validation accuracy of every fine-tuning epoch together with those
+    measurements, the state and the training progress to checkpoint. With ``resume``, pruning and measuring
+    are skipped and fine-tuning continues where it stopped, on the same learning-rate schedule.
     """
     device = torch.device(settings.device)
     watch = _Stopwatch()
@@ -108,25 +117,26 @@ def run_trial(base_model: nn.Module, data: ImageData, policy: Policy, settings: 
         test_loader = data.loader("test", 256, device=device)
         if resume is None:
             pruned, base, after = _prune_and_measure(base_model, data, policy, settings, train_loader, val_loader,
-                                                     watch, device)
-            done = 0
+                                                     watch, device, meter)
+            done, progress = 0, {}
         else:
-            pruned, base, after, done = resume.model.to(device), dict(resume.base), dict(resume.pruned), resume.epochs_done
+            pruned, base, after = resume.model.to(device), dict(resume.base), dict(resume.pruned)
+            done, progress = resume.epochs_done, dict(resume.progress)
         state = TrialResult(pruned, base, after, watch.seconds)
         with watch("finetune"):
-            config = TrainConfig(epochs=settings.finetune_epochs - done, lr=settings.lr, seed=settings.seed + done,
+            config = TrainConfig(epochs=settings.finetune_epochs, lr=settings.lr, seed=settings.seed,
                                  kd_alpha=settings.kd_alpha if settings.kd else 0.0,
                                  kd_temperature=settings.kd_temperature)
 
             def report(epoch: int, loss: float) -> None:
                 if on_epoch is not None:
-                    on_epoch(done + epoch, {**after, "val_accuracy": evaluate(pruned, val_loader, device),
-                                            "loss": loss}, state)
+                    on_epoch(epoch, {**after, "val_accuracy": evaluate(pruned, val_loader, device), "loss": loss},
+                             state, progress)
                     pruned.train()
 
-            if config.epochs > 0:
+            if settings.finetune_epochs > 0:
                 train(pruned, train_loader, config, teacher=base_model if settings.kd else None,
-                      device=device, on_epoch=report)
+                      device=device, on_epoch=report, progress=progress)
         with watch("evaluate"):
             base.update(val_accuracy=evaluate(base_model, val_loader, device),
                         test_accuracy=evaluate(base_model, test_loader, device))
@@ -136,27 +146,25 @@ def run_trial(base_model: nn.Module, data: ImageData, policy: Policy, settings: 
 
 
 def _prune_and_measure(base_model: nn.Module, data: ImageData, policy: Policy, settings: TrialSettings,
-                       train_loader: Any, val_loader: Any, watch: _Stopwatch,
-                       device: torch.device) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
+                       train_loader: Any, val_loader: Any, watch: _Stopwatch, device: torch.device,
+                       meter: Meter | None) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
     def short_finetune(model: nn.Module, step: int) -> None:
         epochs = settings.step_batches / len(train_loader)
         train(model, train_loader, TrainConfig(epochs=epochs, lr=settings.lr, seed=settings.seed + step), device=device)
 
+    example = torch.zeros(1, *data.input_shape, device=device)
     with watch("prune"):
-        example = torch.zeros(1, *data.input_shape, device=device)
         calib = data.loader("train", 64, shuffle=True, seed=settings.seed, device=device)
         pruned = prune(base_model, policy, example, calib, steps=settings.steps, between_steps=short_finetune,
                        calib_batches=settings.calib_batches, seed=settings.seed)
     with watch("measure"):
-        base = static_metrics(base_model, data.input_shape)
-        after = static_metrics(pruned, data.input_shape)
-        latency = measure_latency({"base": base_model, "pruned": pruned}, data.input_shape,
-                                  batch_size=settings.latency_batch_size, threads=settings.threads,
-                                  device=device, repeats=settings.latency_repeats)
-        for metrics, name in ((base, "base"), (after, "pruned")):
-            metrics.update(latency_ms=latency[name].median_ms, latency_iqr_ms=latency[name].iqr_ms,
-                           latency_repeats=latency[name].repeats)
-        after["channels"] = getattr(pruned, RECORD_ATTR).channels_after()
+        record = getattr(pruned, RECORD_ATTR)
+        if meter is None:
+            meter = local_meter(base_model, example, discover(base_model, example, policy.ignore),
+                                settings.latency_spec(data.input_shape))
+        base = {**static_metrics(base_model, data.input_shape), **meter.reference().metrics()}
+        after = {**static_metrics(pruned, data.input_shape), **meter.measure(pruned, record.channels_after()).metrics(),
+                 "channels": record.channels_after()}
     with watch("recalibrate"):
         recalibrate_bn(pruned, train_loader, settings.bn_batches, device)
         after["val_accuracy_after_bn_recalibration"] = evaluate(pruned, val_loader, device)

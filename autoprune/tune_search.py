@@ -2,45 +2,66 @@
 
 Written instead of Ray's OptunaSearch, whose pitfalls are: a result missing an objective leaves the
 Optuna trial RUNNING for ever; constraints are never passed to Optuna; and an early-stopped trial is
-told as COMPLETE with partial values. Here every completion is told: finished trials with their three
-objectives and constraint violations, failures as failed, trials without a final result as stopped.
+told as COMPLETE with partial values. Here every completion is told: finished trials with their objective
+values and constraint violations, failures (a trial that raised, or errored in Tune) as failed, trials a
+scheduler ended before their final result as stopped. Trials still running when the driver stops are not
+told: a resumed search runs them again.
 """
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from ray.tune.search import Searcher as RaySearcher
 
-from autoprune.config import OBJECTIVES
+from autoprune.objectives import Objective
+from autoprune.screening import Verdict
 from autoprune.searchers import Outcome, Searcher
 
 Violations = Callable[[dict[str, Any]], dict[str, float]]
+Screen = Callable[[dict[str, Any]], Verdict]
+OnSkip = Callable[[dict[str, Any], Verdict, str], None]
+MAX_SKIPS_IN_A_ROW = 20
 
 
 class AskTellSearch(RaySearcher):
     """Feeds Tune with ``searcher.ask()`` points and tells ``searcher`` every outcome."""
 
-    def __init__(self, searcher: Searcher, violations: Violations, max_trials: int) -> None:
-        super().__init__(metric="accuracy", mode="max")
+    def __init__(self, searcher: Searcher, violations: Violations, max_trials: int,
+                 screen: Screen | None = None, on_skip: OnSkip | None = None) -> None:
+        first = searcher.objectives[0]
+        super().__init__(metric=first.name, mode="max" if first.maximize else "min")
         # not "self.searcher": Tune treats an object with that attribute as a wrapper around it
         self.policy_searcher, self.violations, self.max_trials = searcher, violations, max_trials
+        self.screen, self.on_skip = screen, on_skip
         self._ids: dict[str, int] = {}
         self._asked = 0
 
-    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:  # type: ignore[override]  # FINISHED is a str
         if self._asked >= self.max_trials:
             return RaySearcher.FINISHED
-        suggestion = self.policy_searcher.ask()
-        if suggestion is None:
-            return RaySearcher.FINISHED
+        skips = 0
+        while True:
+            suggestion = self.policy_searcher.ask()
+            if suggestion is None:
+                return RaySearcher.FINISHED
+            sid, point = suggestion
+            # after this many skips in a row the prediction may be what is wrong: run the candidate anyway
+            verdict = self.screen(point) if self.screen is not None and skips < MAX_SKIPS_IN_A_ROW else None
+            if verdict is None or verdict.reason is None:
+                break
+            # predicted to break a latency constraint: never pruned or trained; the searcher learns it failed
+            self.policy_searcher.tell(sid, Outcome("failed"))
+            if self.on_skip is not None:
+                self.on_skip(point, verdict, self.policy_searcher.name)
+            skips += 1
         self._asked += 1
-        sid, point = suggestion
         self._ids[trial_id] = sid
         return {"point": point, "searcher": self.policy_searcher.name, "suggestion": sid}
 
     def get_state(self) -> dict[str, Any]:
-        """Tune snapshots this; autoprune resumes from trials.parquet instead, so a count is enough."""
+        """Tune snapshots this; autoprune resumes from its run directory instead, so a count is enough."""
         return {"asked": self._asked}
 
     def set_state(self, state: dict[str, Any]) -> None:
@@ -49,16 +70,18 @@ class AskTellSearch(RaySearcher):
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
         if trial_id not in self._ids:
             return
-        self.policy_searcher.tell(self._ids.pop(trial_id), outcome_of(result, error, self.violations))
+        outcome = outcome_of(result, error, self.violations, self.policy_searcher.objectives)
+        self.policy_searcher.tell(self._ids.pop(trial_id), outcome)
 
 
-def outcome_of(result: dict[str, Any] | None, error: bool, violations: Violations) -> Outcome:
-    """Classify a trial's last result for the searcher."""
-    if error or result is None or result.get("status") == "failed":
+def outcome_of(result: dict[str, Any] | None, error: bool, violations: Violations,
+               objectives: Sequence[Objective]) -> Outcome:
+    """Classify a trial's last result for the searcher (``error``: Tune reports the trial errored)."""
+    if error or (result or {}).get("status") == "failed":
         return Outcome("failed")
-    if not result.get("final"):
+    if not result or not result.get("final"):
         return Outcome("stopped")
-    values = tuple(float(result[k]) for k in OBJECTIVES)
+    values = tuple(float(result[o.name]) for o in objectives)
     if not all(math.isfinite(v) for v in values):
         return Outcome("failed")
-    return Outcome("ok", values, violations(result))  # type: ignore[arg-type]
+    return Outcome("ok", values, violations(result))

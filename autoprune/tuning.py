@@ -6,6 +6,7 @@ import math
 import os
 import tempfile
 import time
+import uuid
 from typing import Any
 
 # Quiet, file-light Tune (set before Ray is imported): no TensorBoard/CSV loggers per trial, the classic
@@ -21,6 +22,7 @@ from autoprune.config import SearchConfig, violations  # noqa: E402
 from autoprune.data import ImageData  # noqa: E402
 from autoprune.front import compute_front, format_rows  # noqa: E402
 from autoprune.results import ResultsStore  # noqa: E402
+from autoprune.screening import LatencyScreen, Verdict  # noqa: E402
 from autoprune.searchers import Searcher  # noqa: E402
 from autoprune.space import SearchSpace  # noqa: E402
 from autoprune.storage import RunDir  # noqa: E402
@@ -49,23 +51,27 @@ def init_ray(cpus: float) -> None:
 
 
 def run_tune(config: SearchConfig, run_dir: RunDir, base: Any, data: ImageData, space: SearchSpace,
-             searcher: Searcher, store: ResultsStore, settings: TrialSettings, trials: int, echo) -> None:
+             searcher: Searcher, store: ResultsStore, settings: TrialSettings, trials: int, echo,
+             meter: Any) -> None:
+    """Run ``trials`` trials on Ray Tune; every trial times its candidate on the search's latency actor ``meter``."""
     from autoprune.tune_search import AskTellSearch
     from autoprune.worker import policy_trial
 
     constraints = config.constraints
     _quiet_tune()
-    init_ray(max(os.cpu_count() or 1, config["concurrency"] * config["resources.cpu"]))
     trainable = tune.with_resources(
-        tune.with_parameters(policy_trial, base=base, data=data, space=space, settings=settings),
+        tune.with_parameters(policy_trial, base=base, data=data, space=space, settings=settings, meter=meter),
         {"cpu": config["resources.cpu"], "gpu": config["resources.gpu"]},
     )
-    search = AskTellSearch(searcher, lambda result: violations(constraints, result), trials)
+    screen = latency_screen(config, space, meter)
+    search = AskTellSearch(searcher, lambda result: violations(constraints, result), trials,
+                           screen=screen if screen.active else None, on_skip=SkipRecorder(store, space, echo))
     scheduler = None
     if config["scheduler"] == "asha":  # stopped trials are told as stopped: they never reach the front
+        # stop_last_trials=False: a trial that reaches max_t must send its final report, not be stopped at it
         scheduler = tune.schedulers.ASHAScheduler(metric="accuracy", mode="max", time_attr="epoch",
                                                   max_t=max(1, math.ceil(config["finetune.epochs"])),
-                                                  grace_period=1)
+                                                  grace_period=1, stop_last_trials=False)
     callback = StoreCallback(store, space, config, echo)
     tuner = tune.Tuner(
         trainable,
@@ -92,44 +98,76 @@ def run_tune(config: SearchConfig, run_dir: RunDir, base: Any, data: ImageData, 
             os.chdir(previous)
 
 
+def latency_screen(config: SearchConfig, space: SearchSpace, meter: Any) -> LatencyScreen:
+    """Predictions from the latency actor against the config's latency constraints (``latency.screen_margin``)."""
+    import ray
+
+    margin = config["latency.screen_margin"]
+    reference = ray.get(meter.reference.remote()).latency_ms
+    constraints = config.constraints if margin is not None else []
+    return LatencyScreen(space, constraints, {"latency_ms": reference},
+                         lambda channels: ray.get(meter.predict.remote(channels)), margin or 0.0)
+
+
+class SkipRecorder:
+    """Records a candidate skipped on its predicted latency as a ``skipped`` row (never counted as a trial)."""
+
+    def __init__(self, store: ResultsStore, space: SearchSpace, echo) -> None:
+        self.store, self.space, self.echo = store, space, echo
+
+    def __call__(self, point: dict[str, Any], verdict: Verdict, searcher: str) -> None:
+        row: dict[str, Any] = {f"ratio:{g}": point[g] for g in self.space.groups}
+        row.update(trial_id=f"skip-{uuid.uuid4().hex[:8]}", status="skipped", error=verdict.reason, searcher=searcher,
+                   criterion=point["criterion"], latency_predicted_ms=verdict.predicted_ms,
+                   finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        self.store.append(row)
+        self.echo(f"{row['trial_id']:>14s} {verdict.reason}")
+
+
 class StoreCallback(tune.Callback):
-    """Appends each finished trial to the results store (exactly once) and prints a progress line."""
+    """Appends each trial Tune ends to the results store (exactly once) and prints a progress line.
+
+    A trial's status is what its searcher is told (``tune_search.outcome_of``): ``ok``; ``failed`` when it
+    raised or Tune reports it errored, even after some epochs (an actor or node lost beyond
+    ``max_failures``), with the error; ``stopped`` when a scheduler ended it before its final result.
+    Tune calls neither hook for trials still running when the driver stops (Ctrl-C, a crash): they are
+    not recorded, and ``--resume`` runs them again.
+    """
 
     def __init__(self, store: ResultsStore, space: SearchSpace, config: SearchConfig, echo) -> None:
         self.store, self.space, self.config, self.echo = store, space, config, echo
         self.run = store.run
         self.constraints = config.constraints
+        self.objectives = config.objectives
 
     def _row(self, trial: Any, result: dict[str, Any] | None, error: str | None) -> dict[str, Any]:
+        from autoprune.tune_search import outcome_of
+
+        result = result or {}
         point = trial.config["point"]
+        outcome = outcome_of(result, error is not None, lambda r: violations(self.constraints, r), self.objectives)
         row: dict[str, Any] = {f"ratio:{g}": point[g] for g in self.space.groups}
-        row.update(trial_id=trial.trial_id, searcher=trial.config["searcher"],
-                   criterion=point["criterion"], status="failed", error=error)
-        if result and result.get("status") == "ok" and result.get("final"):
+        row.update(trial_id=trial.trial_id, searcher=trial.config["searcher"], criterion=point["criterion"],
+                   status=outcome.state, error=None, host=result.get("host"))
+        if outcome.state == "ok":
             row.update({k: v for k, v in result.items() if k in self.store.schema.names and k not in row})
-            row["status"], row["error"] = "ok", None
-            row["feasible"] = all(v <= 0 for v in violations(self.constraints, result).values())
+            row["feasible"] = all(v <= 0 for v in outcome.violations.values())
             checkpoint = trial.checkpoint
             if checkpoint:  # relative to the run directory, so a run directory can be moved
                 path = f"{checkpoint.path.rstrip('/')}/{PRUNED_FILE}"
                 prefix = self.run.path.rstrip("/") + "/"
                 row["checkpoint"] = path[len(prefix):] if path.startswith(prefix) else path
-        elif result and result.get("status") == "failed":
-            row["error"] = result.get("error") or error
-            row["host"] = result.get("host")
-        elif result and not result.get("final"):
-            row.update(status="stopped", error=error or "stopped before its fine-tuning budget")
+        elif outcome.state == "failed":
+            row["error"] = result.get("error") or error or "an objective value is not finite"
+        else:
+            row["error"] = "stopped by the scheduler before its fine-tuning budget"
         row["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         return row
 
     def _record(self, trial: Any, result: dict[str, Any] | None, error: str | None) -> None:
         row = self._row(trial, result, error)
-        if row["status"] == "stopped" and self.config["scheduler"] == "none":
-            # nothing stops trials early but an interruption: leave it out so --resume runs it again
-            self.echo(f"{row['trial_id']:>14s} interrupted before it finished: not recorded")
-            return
         self.store.append(row)
-        front = compute_front(self.store.rows)
+        front = compute_front(self.store.rows, self.objectives)
         line = format_rows([row]).splitlines()[1]
         self.echo(f"{line}  {len(front.rows):5d}" + (f"  {row['error']}" if row["status"] != "ok" else ""))
 

@@ -18,23 +18,29 @@ from ray import tune
 
 from autoprune import checkpoint as ckpt_io
 from autoprune.data import ImageData
+from autoprune.latency import RemoteMeter
 from autoprune.space import SearchSpace
 from autoprune.trial import Resume, TrialResult, TrialSettings, run_trial
 
 PRUNED_FILE = "pruned.pt"
+PROGRESS_FILE = "progress.pt"  # fine-tuning step, optimizer and schedule state: a resumed trial continues them
+
+
+REPORTED = ("size_bytes", "latency_ms", "params", "macs", "latency_iqr_ms", "latency_ratio", "latency_raw_ms",
+            "latency_raw_base_ms", "latency_predicted_ms", "latency_cached")
 
 
 def _objectives(metrics: dict[str, Any]) -> dict[str, Any]:
-    return {"accuracy": metrics["val_accuracy"], "size_bytes": metrics["size_bytes"],
-            "latency_ms": metrics["latency_ms"], "params": metrics["params"], "macs": metrics["macs"],
-            "latency_iqr_ms": metrics["latency_iqr_ms"]}
+    return {"accuracy": metrics["val_accuracy"], **{k: metrics[k] for k in REPORTED if k in metrics}}
 
 
-def _save(directory: str, base: ckpt_io.Checkpoint, state: TrialResult, epochs_done: int, final: bool) -> None:
+def _save(directory: str, base: ckpt_io.Checkpoint, state: TrialResult, epochs_done: int, final: bool,
+          progress: dict[str, Any]) -> None:
     metrics = {"pruned": state.pruned, "base": state.base, "seconds": state.seconds, "epochs_done": epochs_done,
                "final": final}
     ckpt_io.save(ckpt_io.from_model(state.model, base.model_spec, base.data_spec, base.input_shape, base.preprocess,
                                     metrics), Path(directory) / PRUNED_FILE)
+    torch.save(progress, Path(directory) / PROGRESS_FILE)
 
 
 def _restore() -> Resume | None:
@@ -45,12 +51,13 @@ def _restore() -> Resume | None:
     with checkpoint.as_directory() as directory:
         saved = ckpt_io.load(Path(directory) / PRUNED_FILE)
         model = saved.build()
+        progress = torch.load(Path(directory) / PROGRESS_FILE, map_location="cpu", weights_only=True)
     m = saved.metrics
-    return Resume(model, m["base"], m["pruned"], int(m["epochs_done"]), dict(m.get("seconds", {})))
+    return Resume(model, m["base"], m["pruned"], int(m["epochs_done"]), dict(m.get("seconds", {})), progress)
 
 
 def policy_trial(config: dict[str, Any], *, base: ckpt_io.Checkpoint, data: ImageData, space: SearchSpace,
-                 settings: TrialSettings) -> None:
+                 settings: TrialSettings, meter: Any = None) -> None:
     """Run one candidate; ``config['point']`` is the searcher's point of ``space``.
 
     After every fine-tuning epoch the pruned model is checkpointed, so a trial whose node is lost
@@ -62,18 +69,19 @@ def policy_trial(config: dict[str, Any], *, base: ckpt_io.Checkpoint, data: Imag
         policy = space.policy(config["point"])
         resume = _restore()
 
-        def on_epoch(epoch: int, metrics: dict[str, Any], state: TrialResult) -> None:
+        def on_epoch(epoch: int, metrics: dict[str, Any], state: TrialResult, progress: dict[str, Any]) -> None:
             with tempfile.TemporaryDirectory() as tmp:
-                _save(tmp, base, state, epoch, final=False)
+                _save(tmp, base, state, epoch, final=False, progress=progress)
                 tune.report({**_objectives(metrics), "status": "running", "epoch": epoch, "final": False,
                              "host": host}, checkpoint=tune.Checkpoint.from_directory(tmp))
 
-        result = run_trial(base.build(), data, policy, settings, on_epoch=on_epoch, resume=resume)
+        result = run_trial(base.build(), data, policy, settings, on_epoch=on_epoch, resume=resume,
+                           meter=RemoteMeter(meter) if meter is not None else None)
     except Exception as e:  # recorded as a failed trial; the search continues
         message = str(e).strip().splitlines()[0] if str(e).strip() else ""
         tune.report({"status": "failed", "error": f"{type(e).__name__}: {message}"[:500], "final": True,
-                     "host": host, "epoch": 0, "accuracy": math.nan, "size_bytes": math.nan,
-                     "latency_ms": math.nan})
+                     "host": host, "epoch": 0, "accuracy": math.nan,
+                     **{k: math.nan for k in ("size_bytes", "latency_ms", "params", "macs")}})
         return
     base_metrics = {f"base_{k}": v for k, v in _objectives(result.base).items()}
     base_metrics["base_test_accuracy"] = result.base["test_accuracy"]
@@ -83,5 +91,5 @@ def policy_trial(config: dict[str, Any], *, base: ckpt_io.Checkpoint, data: Imag
              "resumed_from_epoch": resume.epochs_done if resume else None,
              **{f"seconds_{k}": v for k, v in result.seconds.items()}}
     with tempfile.TemporaryDirectory() as tmp:
-        _save(tmp, base, result, math.ceil(settings.finetune_epochs), final=True)
+        _save(tmp, base, result, math.ceil(settings.finetune_epochs), final=True, progress={})
         tune.report(final, checkpoint=tune.Checkpoint.from_directory(tmp))

@@ -20,7 +20,6 @@ from pathlib import Path
 
 from autoprune.config import load_config
 from autoprune.controller import run_search
-from autoprune.front import compute_front
 from autoprune.results import read_trials
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,7 +64,7 @@ def main() -> None:
         resume = (out / name / "autoprune-run.json").is_file()  # an interrupted benchmark continues
         summary = run_search(config, out / name, resume=resume, echo=lambda m: print(f"[{name}] {m}", flush=True))
         rows = read_trials(summary.run_dir).to_pylist()
-        results[name] = {"hv": compute_front(rows).hypervolume, "trials": sum(r["status"] == "ok" for r in rows),
+        results[name] = {"hv": summary.front.hypervolume, "trials": sum(r["status"] == "ok" for r in rows),
                          "lat": best_under(rows, "latency_ms", 0.5), "macs": best_under(rows, "macs", 1 / 3),
                          "seconds": time.perf_counter() - start}
     print(f"\n{'searcher':10s} {'trials':>6s} {'hypervolume':>11s} {'best val/test @ <=1/2 latency':>30s} "

@@ -2,6 +2,8 @@
 # A Ray cluster on this one machine, to try multi-node searches on a laptop:
 #   cluster/local.sh up N     a head (no CPUs for trials) and N worker nodes with 1 CPU each
 #   cluster/local.sh down     stop every node
+# AUTOPRUNE_LATENCY_NODE=NAME adds one more node, with no CPUs for trials, advertising the custom resource NAME:
+# a search with 'latency.target: NAME' times every candidate there (a stand-in for the device you ship to).
 # The dashboard and job server listen on 127.0.0.1 only; Ray's token authentication stays on.
 # Then: autoprune submit search_spaces/resnet20_fashionmnist.yaml --address http://127.0.0.1:8265
 set -euo pipefail
@@ -38,6 +40,12 @@ up() {
     "$RAY" start --address="127.0.0.1:$HEAD_PORT" --node-ip-address=127.0.0.1 --num-cpus="$CPUS_PER_WORKER" \
       --disable-usage-stats $(node_ports "$i") >/dev/null
   done
+  if [[ -n "${AUTOPRUNE_LATENCY_NODE:-}" ]]; then
+    # shellcheck disable=SC2046
+    "$RAY" start --address="127.0.0.1:$HEAD_PORT" --node-ip-address=127.0.0.1 --num-cpus=0 \
+      --resources="{\"$AUTOPRUNE_LATENCY_NODE\": 1}" --disable-usage-stats $(node_ports $((n + 1))) >/dev/null
+    echo "latency node: resource '$AUTOPRUNE_LATENCY_NODE' (use --set latency.target=$AUTOPRUNE_LATENCY_NODE)"
+  fi
   echo "Ray cluster up: head 127.0.0.1:$HEAD_PORT, $n worker node(s) with $CPUS_PER_WORKER CPU(s) each"
   echo "dashboard and job server: http://127.0.0.1:$DASHBOARD_PORT (token: ~/.ray/auth_token)"
 }

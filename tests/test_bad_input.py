@@ -105,8 +105,8 @@ def test_constraints_no_candidate_meets(tmp_path, base):
     run = tmp_path / "run"
     proc = cli("search", ROOT / "search_spaces/resnet20_fashionmnist.yaml", *TINY, "--set", "trials=2",
                "--set", "searcher.name=uniform", "--set", f"base.checkpoint={base}",
-               "--set", "constraints=['latency_ms <= 0.000001']", "--out", run)
-    refused(proc, "no trial met every constraint", "latency_ms <= 0.000001")
+               "--set", "constraints=['accuracy >= base + 1']", "--out", run)
+    refused(proc, "no trial met every constraint", "accuracy >= base + 1")
     from autoprune.results import read_trials
 
     assert read_trials(run).num_rows == 2 and read_trials(run, "front.parquet").num_rows == 0
@@ -135,3 +135,22 @@ def test_unreachable_cluster_address(tmp_path):
 def test_resume_of_a_directory_autoprune_did_not_create(tmp_path):
     (tmp_path / "x").mkdir()
     refused(cli("search", "--resume", tmp_path / "x"), "not an autoprune run directory")
+
+
+def test_bad_objectives(tmp_path):
+    refused(cli("search", write(tmp_path / "c.yaml", "objectives: [accuracy, accuracy]\n")),
+            "config key 'objectives'", "twice")
+    refused(cli("search", write(tmp_path / "d.yaml", "objectives: [accuracy, flops]\n")),
+            "config key 'objectives'", "unknown objective 'flops'")
+
+
+def test_resume_with_other_objectives(tmp_path):
+    from autoprune.config import load_config
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(load_config(None).to_yaml())
+    (run / "autoprune-run.json").write_text(json.dumps({"format": "autoprune-run", "version": 2, "study": "s",
+                                                        "objectives": ["accuracy", "size_bytes", "latency_ms"]}))
+    refused(cli("search", "--resume", run, "--set", "objectives=[accuracy, macs]"), "config key 'objectives'",
+            "keeps its objectives")

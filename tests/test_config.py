@@ -1,7 +1,7 @@
 import pytest
 
 from autoprune import AutopruneError
-from autoprune.config import Constraint, DEFAULTS, load_config, violations
+from autoprune.config import DEFAULTS, Constraint, load_config, violations
 from autoprune.searchers import SEARCHERS
 
 SPACES = ["resnet20_fashionmnist", "resnet56_cifar10", "vgg16_cifar10", "mobilenetv2_cifar10"]
@@ -33,7 +33,10 @@ def test_defaults_and_overrides(tmp_path):
     ("constraints: ['latency_ms < = 2']\n", "constraints[0]"),
     ("constraints: ['test_accuracy >= 0.5']\n", "unknown metric 'test_accuracy'"),
     ("concurrency: 0\n", "config key 'concurrency' must be >= 1"),
-    ("objectives: [accuracy, macs]\n", "config key 'objectives'"),
+    ("objectives: [accuracy]\n", "config key 'objectives' must name two or three objectives"),
+    ("objectives: [accuracy, size_bytes, latency_ms, macs]\n", "config key 'objectives' must name two or three"),
+    ("objectives: [accuracy, accuracy]\n", "config key 'objectives' names an objective twice"),
+    ("objectives: [accuracy, flops]\n", "config key 'objectives': unknown objective 'flops'"),
     ("scheduler: hyperband\n", "config key 'scheduler'"),
     ("trials: [1,\n", "is not valid YAML at line"),
     ("- a\n- b\n", "must be a mapping"),
@@ -65,3 +68,9 @@ def test_constraints_relative_to_base():
     assert violations([c, half], {"accuracy": 0.95, "latency_ms": 6.0, "base_accuracy": 0.9,
                                   "base_latency_ms": 10.0}) == {c.text: pytest.approx(-0.06),
                                                                 half.text: pytest.approx(1.0)}
+
+
+def test_objectives_are_configurable():
+    assert [o.name for o in load_config(None).objectives] == ["accuracy", "size_bytes", "latency_ms"]
+    c = load_config(None, ["objectives=[macs, accuracy]"])
+    assert [(o.name, o.direction) for o in c.objectives] == [("macs", "minimize"), ("accuracy", "maximize")]

@@ -3,8 +3,9 @@ import json
 import pytest
 import torch
 
-from autoprune import AutopruneError, Policy, discover
+from autoprune import AutopruneError, Policy, PrunableGroup, discover
 from autoprune.models import ModelSpec, build_model
+from autoprune.policy import allocate
 from autoprune.pruning import REGISTRY
 
 X = torch.zeros(1, 1, 28, 28)
@@ -102,3 +103,42 @@ def test_bad_policy_documents(doc, needle):
 def test_missing_policy_file_names_the_path(tmp_path):
     with pytest.raises(AutopruneError, match="nothere.json"):
         Policy.load(tmp_path / "nothere.json")
+
+
+@pytest.mark.parametrize("sizes, total, step, kept", [
+    ([24, 40], 16, 1, [6, 10]),      # in proportion
+    ([24, 40], 6, 1, [2, 4]),        # 2.25 and 3.75, rounded to sum to 6
+    ([24, 40], 1, 1, [1, 1]),        # never empty, even beyond the total
+    ([24, 40], 16, 8, [8, 8]),       # at least one step each
+    ([24, 40], 40, 8, [16, 24]),     # in steps of 8
+    ([3, 40], 16, 8, [3, 13]),       # a segment smaller than a step keeps all it has
+    ([8, 12], 13, 1, [5, 8]),
+    ([10], 7, 1, [7]),
+])
+def test_allocate_shares_in_proportion_and_empties_nothing(sizes, total, step, kept):
+    assert allocate(sizes, total, step) == kept
+
+
+def test_kept_channels_counts_whole_channel_groups_and_segments():
+    def group(channels, channel_groups=1, segments=()):
+        return PrunableGroup("g", channels, 0, 0.0, ("g",), ("g",), channel_groups, segments)
+
+    assert Policy({"g": 0.3}).kept_channels(group(64)) == Policy({"g": 0.3}).keep("g", 64) == 45
+    # 25 groups of 16: 11 of 16 positions kept in each group
+    assert Policy({"g": 0.3}).kept_channels(group(400, 25)) == 25 * 11
+    # round_to 8 with 25 groups: a multiple of 8 positions, so that 25 * positions is a multiple of 8
+    assert Policy({"g": 0.3}, round_to=8).kept_channels(group(400, 25)) == 25 * 8
+    # round_to 8 with 4 groups: positions in steps of 2
+    assert Policy({"g": 0.3}, round_to=8).kept_channels(group(64, 4)) == 48
+    assert Policy({"g": 0.75}).kept_channels(group(64, 1, (24, 40))) == 16
+    assert Policy({"g": 0.9}, round_to=8).kept_channels(group(64, 1, (24, 40))) == 16  # 8 per branch at least
+    # halfway through removing 5 of 10: 8 kept (round(2.5) == 2), shared 3.2 : 4.8
+    assert Policy({"g": 0.5}).kept_units("g", [4, 6], 1, fraction=0.5) == [3, 5]
+
+
+def test_discover_reports_channel_groups_and_segments():
+    groups = {g.name: g for g in discover(build_model(ModelSpec("toy_models:unequal_concat")), torch.zeros(1, 3, 8, 8))}
+    assert (groups["narrow.0"].channels, groups["narrow.0"].segments, groups["narrow.0"].channel_groups) == \
+        (64, (24, 40), 1)
+    grouped = {g.name: g for g in discover(build_model(ModelSpec("toy_models:grouped")), torch.zeros(1, 3, 8, 8))}
+    assert grouped["grouped.0"].channel_groups == 4 and grouped["stem.0"].channel_groups == 1

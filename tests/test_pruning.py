@@ -6,7 +6,7 @@ import torch
 from autoprune import AutopruneError, Policy, discover, prune
 from autoprune.measure import count_macs, count_params
 from autoprune.models import ModelSpec, build_model
-from autoprune.pruning import REGISTRY, replay
+from autoprune.pruning import REGISTRY, PruneRecord, replay
 from conftest import calib_batches
 
 MODELS = {
@@ -161,3 +161,212 @@ def test_kept_indices_select_the_surviving_weights():
     torch.testing.assert_close(pruned.layer1[0].conv1.weight,
                                model.layer1[0].conv1.weight[:, kept["conv1"]])
     torch.testing.assert_close(pruned.layer3[1].conv1.weight, model.layer3[1].conv1.weight[kept["layer3.1.conv1"]])
+
+
+# --- no layer is ever emptied: concatenated branches keep their share -----------------------------------------------
+
+UNEQUAL = ModelSpec("toy_models:unequal_concat", 10, 3)
+SMALL = (3, 16, 16)
+
+
+@pytest.mark.parametrize("criterion", sorted(REGISTRY))
+@pytest.mark.parametrize("ratio, round_to, narrow, wide", [
+    (0.75, 1, 6, 10),   # 16 kept: 24/64 and 40/64 of them
+    (0.9, 1, 2, 4),     # 6 kept: 2.25 and 3.75 of them, rounded to sum to 6
+    (0.99, 1, 1, 1),    # 1 asked for: every branch keeps one anyway
+    (0.75, 8, 8, 8),    # 16 kept: at least round_to per branch
+])
+def test_unequal_concat_branches_keep_their_share(criterion, ratio, round_to, narrow, wide):
+    torch.manual_seed(0)
+    model = build_model(UNEQUAL).eval()
+    groups = {g.name: g for g in discover(model, torch.zeros(1, *SMALL))}
+    assert groups["narrow.0"].channels == 64 and groups["narrow.0"].segments == (24, 40)
+    policy = Policy({"narrow.0": ratio, "stem.0": 0.5}, criterion, round_to)
+    pruned = prune(model, policy, torch.zeros(1, *SMALL), calib_batches(SMALL))
+    assert (pruned.narrow[0].out_channels, pruned.wide[0].out_channels) == (narrow, wide)
+    assert pruned.narrow[1].num_features == narrow and pruned.wide[1].num_features == wide
+    assert pruned.depthwise[0].groups == pruned.head.in_features == narrow + wide
+    assert policy.kept_channels(groups["narrow.0"]) == narrow + wide
+    assert pruned(torch.randn(3, *SMALL)).shape == (3, 10)
+
+
+def test_each_branch_loses_its_lowest_ranked_channels():
+    torch.manual_seed(0)
+    model = build_model(UNEQUAL).eval()
+    with torch.no_grad():  # the weakest channel of each branch: narrow's channel 5, wide's channel 7 (group index 31)
+        for branch, c in ((model.narrow, 5), (model.wide, 7)):
+            branch[0].weight[c] *= 1e-3
+    x = torch.zeros(1, *SMALL)
+    pruned = prune(model, Policy({"narrow.0": 1 / 64 * 2}), x)  # 62 kept: one channel from each branch
+    assert (pruned.narrow[0].out_channels, pruned.wide[0].out_channels) == (23, 39)
+    assert sorted(set(range(64)) - set(pruned.autoprune_record.kept["narrow.0"])) == [5, 24 + 7]
+
+
+@pytest.mark.parametrize("name, size", [
+    ("densenet121", 32),
+    ("googlenet", 32),
+    ("inception_v3", 75),  # its smallest input
+])
+def test_torchvision_concat_models_prune_every_group(name, size):
+    kwargs = {"aux_logits": False, "init_weights": True} if name != "densenet121" else {}
+    spec = ModelSpec(f"torchvision:{name}", 10, 3, kwargs)
+    torch.manual_seed(0)
+    model = build_model(spec).eval()
+    x = torch.zeros(1, 3, size, size)
+    groups = discover(model, x)
+    policy = Policy.uniform(groups, 0.3)
+    pruned = prune(model, policy, x)
+    after = pruned.autoprune_record.channels_after()
+    assert all(after[g.name] == policy.kept_channels(g) < g.channels for g in groups if g.channels > 1)
+    assert all(m.out_channels > 0 for m in pruned.modules() if isinstance(m, torch.nn.Conv2d))
+    assert pruned(torch.randn(2, 3, size, size)).shape == (2, 10)
+
+
+# --- grouped convolutions, group norms and attention heads -----------------------------------------------------------
+
+GROUPED = ModelSpec("toy_models:grouped", 10, 3)
+
+
+@pytest.mark.parametrize("criterion", sorted(REGISTRY))
+def test_grouped_convolution_loses_the_same_positions_in_every_group(criterion):
+    torch.manual_seed(0)
+    model = build_model(GROUPED).eval()
+    x = torch.zeros(1, *SMALL)
+    groups = {g.name: g for g in discover(model, x)}
+    assert groups["reduce.0"].channel_groups == groups["grouped.0"].channel_groups == 4
+    policy = Policy({"reduce.0": 0.5, "grouped.0": 0.25}, criterion)
+    pruned = prune(model, policy, x, calib_batches(SMALL))
+    kept = pruned.autoprune_record.kept
+    for name, per_group in (("reduce.0", 4), ("grouped.0", 6)):
+        positions = [[c - 8 * g for c in kept[name] if c // 8 == g] for g in range(4)]
+        assert all(p == positions[0] for p in positions) and len(positions[0]) == per_group, name
+    conv = pruned.grouped[0]
+    assert (conv.groups, conv.in_channels, conv.out_channels) == (4, 16, 24)
+    assert pruned.grouped[1].num_groups == 4 and pruned.grouped[1].num_channels == 24
+    # the surviving weights are the original ones: output channels by index, inputs by position in their group
+    position = [c for c in kept["reduce.0"] if c < 8]
+    torch.testing.assert_close(conv.weight, model.grouped[0].weight[kept["grouped.0"]][:, position])
+    assert pruned(torch.randn(3, *SMALL)).shape == (3, 10)
+
+
+@pytest.mark.parametrize("name", ["regnet_x_400mf", "regnet_y_400mf",
+                                  pytest.param("resnext50_32x4d", marks=pytest.mark.slow)])
+def test_torchvision_grouped_models_prune_every_group(name):
+    torch.manual_seed(0)
+    model = build_model(ModelSpec(f"torchvision:{name}", 10, 3)).eval()
+    x = torch.zeros(1, 3, 32, 32)
+    groups = discover(model, x)
+    assert any(g.channel_groups > 1 for g in groups)
+    policy = Policy.uniform(groups, 0.3)
+    pruned = prune(model, policy, x)
+    after = pruned.autoprune_record.channels_after()
+    assert all(after[g.name] == policy.kept_channels(g) for g in groups)
+    assert pruned(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+VIT = ModelSpec("toy_models:tiny_vit", 10, 3)
+
+
+def test_vit_keeps_its_heads_and_prunes_the_same_dims_in_each():
+    torch.manual_seed(0)
+    model = build_model(VIT).eval()
+    x = torch.zeros(1, 3, 32, 32)
+    groups = {g.name: g for g in discover(model, x)}
+    assert groups["conv_proj"].channels == 32 and groups["conv_proj"].channel_groups == 4  # 4 heads of 8 dims
+    pruned = prune(model, Policy.uniform(list(groups.values()), 0.3), x)
+    kept = pruned.autoprune_record.kept["conv_proj"]
+    dims = [[c - 8 * h for c in kept if c // 8 == h] for h in range(4)]
+    assert all(d == dims[0] for d in dims) and len(dims[0]) == 6
+    assert pruned.hidden_dim == pruned.conv_proj.out_channels == 24
+    assert pruned.class_token.shape[-1] == pruned.encoder.pos_embedding.shape[-1] == 24
+    for block in pruned.encoder.layers:
+        attention = block.self_attention
+        assert (attention.embed_dim, attention.num_heads, attention.head_dim) == (24, 4, 6)
+        assert block.mlp[0].out_features == 45
+    assert pruned(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("spec, shape", [(VIT, (3, 32, 32)), (GROUPED, SMALL), (UNEQUAL, SMALL)])
+def test_checkpoint_rebuilds_grouped_attention_and_concat_models(tmp_path, spec, shape):
+    from autoprune import checkpoint
+    from autoprune.data import DataSpec
+
+    torch.manual_seed(0)
+    model = build_model(spec).eval()
+    x = torch.zeros(1, *shape)
+    pruned = prune(model, Policy.uniform(discover(model, x), 0.4, criterion="l2"), x).eval()
+    checkpoint.save(checkpoint.from_model(pruned, spec, DataSpec(), shape, {"mean": [0.0], "std": [1.0]}),
+                    tmp_path / "p.pt")
+    rebuilt = checkpoint.load(tmp_path / "p.pt").build()
+    inputs = torch.randn(2, *shape)
+    torch.testing.assert_close(rebuilt(inputs), pruned(inputs))
+
+
+# --- what ranked each group is recorded, never a silent fallback -----------------------------------------------------
+
+NO_NORM = ModelSpec("toy_models:no_norm_head", 10, 3)
+
+
+def prune_no_norm_head(criterion, ratio=0.5):
+    torch.manual_seed(0)
+    model = build_model(NO_NORM).eval()
+    with torch.no_grad():  # as if trained: batch-norm scales that differ (a fresh model's are all 1)
+        for bn in (model.features[1], model.features[4]):
+            bn.weight.uniform_(0.5, 1.5)
+    x = torch.zeros(1, *SMALL)
+    return model, prune(model, Policy.uniform(discover(model, x), ratio, criterion=criterion), x,
+                        calib_batches(SMALL, n=4))
+
+
+def test_bn_scale_records_the_groups_it_could_not_rank():
+    _, pruned = prune_no_norm_head("bn_scale")
+    record = pruned.autoprune_record
+    assert record.criterion_used == {"features.0": "bn_scale", "features.3": "bn_scale",
+                                     "fc1": "l1 (bn_scale: no batch norm in group)",
+                                     "fc2": "l1 (bn_scale: no batch norm in group)"}
+    assert record.criterion_summary() == "bn_scale; l1 for fc1, fc2 (no batch norm in group)"
+
+
+def test_apoz_without_zeros_falls_back_to_l1_not_to_index_order():
+    model, pruned = prune_no_norm_head("apoz")
+    record = pruned.autoprune_record
+    reason = "l1 (apoz: no zero activations where the group is consumed (no ReLU before its consumers))"
+    assert record.criterion_used == {"features.0": "apoz", "features.3": reason, "fc1": "apoz", "fc2": reason}
+    assert record.criterion_summary() == ("apoz; l1 for features.3, fc2 "
+                                          "(no zero activations where the group is consumed "
+                                          "(no ReLU before its consumers))")
+    _, by_l1 = prune_no_norm_head("l1")
+    for name in ("features.3", "fc2"):
+        assert record.kept[name] == by_l1.autoprune_record.kept[name] != list(range(len(record.kept[name])))
+
+
+def test_tied_scores_fall_back_to_l1_and_say_so():
+    # a fresh model's batch norms all have gamma 1: bn_scale cannot tell its channels apart
+    model = build_model(MODELS["resnet20"][0]).eval()
+    x = torch.zeros(1, 1, 28, 28)
+    pruned = prune(model, Policy({"conv1": 0.5}, "bn_scale"), x)
+    assert pruned.autoprune_record.criterion_used == {"conv1": "l1 (bn_scale: every channel scored the same)"}
+    by_l1 = prune(model, Policy({"conv1": 0.5}, "l1"), x)
+    assert pruned.autoprune_record.kept == by_l1.autoprune_record.kept
+
+
+def test_criterion_summary():
+    def record(used, criterion="taylor"):
+        return PruneRecord({"criterion": criterion}, [], {}, {}, used)
+
+    assert record({}).criterion_summary() == "none"
+    assert record({"a": "taylor", "b": "taylor"}).criterion_summary() == "taylor"
+    reason = "l1 (taylor: no gradients in group)"
+    assert record({"a": reason, "b": "taylor"}).criterion_summary() == "taylor; l1 for a (no gradients in group)"
+    assert record({"a": reason, "b": reason}).criterion_summary() == "l1 for a, b (no gradients in group)"
+    many = {name: reason for name in "abcde"}
+    assert record(many).criterion_summary() == "l1 for a, b and 3 more groups (no gradients in group)"
+    assert record({"a": f"taylor then {reason}"}).criterion_summary() == f"taylor then {reason} for a"
+
+
+def test_record_round_trips_and_reads_records_without_criterion_used():
+    _, pruned = prune_no_norm_head("bn_scale")
+    record = pruned.autoprune_record
+    assert PruneRecord.from_dict(record.to_dict()) == record
+    old = {k: v for k, v in record.to_dict().items() if k != "criterion_used"}
+    assert PruneRecord.from_dict(old).criterion_used == {}

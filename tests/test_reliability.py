@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 import ray
+from conftest import DEFAULT_SPACE, stop_search_midway
 
 from autoprune.config import load_config
 from autoprune.controller import run_search
 from autoprune.results import read_trials
-from conftest import DEFAULT_SPACE, stop_search_midway
 
 pytestmark = pytest.mark.slow  # minutes each: a multi-node cluster, a killed driver
 
@@ -89,6 +89,8 @@ def test_driver_crash_then_resume_completes_without_rerunning_or_losing_trials(t
     assert len(after) == 5 and set(before) <= set(after)
     assert all(after[t]["finished_at"] == before[t]["finished_at"] for t in before)
     assert all(r["status"] == "ok" for r in after.values())
+    points = {(r["criterion"], *sorted((k, v) for k, v in r.items() if k.startswith("ratio:"))) for r in after.values()}
+    assert len(points) == 5  # the resumed study proposed only new points
 
 
 def test_submit_runs_the_search_as_a_ray_job_on_a_local_multi_node_cluster(tmp_path, base_path, fresh_ray):

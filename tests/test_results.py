@@ -1,7 +1,10 @@
+import json
+
 import pytest
 
 from autoprune import AutopruneError
-from autoprune.results import ResultsStore, read_trials
+from autoprune.front import write_front
+from autoprune.results import ResultsStore, read_trials, run_objectives
 
 
 def row(i, **kw):
@@ -32,3 +35,87 @@ def test_missing_and_corrupt_results(tmp_path):
     (tmp_path / "trials.parquet").write_bytes(b"PAR1 broken")
     with pytest.raises(AutopruneError, match="is unreadable"):
         read_trials(tmp_path)
+
+
+def write_marker(run, **fields):
+    (run / "autoprune-run.json").write_text(json.dumps({"format": "autoprune-run", **fields}))
+
+
+def test_the_run_objectives_come_from_its_marker(tmp_path):
+    with pytest.raises(AutopruneError, match="not an autoprune run directory"):
+        run_objectives(tmp_path)
+    write_marker(tmp_path, version=1)  # before objectives were configurable: always the default three
+    assert [o.name for o in run_objectives(tmp_path)] == ["accuracy", "size_bytes", "latency_ms"]
+    write_marker(tmp_path, version=2, objectives=["macs", "accuracy"])
+    assert [o.name for o in run_objectives(tmp_path)] == ["macs", "accuracy"]
+
+
+def test_front_and_plot_follow_the_configured_objectives(tmp_path):
+    write_marker(tmp_path, version=2, objectives=["accuracy", "macs"])
+    base = {"base_accuracy": 0.9, "base_macs": 1000, "base_size_bytes": 100, "base_latency_ms": 1.0}
+    store = ResultsStore(tmp_path, ["conv1"])
+    # on (accuracy, macs): t1 and t2 trade off, t3 is dominated by t2, t4 would lead but breaks a constraint;
+    # size and latency, not objectives here, would have put t3 on the front
+    store.append(row(1, accuracy=0.85, macs=800, size_bytes=90, latency_ms=0.9, **base))
+    store.append(row(2, accuracy=0.80, macs=400, size_bytes=90, latency_ms=0.9, **base))
+    store.append(row(3, accuracy=0.75, macs=500, size_bytes=10, latency_ms=0.1, **base))
+    store.append(row(4, accuracy=0.89, macs=100, feasible=False, **base))
+    store.append(row(5, status="failed", error="boom"))
+    front = write_front(tmp_path)
+    assert [r["trial_id"] for r in front.rows] == ["t1", "t2"]  # best accuracy first
+    assert front.hypervolume == pytest.approx(0.85 / 0.9 * 0.2 + 0.80 / 0.9 * 0.4)
+    assert [r["trial_id"] for r in read_trials(tmp_path, "front.parquet").to_pylist()] == ["t1", "t2"]
+    assert (tmp_path / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_knee_follows_the_objectives_and_their_directions():
+    from autoprune.export import knee
+    from autoprune.objectives import OBJECTIVES
+
+    rows = [{"accuracy": 0.9, "macs": 100, "latency_ms": 9.0},
+            {"accuracy": 0.8, "macs": 40, "latency_ms": 1.0},
+            {"accuracy": 0.5, "macs": 10, "latency_ms": 5.0}]
+    assert knee(rows, (OBJECTIVES["accuracy"], OBJECTIVES["macs"])) is rows[1]
+    assert knee(rows, (OBJECTIVES["latency_ms"], OBJECTIVES["macs"])) is rows[1]
+    assert knee(rows, (OBJECTIVES["accuracy"], OBJECTIVES["latency_ms"])) is rows[1]
+    assert knee(rows[::2], (OBJECTIVES["macs"], OBJECTIVES["latency_ms"])) is rows[2]
+
+
+class FakeTrial:
+    """What StoreCallback reads of a Tune trial."""
+
+    def __init__(self, trial_id, last_result, error_msg=None):
+        self.trial_id, self.last_result, self.error_msg, self.checkpoint = trial_id, last_result, error_msg, None
+        self.config = {"point": {"conv1": 0.5, "criterion": "l1"}, "searcher": "random"}
+
+
+def test_every_trial_tune_ends_is_recorded_once_with_its_true_status(tmp_path):
+    from autoprune.config import load_config
+    from autoprune.space import RatioParam, SearchSpace
+    from autoprune.tune_search import outcome_of
+    from autoprune.tuning import StoreCallback
+
+    config = load_config(None, ["objectives=[accuracy, macs]"])
+    space = SearchSpace((RatioParam("conv1", 16, 0.0, 0.7, 0.1),), ("l1",))
+    store, lines = ResultsStore(tmp_path, space.groups), []
+    callback = StoreCallback(store, space, config, lines.append)
+    epoch_one = {"status": "running", "final": False, "epoch": 1, "accuracy": 0.7, "macs": 500, "host": "node-2"}
+    final = {"status": "ok", "final": True, "accuracy": 0.8, "macs": 400, "size_bytes": 900, "latency_ms": 1.0,
+             "base_accuracy": 0.9, "base_macs": 1000, "base_size_bytes": 1000, "base_latency_ms": 2.0, "host": "n"}
+    # a trial whose node was lost after its first epoch, beyond max_failures: Tune reports an error
+    callback.on_trial_error(0, [], FakeTrial("lost", epoch_one, "ray.exceptions.ActorDiedError: the actor died\n"))
+    callback.on_trial_complete(0, [], FakeTrial("asha", epoch_one))  # a scheduler stopped it after epoch 1
+    callback.on_trial_complete(0, [], FakeTrial("nan", {"status": "failed", "final": True, "epoch": 0,
+                                                         "error": "TrainingDiverged: training diverged"}))
+    callback.on_trial_complete(0, [], FakeTrial("ok", final))
+    rows = {r["trial_id"]: r for r in read_trials(tmp_path).to_pylist()}
+    assert {t: r["status"] for t, r in rows.items()} == {"lost": "failed", "asha": "stopped", "nan": "failed",
+                                                          "ok": "ok"}
+    assert "ActorDiedError" in rows["lost"]["error"] and rows["lost"]["host"] == "node-2"
+    assert rows["nan"]["error"] == "TrainingDiverged: training diverged"
+    assert rows["ok"]["feasible"] and rows["ok"]["accuracy"] == 0.8 and rows["ok"]["error"] is None
+    # the searcher is told the same: values in the configured objectives' order
+    told = [outcome_of(r, e, lambda _: {}, config.objectives)
+            for r, e in ((epoch_one, True), (epoch_one, False), ({"status": "failed", "final": True}, False),
+                         (final, False))]
+    assert [o.state for o in told] == ["failed", "stopped", "failed", "ok"] and told[3].values == (0.8, 400.0)

@@ -1,16 +1,24 @@
 """End-to-end searches in Ray local mode on tiny data."""
+import json
+import shutil
 from pathlib import Path
 
+import optuna
 import pyarrow.parquet as pq
 import pytest
+import ray
 import torch
+from conftest import stop_search_midway
 
 from autoprune import checkpoint
 from autoprune.config import load_config
 from autoprune.controller import MARKER, run_search
+from autoprune.data import DataSpec
+from autoprune.models import ModelSpec, build_model
+from autoprune.objectives import DEFAULT_OBJECTIVES
 from autoprune.pareto import dominates
 from autoprune.results import read_trials
-from conftest import stop_search_midway
+from autoprune.searchers.journal import JOURNAL_FILE
 
 TINY = ["data.max_train_samples=256", "base.epochs=1", "finetune.epochs=0.5", "finetune.batch_size=64",
         "latency.batch_size=8", "latency.threads=1", "concurrency=2", "resources.cpu=1",
@@ -32,6 +40,18 @@ def search(tmp_path, base_path, *overrides, resume=False, run_dir=None):
 
 def objectives(r):
     return (r["accuracy"], r["size_bytes"], r["latency_ms"])
+
+
+def policy(row):
+    """A trial's point of the space: its ratios and criterion."""
+    return (row["criterion"], *sorted((k, v) for k, v in row.items() if k.startswith("ratio:")))
+
+
+def load_study(run: Path) -> optuna.Study:
+    """The run's Optuna study, from the journal and name its marker records."""
+    marker = json.loads((run / MARKER).read_text())
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(run / marker["journal"])))
+    return optuna.load_study(study_name=marker["study"], storage=storage)
 
 
 @pytest.fixture(scope="module")
@@ -57,14 +77,22 @@ def test_search_end_to_end(request, searcher):
     for r in rows:
         assert 0 <= r["accuracy"] <= 1 and r["size_bytes"] <= r["base_size_bytes"] and r["latency_ms"] > 0
         assert r["params"] <= r["base_params"] and r["host"]
+    assert len({policy(r) for r in rows}) == 6  # no point evaluated twice
     front = read_trials(run, "front.parquet").to_pylist()
     feasible = [r for r in rows if r["feasible"]]
     for f in front:
-        assert not any(dominates(objectives(r), objectives(f)) for r in feasible)
+        assert not any(dominates(objectives(r), objectives(f), DEFAULT_OBJECTIVES) for r in feasible)
     for r in feasible:  # every non-dominated feasible trial is on the front (or equals one there)
-        if not any(dominates(objectives(o), objectives(r)) for o in feasible):
+        if not any(dominates(objectives(o), objectives(r), DEFAULT_OBJECTIVES) for o in feasible):
             assert objectives(r) in [objectives(f) for f in front]
     assert (run / "pareto.png").stat().st_size > 1000 and (run / MARKER).is_file()
+    # the Optuna study lives in the run directory: every trial told, with its objectives' names
+    marker = json.loads((run / MARKER).read_text())
+    assert marker["objectives"] == ["accuracy", "size_bytes", "latency_ms"] and marker["journal"] == JOURNAL_FILE
+    study = load_study(run)
+    assert study.metric_names == marker["objectives"]
+    told = [t for t in study.trials if "autoprune:outcome" in t.user_attrs]
+    assert len(told) == 6 and all(t.state == optuna.trial.TrialState.COMPLETE for t in told)
     # the trial checkpoint rebuilds the pruned model with the recorded accuracy's structure
     best = front[0]
     model = checkpoint.load(run / best["checkpoint"]).build()
@@ -74,30 +102,52 @@ def test_search_end_to_end(request, searcher):
 
 @pytest.mark.slow
 def test_constraint_violators_never_enter_the_front(tmp_path, base_path):
-    summary, lines = search(tmp_path, base_path, "trials=4", "searcher.name=random",
-                            "constraints=['size_bytes <= base * 0.7']")
+    # uniform ratios 0.2, 0.5 and 0.7 keep about 64 %, 25 % and 9 % of the weights: the first breaks the constraint
+    summary, _ = search(tmp_path, base_path, "trials=3", "searcher.name=uniform", "searcher.grid=3",
+                        "space.criteria=[l1]", "constraints=['size_bytes <= base * 0.45']")
     rows = read_trials(summary.run_dir).to_pylist()
-    front_ids = {r["trial_id"] for r in summary.front.rows}
+    feasible = [r for r in rows if r["feasible"]]
+    infeasible = [r for r in rows if not r["feasible"]]
+    assert len(rows) == 3 and all(r["status"] == "ok" for r in rows)
+    assert len(infeasible) == 1 and len(feasible) == 2
     for r in rows:
-        assert r["feasible"] == (r["size_bytes"] <= 0.7 * r["base_size_bytes"])
-        if not r["feasible"]:
-            assert r["trial_id"] not in front_ids
+        assert r["feasible"] == (r["size_bytes"] <= 0.45 * r["base_size_bytes"])
+    front_ids = {r["trial_id"] for r in summary.front.rows}
+    assert not front_ids & {r["trial_id"] for r in infeasible}
+    # the feasible trials form the front: exactly those no other feasible trial dominates
+    expected = {r["trial_id"] for r in feasible
+                if not any(dominates(objectives(o), objectives(r), DEFAULT_OBJECTIVES) for o in feasible)}
+    assert front_ids == expected and front_ids
 
 
 def test_no_feasible_candidate_ends_with_an_empty_front(tmp_path, base_path):
     summary, lines = search(tmp_path, base_path, "trials=2", "searcher.name=uniform",
-                            "constraints=['latency_ms <= 0.000001']")
+                            "constraints=['accuracy >= base + 1']")  # accuracy never exceeds 1
     assert summary.finished == 2 and summary.front.rows == []
     assert read_trials(summary.run_dir, "front.parquet").num_rows == 0
     assert any("no trial met every constraint" in line for line in lines)
 
 
-def test_a_failing_trial_is_recorded_and_the_search_completes(tmp_path, base_path):
-    summary, _ = search(tmp_path, base_path, "trials=3", "searcher.name=random", "finetune.lr=1e12")
+@pytest.fixture
+def tests_on_worker_path(monkeypatch):
+    """Ray workers import ``toy_models`` too: start a Ray whose workers have tests/ on their path."""
+    ray.shutdown()
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))
+    yield
+    ray.shutdown()
+
+
+def test_a_failing_trial_is_recorded_and_the_search_completes(tmp_path, tests_on_worker_path):
+    spec = ModelSpec("toy_models:nan_while_training", 10, 1)  # its loss is NaN as soon as fine-tuning starts
+    base = tmp_path / "nan.pt"
+    checkpoint.save(checkpoint.from_model(build_model(spec), spec, DataSpec(), (1, 28, 28),
+                                          {"mean": [0.3], "std": [0.35]}), base)
+    summary, _ = search(tmp_path, base, f"model={spec.arch}", "trials=3", "searcher.name=random")
     rows = read_trials(summary.run_dir).to_pylist()
-    assert len(rows) == 3
-    failed = [r for r in rows if r["status"] == "failed"]
-    assert failed and all("diverged" in r["error"] for r in failed)
+    assert len(rows) == 3 and summary.failed == 3 and summary.front.rows == []
+    assert all(r["status"] == "failed" and "training diverged" in r["error"] for r in rows), rows
+    told = [t for t in load_study(Path(summary.run_dir.path)).trials if "autoprune:outcome" in t.user_attrs]
+    assert [(t.state.name, t.user_attrs["autoprune:outcome"]) for t in told] == [("FAIL", "failed")] * 3
 
 
 @pytest.mark.slow
@@ -109,11 +159,35 @@ def test_resume_after_a_stop_mid_search_runs_only_the_remaining_trials(tmp_path,
     stop_search_midway(run, [*TINY, f"base.checkpoint={base_path}", "trials=6", "concurrency=1"], 2, signal.SIGINT)
     before = {r["trial_id"]: r for r in read_trials(run).to_pylist()}
     assert 2 <= len(before) < 6
-    summary, lines = search(tmp_path, base_path, "trials=6", "concurrency=1", resume=True, run_dir=run)
+    _, lines = search(tmp_path, base_path, "trials=6", "concurrency=1", resume=True, run_dir=run)
     after = {r["trial_id"]: r for r in read_trials(run).to_pylist()}
     assert len(after) == 6 and set(before) <= set(after)
     assert all(after[t]["finished_at"] == before[t]["finished_at"] for t in before)  # not re-run
     assert any(f"{6 - len(before)} trials to run ({len(before)} already finished)" in line for line in lines)
+    assert len({policy(r) for r in after.values()}) == 6  # resumed points are new
+
+
+def test_resume_continues_the_study_and_runs_the_interrupted_point_once(nsga2_run, tmp_path, base_path):
+    run = tmp_path / "run"
+    shutil.copytree(nsga2_run[0].run_dir.path, run)
+    before = {r["trial_id"]: r for r in read_trials(run).to_pylist()}
+    # the driver died right after handing out a seventh point: the study holds that trial RUNNING
+    study = load_study(run)
+    distributions = study.trials[-1].distributions
+    params = {name: "bn_scale" if name == "criterion" else 0.1 for name in distributions}
+    assert ("bn_scale", *sorted((f"ratio:{g}", 0.1) for g in params if g != "criterion")) not in map(policy, before.values())
+    study.enqueue_trial(params)
+    study.ask(distributions)
+    _, lines = search(tmp_path, base_path, "searcher.name=nsga2", "trials=9", resume=True, run_dir=run)
+    after = read_trials(run).to_pylist()
+    assert len(after) == 9 and len({policy(r) for r in after}) == 9  # the count is exact, every point new
+    assert all(r["finished_at"] == before[r["trial_id"]]["finished_at"] for r in after if r["trial_id"] in before)
+    new = [r for r in after if r["trial_id"] not in before]
+    assert [policy(r) for r in new].count(("bn_scale", *sorted((f"ratio:{g}", 0.1) for g in params
+                                                                 if g != "criterion"))) == 1  # it ran again, once
+    assert any("3 trials to run (6 already finished)" in line for line in lines)
+    states = [t.state.name for t in load_study(run).trials if "autoprune:outcome" in t.user_attrs]
+    assert states == ["COMPLETE"] * 9
 
 
 def test_resume_refuses_a_directory_autoprune_did_not_create(tmp_path, base_path):
@@ -180,12 +254,18 @@ def test_export_picks_and_limits(nsga2_run):
 
 @pytest.mark.slow
 def test_early_stopped_trials_never_pollute_the_front(tmp_path, base_path):
-    summary, _ = search(tmp_path, base_path, "trials=6", "searcher.name=random", "scheduler=asha",
+    # one at a time, uniform ratios 0.3, 0.6, 0.9: the first trial sets ASHA's rung at epoch 1 and finishes; the
+    # more pruned ones score below it after one epoch and are stopped there
+    summary, _ = search(tmp_path, base_path, "trials=3", "concurrency=1", "searcher.name=uniform", "searcher.grid=3",
+                        "space.criteria=[l1]", "space.ratio.high=0.9", "space.ratio.step=0.3", "scheduler=asha",
                         "finetune.epochs=3", "data.max_train_samples=128")
     rows = read_trials(summary.run_dir).to_pylist()
-    assert len(rows) == 6 and {r["status"] for r in rows} <= {"ok", "stopped"}
+    assert len(rows) == 3 and {r["status"] for r in rows} <= {"ok", "stopped"}
+    stopped = [r for r in rows if r["status"] == "stopped"]
+    assert stopped and rows[0]["status"] == "ok"
     front_ids = {r["trial_id"] for r in summary.front.rows}
-    assert all(r["trial_id"] not in front_ids for r in rows if r["status"] == "stopped")
+    assert front_ids and not front_ids & {r["trial_id"] for r in stopped}
+    assert not (Path(summary.run_dir.path) / JOURNAL_FILE).exists()  # uniform keeps no study
 
 
 @pytest.mark.slow
@@ -202,6 +282,20 @@ def test_run_directory_behind_a_filesystem_uri(tmp_path, base_path):
     assert main(["front", uri]) == 0
     assert main(["export", uri, "--pick", "max-accuracy", "--out", str(tmp_path / "exp")]) == 0
     assert (tmp_path / "exp" / "model.pt2").is_file()
+    assert main(["search", "--resume", uri, "--set", "trials=3"]) == 0  # the CLI resumes a URI as well
+    assert read_trials(uri).num_rows == 3
+
+
+def test_cli_resume_takes_a_filesystem_uri(nsga2_run, tmp_path, capsys):
+    from autoprune.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(nsga2_run[0].run_dir.path, run)
+    assert main(["search", "--resume", run.as_uri(), "--out", str(run)]) == 0  # both name the same directory
+    assert "0 trials to run (6 already finished)" in capsys.readouterr().out
+    (tmp_path / "foreign").mkdir()
+    assert main(["search", "--resume", (tmp_path / "foreign").as_uri()]) != 0
+    assert f"'{(tmp_path / 'foreign').as_uri()}' is not an autoprune run directory" in capsys.readouterr().err
 
 
 def test_knee_is_the_point_nearest_the_ideal():
@@ -210,4 +304,4 @@ def test_knee_is_the_point_nearest_the_ideal():
     rows = [{"accuracy": 0.9, "size_bytes": 100, "latency_ms": 10.0},   # accurate but big and slow
             {"accuracy": 0.85, "size_bytes": 40, "latency_ms": 4.0},   # balanced
             {"accuracy": 0.5, "size_bytes": 10, "latency_ms": 1.0}]    # tiny but poor
-    assert knee(rows) is rows[1]
+    assert knee(rows, DEFAULT_OBJECTIVES) is rows[1]

@@ -1,12 +1,19 @@
 """The contract every searcher meets."""
+import optuna
 import pytest
 
+from autoprune import AutopruneError
+from autoprune.objectives import OBJECTIVES
 from autoprune.policy import Policy, PrunableGroup
 from autoprune.searchers import SEARCHERS, Outcome, Searcher, make_searcher
+from autoprune.searchers.journal import JOURNAL_FILE, StudyJournal
 from autoprune.space import RatioParam, SearchSpace
+from autoprune.storage import RunDir
 
-SPACE = SearchSpace((RatioParam("a", 16, 0.0, 0.5, 0.1), RatioParam("b", 32, 0.2, 0.6, 0.2),
-                     RatioParam("c", 64, 0.0, 0.7, 0.1)), ("l1", "taylor"))
+PARAMS = (RatioParam("a", 16, 0.0, 0.5, 0.1), RatioParam("b", 32, 0.2, 0.6, 0.2), RatioParam("c", 64, 0.0, 0.7, 0.1))
+SPACE = SearchSpace(PARAMS, ("l1", "taylor"))
+ONE_CRITERION = SearchSpace(PARAMS, ("l1",))
+OPTUNA_SEARCHERS = ["nsga2", "tpe", "random", "gp"]
 
 
 def fake_values(point):
@@ -42,13 +49,15 @@ def test_warm_start_begins_with_uniform_policies(name):
         assert values == {p.snap(expected) for p in SPACE.params}
 
 
+@pytest.mark.parametrize("space", [SPACE, ONE_CRITERION], ids=["two-criteria", "one-criterion"])
 @pytest.mark.parametrize("name", ["nsga2", "tpe", "random", "uniform"])
-def test_replayed_points_are_not_suggested_again_as_warm_start(name):
-    s = make_searcher(name, SPACE, seed=0, warm_start=2, startup_trials=3, population=4, grid=2)
-    first = SPACE.uniform_point(SPACE.uniform_ratios(2)[0])
-    s.replay(first, Outcome("ok", fake_values(first), {}))
-    _, point = s.ask()
-    assert point != first
+def test_replayed_points_are_not_suggested_again_as_warm_start(name, space):
+    s = make_searcher(name, space, seed=0, warm_start=2, startup_trials=3, population=4, grid=2)
+    warm = [space.uniform_point(r) for r in space.uniform_ratios(2)]
+    for point in warm:
+        s.replay(point, Outcome("ok", fake_values(point), {}))
+    suggestion = s.ask()  # uniform over one criterion and a grid of 2 has nothing left
+    assert suggestion is None if (name, space) == ("uniform", ONE_CRITERION) else suggestion[1] not in warm
 
 
 def test_optuna_receives_constraints():
@@ -62,7 +71,7 @@ def test_optuna_receives_constraints():
 
 def test_stopped_trials_do_not_reach_optunas_front():
     s = make_searcher("tpe", SPACE, seed=0)
-    sid, point = s.ask()
+    sid, _ = s.ask()
     s.tell(sid, Outcome("stopped"))
     assert s.study.best_trials == [] and s.study.trials[0].state.name == "PRUNED"
 
@@ -85,3 +94,76 @@ def test_replayed_outcomes_keep_their_state():
     states = [t.state.name for t in s.study.trials]
     assert states == ["COMPLETE", "PRUNED", "FAIL"]
     assert s.study.trials[0].constraints == {"c": -1.0}
+
+
+def key(point):
+    return tuple(sorted(point.items()))
+
+
+def run_trials(searcher, n, evaluated):
+    for _ in range(n):
+        sid, point = searcher.ask()
+        searcher.tell(sid, Outcome("ok", fake_values(point), {}))
+        evaluated.append(point)
+
+
+@pytest.mark.parametrize("name, location", [*((n, "local") for n in OPTUNA_SEARCHERS), ("random", "remote")])
+def test_a_search_resumed_from_its_journal_continues_and_never_repeats_a_point(tmp_path, name, location):
+    run = RunDir(tmp_path / "run") if location == "local" else RunDir("mock:///run")  # remote: pyarrow's in-memory fs
+    settings = {"seed": 0, "warm_start": 2, "startup_trials": 3, "population": 4}
+    first = make_searcher(name, SPACE, study=StudyJournal(run, "search"), **settings)
+    assert not first.resumed
+    evaluated = []
+    run_trials(first, 6, evaluated)
+    _, interrupted = first.ask()  # the driver stops with this trial running
+    assert run.exists(JOURNAL_FILE) and (tmp_path / "run").exists() == (location == "local")
+
+    resumed = make_searcher(name, SPACE, study=StudyJournal(run, "search"), **settings)
+    assert resumed.resumed
+    sid, point = resumed.ask()
+    assert point == interrupted  # the interrupted point runs again, first
+    resumed.tell(sid, Outcome("ok", fake_values(point), {}))
+    evaluated.append(point)
+    run_trials(resumed, 8, evaluated)
+    assert len({key(p) for p in evaluated}) == len(evaluated) == 15
+
+    journal = StudyJournal(run, "search")  # keeps its local copy of a remote journal while it lives
+    study = optuna.load_study(study_name="search", storage=journal.storage())
+    told = [t for t in study.trials if "autoprune:outcome" in t.user_attrs]
+    assert [resumed.space.policy(resumed._point(t.params)) for t in told] == [SPACE.policy(p) for p in evaluated]
+    assert study.metric_names == ["accuracy", "size_bytes", "latency_ms"]
+    if name == "nsga2":  # generation 0 (4 trials) filled before the stop: the resumed run breeds generation 1 on
+        generations = [t.system_attrs.get("NSGAIISampler:generation") for t in told]  # None: queued points
+        assert generations[:6].count(0) == 4 and {g for g in generations[7:] if g is not None} == {1, 2}
+
+
+def test_a_resumed_study_keeps_its_objectives(tmp_path):
+    run = RunDir(tmp_path)
+    make_searcher("random", SPACE, study=StudyJournal(run, "s"))
+    two = (OBJECTIVES["accuracy"], OBJECTIVES["macs"])
+    with pytest.raises(AutopruneError, match="config key 'objectives'"):
+        make_searcher("random", SPACE, study=StudyJournal(run, "s"), objectives=two)
+
+
+@pytest.mark.parametrize("name", OPTUNA_SEARCHERS)
+def test_optuna_gets_the_configured_objectives_and_directions(name):
+    objectives = (OBJECTIVES["macs"], OBJECTIVES["accuracy"])
+    s = make_searcher(name, SPACE, seed=0, objectives=objectives)
+    sid, _ = s.ask()
+    s.tell(sid, Outcome("ok", (1e6, 0.8), {}))
+    assert [d.name for d in s.study.directions] == ["MINIMIZE", "MAXIMIZE"]
+    assert s.study.trials[0].values == [1e6, 0.8]
+
+
+def test_a_point_is_never_handed_out_twice_in_a_tiny_space():
+    tiny = SearchSpace((RatioParam("a", 16, 0.0, 0.2, 0.1),), ("l1", "l2"))  # 6 points
+    s = make_searcher("gp", tiny, seed=0, startup_trials=2)
+    points = []
+    for i in range(7):
+        suggestion = s.ask()
+        if suggestion is None:
+            break
+        sid, point = suggestion
+        points.append(point)
+        s.tell(sid, Outcome("failed") if i % 2 else Outcome("ok", (0.9 - point["a"], 1.0 - point["a"], 1.0), {}))
+    assert len(points) == 6 and len({key(p) for p in points}) == 6

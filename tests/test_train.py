@@ -78,3 +78,37 @@ def test_evaluate_counts_top1():
     x = torch.tensor([[0.0], [1.0], [2.0], [1.0]])
     y = torch.tensor([0, 1, 0, 1])
     assert evaluate(Fixed(), [(x, y)]) == 0.75
+
+
+def test_training_stopped_after_an_epoch_resumes_on_the_same_schedule_and_optimizer_state():
+    import copy
+
+    batches = [small_batch(16, seed=s) for s in range(3)]
+    config = TrainConfig(epochs=3, lr=0.05, seed=0)
+    torch.manual_seed(0)
+    start = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(28 * 28, 10))
+    straight = copy.deepcopy(start)
+    train(straight, batches, config)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first(epoch, loss):
+        if epoch == 1:
+            raise Stop
+
+    interrupted, progress = copy.deepcopy(start), {}
+    with pytest.raises(Stop):
+        train(interrupted, batches, config, on_epoch=stop_after_first, progress=progress)
+    assert progress["step"] == 3 and progress["epoch"] == 1
+    saved = {k: v.clone() for k, v in interrupted.state_dict().items()}
+    resumed = copy.deepcopy(start)
+    resumed.load_state_dict(saved)
+    losses = train(resumed, batches, config, progress=progress)
+    assert len(losses) == 2 and progress["epoch"] == 3  # only the two remaining epochs ran
+    for a, b in zip(straight.parameters(), resumed.parameters()):
+        torch.testing.assert_close(a, b)  # same lr schedule and momentum as the uninterrupted run
+    restarted = copy.deepcopy(start)
+    restarted.load_state_dict(saved)
+    train(restarted, batches, TrainConfig(epochs=2, lr=0.05, seed=0))  # the old behaviour: a fresh schedule
+    assert not all(torch.allclose(a, b) for a, b in zip(straight.parameters(), restarted.parameters()))

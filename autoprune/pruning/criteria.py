@@ -1,13 +1,15 @@
 """Channel-importance criteria: each ranks the channels of one coupled group (higher = keep).
 
 A criterion is small: ``prepare`` gathers what it needs from calibration batches (weight-only
-criteria need nothing), ``scores`` returns one score per channel of a torch-pruning group.
-Adding a criterion is one class and one line in ``REGISTRY``.
+criteria need nothing), ``scores`` returns one score per channel of a torch-pruning group, or
+raises ``Unscorable`` saying why it has nothing to rank that group by (``prune`` then ranks the
+group by L1 and records it). Adding a criterion is one class and one line in ``REGISTRY``.
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import ClassVar, Sequence
+from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +20,11 @@ from autoprune.errors import AutopruneError
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 _reducer = tp.importance.GroupMagnitudeImportance(group_reduction="mean", normalizer=None)
+_GRAD_READ = (nn.modules.conv._ConvNd, nn.Linear, nn.LayerNorm)
+
+
+class Unscorable(AutopruneError):
+    """A criterion has nothing to rank a group's channels by; the message says why."""
 
 
 class Criterion(ABC):
@@ -32,15 +39,19 @@ class Criterion(ABC):
 
     @abstractmethod
     def scores(self, group: tp.Group) -> torch.Tensor:
-        """A 1-D float tensor with one finite score per channel of ``group``'s root layer."""
+        """A 1-D float tensor with one finite score per channel of ``group``'s root layer.
+
+        Raises ``Unscorable`` when the criterion has nothing to rank this group by.
+        """
 
 
 class _TorchPruningCriterion(Criterion):
-    """Delegates scoring to a torch-pruning importance; falls back to L1 where it has nothing to score."""
+    """Delegates scoring to a torch-pruning importance; ``unscorable`` says why it may have nothing to score."""
+
+    unscorable: ClassVar[str] = "no weights in group"
 
     def __init__(self) -> None:
         self._importance = self._make()
-        self._fallback = tp.importance.GroupMagnitudeImportance(p=1, normalizer=None)
 
     @abstractmethod
     def _make(self) -> tp.importance.Importance: ...
@@ -50,8 +61,8 @@ class _TorchPruningCriterion(Criterion):
 
     def scores(self, group: tp.Group) -> torch.Tensor:
         s = self._importance(group)
-        if s is None:  # e.g. bn_scale on a group without batch norm
-            s = self._fallback(group)
+        if s is None:  # no layer of the kind the importance reads, e.g. bn_scale on a group without batch norm
+            raise Unscorable(self.unscorable)
         return torch.nan_to_num(s.float(), nan=0.0)
 
 
@@ -74,9 +85,10 @@ class L2(_TorchPruningCriterion):
 
 
 class BNScale(_TorchPruningCriterion):
-    """|gamma| of the batch norms in the group (network slimming, Liu et al. 2017); L1 where there is none."""
+    """|gamma| of the batch norms in the group (network slimming, Liu et al. 2017)."""
 
     name = "bn_scale"
+    unscorable = "no batch norm in group"
 
     def _make(self) -> tp.importance.Importance:
         return tp.importance.BNScaleImportance(normalizer=None)
@@ -87,9 +99,17 @@ class Taylor(_TorchPruningCriterion):
 
     name = "taylor"
     needs_data = True
+    unscorable = "no gradients in group"
 
     def _make(self) -> tp.importance.Importance:
         return tp.importance.GroupTaylorImportance(normalizer=None)
+
+    def scores(self, group: tp.Group) -> torch.Tensor:
+        for item in group:  # torch-pruning reads the .grad of every conv, linear and layer norm it scores
+            layer = item.dep.target.module
+            if isinstance(layer, _GRAD_READ) and layer.weight is not None and layer.weight.grad is None:
+                raise Unscorable(f"no gradient reached the group's {type(layer).__name__}")
+        return super().scores(group)
 
     def prepare(self, model: nn.Module, batches: Sequence[Batch]) -> None:
         model.eval()
@@ -104,6 +124,7 @@ class Hessian(_TorchPruningCriterion):
 
     name = "hessian"
     needs_data = True
+    unscorable = "no gradients in group"
 
     def __init__(self, max_samples: int = 32) -> None:
         super().__init__()
@@ -182,7 +203,7 @@ class _ActivationCriterion(Criterion):
                 imps.append(self._stats[layer][idxs])
                 root_idxs.append(item.root_idxs)
         if not imps:
-            return tp.importance.GroupMagnitudeImportance(p=1, normalizer=None)(group).float()
+            raise Unscorable("no activation statistics: no Conv/Linear layer reads the group's channels")
         return torch.nan_to_num(_reducer._reduce(imps, root_idxs), nan=0.0)
 
 
@@ -203,6 +224,12 @@ class APoZ(_ActivationCriterion):
     def _channel_stat(self, pooled: torch.Tensor, zeros: torch.Tensor) -> torch.Tensor:
         return 1.0 - zeros.mean(0)
 
+    def scores(self, group: tp.Group) -> torch.Tensor:
+        s = super().scores(group)
+        if bool((s == 1.0).all()):  # nothing to tell channels apart: ranking them would go by index
+            raise Unscorable("no zero activations where the group is consumed (no ReLU before its consumers)")
+        return s
+
 
 class Entropy(_ActivationCriterion):
     """Entropy of the channel's pooled activation across samples (Luo & Wu 2017): low entropy carries little information."""
@@ -214,7 +241,8 @@ class Entropy(_ActivationCriterion):
         lo, hi = pooled.min(0).values, pooled.max(0).values
         width = (hi - lo).clamp_min(1e-12)
         bin_idx = ((pooled - lo) / width * self.bins).long().clamp(0, self.bins - 1)
-        counts = torch.zeros(self.bins, pooled.shape[1]).scatter_add_(0, bin_idx, torch.ones_like(pooled))
+        counts = torch.zeros(self.bins, pooled.shape[1], device=pooled.device)
+        counts.scatter_add_(0, bin_idx, torch.ones_like(pooled))
         p = counts / pooled.shape[0]
         return -(p * torch.log(p.clamp_min(1e-12))).sum(0)
 
@@ -240,7 +268,7 @@ REGISTRY: dict[str, type[Criterion]] = {
 
 
 def make_criterion(name: str, seed: int = 0) -> Criterion:
-    """Instantiate the criterion called ``name``."""
+    """Instantiate the criterion called ``name`` (``seed`` drives ``random``)."""
     if name not in REGISTRY:
         raise AutopruneError(f"unknown criterion '{name}': use one of {', '.join(REGISTRY)}")
-    return REGISTRY[name](seed) if name == "random" else REGISTRY[name]()
+    return Random(seed) if name == "random" else REGISTRY[name]()

@@ -2,19 +2,24 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from itertools import islice
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import torch
+import torch_pruning as tp
 from torch import nn
 
 from autoprune.errors import AutopruneError
-from autoprune.graph import build_graph, frozen_layers, group_channels, named_groups
+from autoprune.graph import GroupLayout, build_graph, frozen_layers, group_layout, named_groups
 from autoprune.policy import Policy, describe_groups
-from autoprune.pruning.criteria import Batch, make_criterion
+from autoprune.pruning.criteria import Batch, Criterion, Unscorable, make_criterion
 
 RECORD_ATTR = "autoprune_record"
+FALLBACK = "l1"  # ranks a group whose criterion has nothing to rank it by; recorded in ``criterion_used``
+_FELL_BACK = re.compile(r"(?P<used>\w+) \((?P<criterion>\w+): (?P<reason>.+)\)")
 
 
 @dataclass
@@ -23,16 +28,59 @@ class PruneRecord:
 
     ``history`` is torch-pruning's pruning history, ``[root_module_name, is_out_channels, removed_indices]``
     in the order applied (what ``replay`` needs); ``kept`` maps each group to the indices, in the
-    unpruned model, of the channels it kept; ``channels`` to its channel count before pruning.
+    unpruned model, of the channels it kept; ``channels`` to its channel count before pruning;
+    ``criterion_used`` each group whose channels were ranked to what ranked them: the policy's
+    criterion, or ``"l1 (<criterion>: <why it could not>)"`` where that criterion had nothing to rank
+    the group by (iterative steps that differ are joined by ``" then "``).
     """
 
     policy: dict[str, Any]
     history: list[list[Any]]
     kept: dict[str, list[int]]
     channels: dict[str, int]
+    criterion_used: dict[str, str] = field(default_factory=dict)
 
     def channels_after(self) -> dict[str, int]:
+        """Channels each group has after pruning."""
         return {name: len(k) for name, k in self.kept.items()}
+
+    def criterion_summary(self) -> str:
+        """What ranked the channels, in one short string for a results table.
+
+        The policy's criterion when it ranked every group (``"bn_scale"``); otherwise it, followed by
+        the groups ranked by something else and why (``"bn_scale; l1 for fc1, fc2 (no batch norm in
+        group)"``); ``"none"`` when no group was pruned.
+        """
+        if not self.criterion_used:
+            return "none"
+        criterion = str(self.policy.get("criterion", ""))
+        others: dict[str, list[str]] = {}
+        for group, used in self.criterion_used.items():
+            if used == criterion:
+                continue
+            match = _FELL_BACK.fullmatch(used)
+            label = (f"{match['used']} for {{}} ({match['reason']})" if match and match["criterion"] == criterion
+                     else f"{used} for {{}}")
+            others.setdefault(label, []).append(group)
+        parts = [criterion] if sum(map(len, others.values())) < len(self.criterion_used) else []
+        parts += [label.format(_some(groups)) for label, groups in others.items()]
+        return "; ".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain lists, dicts and strings: what a checkpoint stores."""
+        return {"policy": self.policy, "history": self.history, "kept": self.kept, "channels": self.channels,
+                "criterion_used": self.criterion_used}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PruneRecord:
+        """Read ``to_dict``'s output; records saved before ``criterion_used`` existed load with it empty."""
+        return cls(d["policy"], d["history"], d["kept"], d["channels"], dict(d.get("criterion_used", {})))
+
+
+def _some(names: list[str], shown: int = 3) -> str:
+    if len(names) <= shown:
+        return ", ".join(names)
+    return f"{', '.join(names[:shown - 1])} and {len(names) - shown + 1} more groups"
 
 
 def prune(
@@ -50,14 +98,18 @@ def prune(
 
     Coupled layers (residual adds, concatenations, depthwise convolutions) are pruned together
     through torch-pruning's dependency graph; the output layer is kept, so the output shape is
-    unchanged. ``steps > 1`` reaches the policy iteratively: each step removes an equal share of
-    the channels, re-scoring on the current model, and calls ``between_steps(model, step)`` (e.g. a
-    short fine-tune) between steps. The record needed to rebuild the structure is attached as
+    unchanged. No layer loses all its channels: each branch of a concatenation keeps its share of
+    the group; grouped convolutions, group norms and attention heads lose the same positions in
+    every block (heads keep their number and lose dims). ``steps > 1`` reaches the policy
+    iteratively: each step removes an equal share of the channels, re-scoring on the current
+    model, and calls ``between_steps(model, step)`` (e.g. a short fine-tune) between steps. The
+    record needed to rebuild the structure, and what ranked each group, is attached as
     ``model.autoprune_record``.
     """
     if steps < 1:
         raise AutopruneError(f"steps must be >= 1, got {steps}")
     criterion = make_criterion(policy.criterion, seed)
+    fallback = make_criterion(FALLBACK)
     pruned = copy.deepcopy(model)
     device = next(pruned.parameters()).device
     example_input = example_input.to(device)
@@ -73,33 +125,83 @@ def prune(
 
     graph = build_graph(pruned, example_input)
     frozen = frozen_layers(pruned, example_input, policy.ignore)
-    groups = describe_groups(graph, frozen)
+    named = list(named_groups(graph, frozen))
+    groups = describe_groups(graph, frozen, named=named)
     policy.check(pruned, groups)
     before = {g.name: g.channels for g in groups}
-    target = {name: policy.keep(name, n) for name, n in before.items()}
+    segment_units = {g.name: [c // g.channel_groups for c in g.segments] for g in groups}
     kept = {name: list(range(n)) for name, n in before.items()}
+    used: dict[str, list[str]] = {}
 
     was_training = pruned.training
     for step in range(1, steps + 1):
+        if step > 1:
+            named = list(named_groups(graph, frozen))
         criterion.prepare(pruned, batches)
-        for name, group in named_groups(graph, frozen):
-            goal = before[name] - round((before[name] - target[name]) * step / steps)
-            remove = group_channels(group) - goal
-            if remove <= 0:
+        removals = []  # every group is scored on the same model before any is pruned
+        for name, group in named:
+            layout = group_layout(name, group)
+            goal = policy.kept_units(name, segment_units[name], layout.unit_size, step / steps)
+            drop = [len(seg) - k for seg, k in zip(layout.segments, goal, strict=True)]
+            if not any(d > 0 for d in drop):
                 continue
-            order = torch.argsort(criterion.scores(group).cpu(), stable=True)
-            idxs = sorted(order[:remove].tolist())
-            graph.get_pruning_group(group[0].dep.target.module, group[0].dep.handler, idxs).prune()
-            drop = set(idxs)
-            kept[name] = [c for i, c in enumerate(kept[name]) if i not in drop]
+            scores, ranked_by = _rank(criterion, fallback, group, layout, drop)
+            if ranked_by not in used.setdefault(name, []):
+                used[name].append(ranked_by)
+            idxs = sorted(c for seg, d in zip(layout.segments, drop) if d > 0
+                          for u in _lowest(scores, seg, d) for c in layout.units[u])
+            removals.append((name, group[0].dep, idxs))
+        for name, dep, idxs in removals:
+            graph.get_pruning_group(dep.target.module, dep.handler, idxs).prune()
+            drop_set = set(idxs)
+            kept[name] = [c for i, c in enumerate(kept[name]) if i not in drop_set]
         pruned.zero_grad(set_to_none=True)
         if between_steps is not None and step < steps:
             between_steps(pruned, step)
     pruned.train(was_training)
+    _sync_attributes(pruned)
 
-    record = PruneRecord(policy.to_dict(), copy.deepcopy(graph.pruning_history()), kept, before)
+    record = PruneRecord(policy.to_dict(), copy.deepcopy(graph.pruning_history()), kept, before,
+                         {name: " then ".join(used[name]) for name in before if name in used})
     setattr(pruned, RECORD_ATTR, record)
     return pruned
+
+
+def _unit_scores(channel_scores: torch.Tensor, layout: GroupLayout) -> torch.Tensor:
+    """One score per unit: the mean over its channels (every block of a grouped layer)."""
+    return channel_scores.detach().float().cpu()[torch.tensor(layout.units)].mean(1)
+
+
+def _rank(criterion: Criterion, fallback: Criterion, group: tp.Group, layout: GroupLayout,
+          drop: list[int]) -> tuple[torch.Tensor, str]:
+    """Unit scores for ``group`` and what ranked them: the criterion, or the fallback and why."""
+    try:
+        scores = _unit_scores(criterion.scores(group), layout)
+    except Unscorable as e:
+        reason = str(e)
+    else:
+        tied = [len(seg) > 1 and bool(scores[seg].max() == scores[seg].min())
+                for seg, d in zip(layout.segments, drop) if d > 0]
+        if criterion.name == fallback.name or not any(tied):
+            return scores, criterion.name
+        reason = ("every channel scored the same" if len(layout.segments) == 1
+                  else "every channel of a concatenated branch scored the same")
+    return _unit_scores(fallback.scores(group), layout), f"{fallback.name} ({criterion.name}: {reason})"
+
+
+def _lowest(scores: torch.Tensor, segment: list[int], count: int) -> list[int]:
+    """The ``count`` units of ``segment`` with the lowest scores (ties: the first in order)."""
+    order = torch.argsort(scores[segment], stable=True)[:count]
+    return [segment[i] for i in order.tolist()]
+
+
+def _sync_attributes(model: nn.Module) -> None:
+    """Update widths that models keep as plain ints beside their layers (torchvision ViT's ``hidden_dim``)."""
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    for module in model.modules():
+        if isinstance(module, VisionTransformer):
+            module.hidden_dim = module.conv_proj.out_channels
 
 
 def replay(model: nn.Module, history: list[list[Any]], example_input: torch.Tensor) -> nn.Module:
@@ -109,4 +211,5 @@ def replay(model: nn.Module, history: list[list[Any]], example_input: torch.Tens
         graph.load_pruning_history([[str(n), bool(o), [int(i) for i in idx]] for n, o, idx in history])
     except (AttributeError, IndexError, RuntimeError, ValueError) as e:
         raise AutopruneError(f"pruning history does not fit model {type(model).__name__}: {e}") from None
+    _sync_attributes(model)
     return model

@@ -18,7 +18,12 @@ SEARCHERS = {
 
 
 def make_searcher(name: str, space: Any, **kwargs: Any) -> Searcher:
-    """Instantiate the searcher called ``name`` over ``space``."""
+    """Instantiate the searcher called ``name`` over ``space``.
+
+    ``kwargs``: ``seed``, ``warm_start``, ``objectives`` (``autoprune.objectives.Objective``s, in order) and
+    settings such as ``population``; ``study`` (a ``StudyJournal``) keeps an Optuna-backed searcher's study
+    in the run directory, where a resumed search loads it (searchers without a study ignore it).
+    """
     if name not in SEARCHERS:
         raise AutopruneError(f"unknown searcher '{name}': use one of {', '.join(SEARCHERS)}")
     module, _, cls = SEARCHERS[name].partition(":")

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from autoprune.objectives import DEFAULT_OBJECTIVES, Objective
 from autoprune.space import SearchSpace
 
 
@@ -12,25 +14,32 @@ from autoprune.space import SearchSpace
 class Outcome:
     """How a suggested point fared.
 
-    ``state`` is ``ok`` (finished: ``values`` = (accuracy, size_bytes, latency_ms)), ``failed`` (raised),
-    or ``stopped`` (ended early by a scheduler: its partial values must not reach the front).
-    ``violations`` holds one value per constraint, <= 0 when satisfied.
+    ``state`` is ``ok`` (finished: ``values`` holds one value per objective of the searcher, in order),
+    ``failed`` (raised), or ``stopped`` (ended early by a scheduler: its partial values must not reach
+    the front). ``violations`` holds one value per constraint, <= 0 when satisfied.
     """
 
     state: str
-    values: tuple[float, float, float] | None = None
+    values: tuple[float, ...] | None = None
     violations: dict[str, float] = field(default_factory=dict)
 
 
 class Searcher(ABC):
-    """Proposes per-layer sparsity policies. A new searcher is one subclass in one file."""
+    """Proposes per-layer sparsity policies. A new searcher is one subclass in one file.
+
+    ``resumed`` is True when the searcher restored its own state from the run directory (an Optuna
+    study in its journal): the trials already evaluated need no ``replay`` then.
+    """
 
     name: ClassVar[str]
+    resumed: bool = False
 
-    def __init__(self, space: SearchSpace, *, seed: int = 0, warm_start: int = 0, **settings: Any) -> None:
+    def __init__(self, space: SearchSpace, *, seed: int = 0, warm_start: int = 0,
+                 objectives: Sequence[Objective] = DEFAULT_OBJECTIVES, **settings: Any) -> None:
         self.space = space
         self.seed = seed
         self.warm_start = warm_start
+        self.objectives = tuple(objectives)
         self.settings = settings
 
     @abstractmethod

@@ -7,5 +7,5 @@ from autoprune.searchers.optuna_base import OptunaSearcher
 class NSGA2Searcher(OptunaSearcher):
     name = "nsga2"
 
-    def make_sampler(self) -> optuna.samplers.BaseSampler:
-        return optuna.samplers.NSGAIISampler(population_size=int(self.settings.get("population", 8)), seed=self.seed)
+    def make_sampler(self, seed: int) -> optuna.samplers.BaseSampler:
+        return optuna.samplers.NSGAIISampler(population_size=int(self.settings.get("population", 8)), seed=seed)

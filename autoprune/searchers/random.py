@@ -7,5 +7,5 @@ from autoprune.searchers.optuna_base import OptunaSearcher
 class RandomSearcher(OptunaSearcher):
     name = "random"
 
-    def make_sampler(self) -> optuna.samplers.BaseSampler:
-        return optuna.samplers.RandomSampler(seed=self.seed)
+    def make_sampler(self, seed: int) -> optuna.samplers.BaseSampler:
+        return optuna.samplers.RandomSampler(seed=seed)

@@ -7,6 +7,6 @@ from autoprune.searchers.optuna_base import OptunaSearcher
 class TPESearcher(OptunaSearcher):
     name = "tpe"
 
-    def make_sampler(self) -> optuna.samplers.BaseSampler:
+    def make_sampler(self, seed: int) -> optuna.samplers.BaseSampler:
         return optuna.samplers.TPESampler(n_startup_trials=int(self.settings.get("startup_trials", 6)),
-                                          multivariate=True, seed=self.seed)
+                                          multivariate=True, seed=seed)

@@ -4,12 +4,13 @@ from __future__ import annotations
 from typing import Any
 
 from autoprune.searchers.base import Outcome, Searcher
+from autoprune.space import SearchSpace
 
 
 class UniformSearcher(Searcher):
     name = "uniform"
 
-    def __init__(self, space, **kwargs: Any) -> None:
+    def __init__(self, space: SearchSpace, **kwargs: Any) -> None:
         super().__init__(space, **kwargs)
         count = int(self.settings.get("grid", 8))
         self._queue: list[dict[str, Any]] = []
