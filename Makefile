@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO := runs/demo
 CONFIG := search_spaces/resnet20_fashionmnist.yaml
 
-.PHONY: demo prune-demo test test-slow test-all clean
+.PHONY: demo prune-demo test test-slow test-all lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,13 +14,14 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # The main job: a full search on the embedded data (the base model is trained on first use, then reused),
-# then the knee of the Pareto front exported. A fresh run directory each time.
+# then the knee of the Pareto front finalized: pruned again from the base, fine-tuned with the full budget and
+# distillation, exported. A fresh run directory each time.
 demo: $(STAMP)
-	rm -rf $(DEMO)/search $(DEMO)/export
+	rm -rf $(DEMO)/search $(DEMO)/final
 	$(BIN)/autoprune search $(CONFIG) --out $(DEMO)/search
-	$(BIN)/autoprune export $(DEMO)/search --pick knee --out $(DEMO)/export
-	@echo "results: $(DEMO)/search/trials.parquet  front: $(DEMO)/search/front.parquet"
-	@echo "plot:    $(DEMO)/search/pareto.png  export: $(DEMO)/export/"
+	$(BIN)/autoprune finalize $(DEMO)/search --pick knee --out $(DEMO)/final
+	@echo "results: $(DEMO)/search/trials.parquet  front: $(DEMO)/search/front.parquet  plot: $(DEMO)/search/pareto.png"
+	@echo "model:   $(DEMO)/final/ (model card: $(DEMO)/final/README.md, metrics: $(DEMO)/final/metrics.json)"
 
 # The single-candidate pipeline: one hand-written non-uniform policy, pruned, fine-tuned, measured.
 prune-demo: $(STAMP)
@@ -36,6 +37,10 @@ test-slow: $(STAMP)
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -m ""
+
+lint: $(STAMP)
+	$(BIN)/ruff check autoprune tests bench examples
+	$(BIN)/mypy autoprune
 
 clean:
 	rm -rf runs .pytest_cache

@@ -231,6 +231,19 @@ def cmd_export(args: argparse.Namespace) -> None:
     print("files: policy.json, model.pt, model.pt2, metrics.json, README.md, MANIFEST.sha256")
 
 
+def cmd_finalize(args: argparse.Namespace) -> None:
+    from autoprune.export import EXPORT_FILES
+    from autoprune.finalize import finalize
+
+    start = time.perf_counter()
+    m = finalize(args.run_dir, args.pick, args.epochs, args.kd, args.out, echo=lambda line: print(line, flush=True))
+    b, f = m["base"], m["final"]
+    print(f"finalized trial {m['trial_id']} ({args.pick}) in {time.perf_counter() - start:.0f} s -> {args.out}")
+    print(f"test accuracy {f['test_accuracy']:.4f} (base {b['test_accuracy']:.4f}), latency {f['latency_ms']:.3f} ms "
+          f"(base {b['latency_ms']:.3f} ms), speedup {f['speedup']:.2f}x")
+    print(f"files: {', '.join(EXPORT_FILES)}; model card: {Path(args.out) / 'README.md'}")
+
+
 def format_comparison(report: dict[str, Any]) -> str:
     """Base vs pruned as an aligned table."""
     b, p = report["base"], report["pruned"]
@@ -319,6 +332,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-size-mb", type=float)
     p.add_argument("--out", required=True, help="export directory")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("finalize", help="prune the base to a trial's policy again, fine-tune it fully with "
+                                        "distillation and export it")
+    p.add_argument("run_dir")
+    p.add_argument("--pick", default="knee", help="knee, max-accuracy, min-latency, min-size or trial:ID")
+    p.add_argument("--epochs", type=float, help="fine-tuning epochs (default: the run's finetune.final_epochs)")
+    p.add_argument("--kd", action=argparse.BooleanOptionalAction, default=True,
+                   help="distil from the base while fine-tuning (default: on)")
+    p.add_argument("--out", required=True, help="output directory (everything export writes)")
+    p.set_defaults(func=cmd_finalize)
 
     p = sub.add_parser("submit", help="submit a search to a Ray cluster as a Ray Job; prints the job id")
     p.add_argument("config")

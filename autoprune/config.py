@@ -9,6 +9,7 @@ import copy
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import yaml
@@ -28,23 +29,35 @@ DEFAULTS: dict[str, Any] = {
     "model": "resnet20",
     "data": {"dataset": "embedded", "root": None, "val_fraction": 0.1, "seed": 0, "image_size": 32,
              "max_train_samples": None},
-    "base": {"checkpoint": None, "epochs": 10.0, "lr": 0.1, "batch_size": 128},
+    # sparsity_l1 > 0: fine-tune the base for sparsity_epochs with an L1 penalty on batch-norm scales (network
+    # slimming) before the search, at lr * 0.1; saved beside the base and reused
+    "base": {"checkpoint": None, "epochs": 10.0, "lr": 0.1, "batch_size": 128, "sparsity_l1": 0.0,
+             "sparsity_epochs": 1.0},
     "space": {"ratio": {"low": 0.0, "high": 0.7, "step": 0.1}, "groups": {}, "ignore": [], "round_to": 1,
-              "criteria": ["l1"]},
+              "criteria": ["l1"], "reconstruct": False},  # reconstruct: least-squares re-fit of pruned layers' consumers
+    # final_epochs: what 'autoprune finalize' fine-tunes the chosen policy for (epochs: each trial's budget)
     "finetune": {"epochs": 1.0, "lr": 0.02, "kd": True, "kd_alpha": 0.5, "kd_temperature": 4.0, "steps": 1,
-                 "batch_size": 128},
+                 "batch_size": 128, "final_epochs": 8.0},
     "objectives": [o.name for o in DEFAULT_OBJECTIVES],  # two or three of autoprune.objectives.OBJECTIVES
     "constraints": [],
-    "searcher": {"name": "nsga2", "seed": 0, "warm_start": 3, "population": 8, "startup_trials": 6, "grid": 8},
+    # staged evaluation: proxy_trials stage-0 candidates (prune + BN recalibration, accuracy on the first
+    # proxy_samples validation images) before the fine-tuned ones (nsga2/tpe/gp/random; 0: fine-tune every
+    # candidate); sensitivity and greedy always use stage 0. greedy: latency falls by greedy_step x base per
+    # iteration, each proposal fine-tuned short_epochs. seed_from_sensitivity: nsga2 starts from allocations
+    # of the sensitivity curves.
+    "searcher": {"name": "nsga2", "seed": 0, "warm_start": 3, "population": 8, "startup_trials": 6, "grid": 8,
+                 "proxy_trials": 0, "proxy_samples": 1000, "short_epochs": 0.1, "greedy_step": 0.1,
+                 "seed_from_sensitivity": False},
     "scheduler": "none",  # or "asha": stop weak candidates early on validation accuracy (multi-fidelity)
     "trials": 16,
     "concurrency": 2,
     "resources": {"cpu": 1.0, "gpu": 0.0},
     # target: a custom Ray resource naming the node that times candidates (null: any node); table: a per-layer
     # lookup table from 'autoprune latency-table'; screen_margin: skip candidates predicted to break a latency
-    # constraint by more than this fraction (null: never skip)
+    # constraint by more than this fraction (null: never skip); shared_reference: the base's reference latency is the
+    # lowest this target has measured for it (kept in $AUTOPRUNE_CACHE_DIR/latency), so searches share one
     "latency": {"device": "auto", "batch_size": 32, "threads": None, "repeats": 30, "reference_repeats": 100,
-                "target": None, "table": None, "screen_margin": 0.15},
+                "target": None, "table": None, "screen_margin": 0.15, "shared_reference": True},
     "max_failures": 1,
 }
 NULLABLE = {"data.root": str, "data.max_train_samples": int, "base.checkpoint": str, "latency.threads": int,
@@ -95,7 +108,7 @@ class Constraint:
 
 def violations(constraints: list[Constraint], metrics: dict[str, Any]) -> dict[str, float]:
     """Each constraint's violation for a trial whose ``metrics`` carry ``base_<metric>`` values too."""
-    base = {m: metrics.get(f"base_{m}") for m in CONSTRAINABLE}
+    base = {m: float(metrics[f"base_{m}"]) for m in CONSTRAINABLE if metrics.get(f"base_{m}") is not None}
     return {c.text: c.violation(metrics, base) for c in constraints}
 
 
@@ -124,7 +137,7 @@ class SearchConfig:
         return yaml.safe_dump(self.raw, sort_keys=False)
 
 
-def load_config(path: str | Path | None, overrides: list[str] = ()) -> SearchConfig:
+def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> SearchConfig:
     """Read ``path`` (or only the defaults), apply ``key=value`` overrides, validate."""
     doc: Any = {}
     if path is not None:
@@ -222,12 +235,19 @@ def _validate(c: SearchConfig) -> None:
         if not (0.0 <= low <= high < 1.0) or step <= 0:
             raise AutopruneError(f"config key '{key}': need 0 <= low <= high < 1 and step > 0, "
                                  f"got low={low} high={high} step={step}")
+    if c["searcher.proxy_trials"] < 0:
+        raise AutopruneError(f"config key 'searcher.proxy_trials' must be >= 0, got {c['searcher.proxy_trials']}")
+    if not 0 < c["searcher.greedy_step"] < 1 or c["searcher.short_epochs"] < 0:
+        raise AutopruneError("config key 'searcher': need 0 < greedy_step < 1 and short_epochs >= 0")
     if c["searcher.name"] not in SEARCHERS:
         raise AutopruneError(f"config key 'searcher.name': unknown searcher '{c['searcher.name']}', use one of "
                              f"{', '.join(SEARCHERS)}")
-    for key in ("trials", "concurrency", "space.round_to", "finetune.steps", "latency.repeats"):
+    for key in ("trials", "concurrency", "space.round_to", "finetune.steps", "latency.repeats", "searcher.proxy_samples"):
         if c[key] < 1:
             raise AutopruneError(f"config key '{key}' must be >= 1, got {c[key]}")
+    for key in ("base.sparsity_l1", "base.sparsity_epochs"):
+        if c[key] < 0:
+            raise AutopruneError(f"config key '{key}' must be >= 0, got {c[key]}")
     if c["resources.cpu"] <= 0 or c["resources.gpu"] < 0:
         raise AutopruneError("config key 'resources': cpu must be > 0 and gpu >= 0")
     c.objectives  # noqa: B018  (parse now, naming the key)

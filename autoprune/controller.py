@@ -5,6 +5,8 @@ submit`` or in KubeRay (``ray.init()`` picks up ``RAY_ADDRESS``).
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -24,7 +26,10 @@ from autoprune.latency import (LatencyTable, Meter, RemoteMeter, StructureModel,
 from autoprune.policy import discover
 from autoprune.objectives import values_of
 from autoprune.results import MARKER, ResultsStore, read_marker, run_objectives
-from autoprune.searchers import Outcome, make_searcher
+from autoprune.searchers import Outcome, Searcher, make_searcher
+from autoprune.searchers.base import EPOCHS_KEY, STAGE_KEY
+from autoprune.searchers.optuna_base import OptunaSearcher
+from autoprune.searchers.staged import StagedSearcher
 from autoprune.searchers.journal import JOURNAL_FILE, StudyJournal
 from autoprune.space import SearchSpace
 from autoprune.storage import RunDir, as_run_dir
@@ -55,7 +60,10 @@ def data_spec(config: SearchConfig) -> DataSpec:
 
 
 def ensure_base(config: SearchConfig, data: ImageData, echo: Echo) -> tuple[ckpt_io.Checkpoint, Path]:
-    """Load the base checkpoint, training (and saving) it first when it does not exist yet."""
+    """Load the base checkpoint, training (and saving) it first when it does not exist yet.
+
+    With ``base.sparsity_l1`` > 0 the search's base is its sparsity-trained copy (``slim_base``).
+    """
     import torch
 
     from autoprune.models import ModelSpec, build_model
@@ -67,7 +75,7 @@ def ensure_base(config: SearchConfig, data: ImageData, echo: Echo) -> tuple[ckpt
         if base.model_spec.arch != config["model"]:
             raise AutopruneError(f"base checkpoint '{path}' holds '{base.model_spec.arch}', "
                                  f"but the config's model is '{config['model']}'")
-        return base, path
+        return slim_base(config, data, base, path, echo)
     spec = ModelSpec(config["model"], data.num_classes, data.input_shape[0])
     echo(f"base checkpoint {path} not found: training {spec.arch} for {config['base.epochs']} epochs")
     torch.manual_seed(config["data.seed"])
@@ -82,7 +90,46 @@ def ensure_base(config: SearchConfig, data: ImageData, echo: Echo) -> tuple[ckpt
     base = ckpt_io.from_model(model, spec, data.spec, data.input_shape, data.preprocess(), metrics)
     ckpt_io.save(base, path)
     echo(f"saved base {path}: val_accuracy {metrics['val_accuracy']:.4f}")
-    return base, path
+    return slim_base(config, data, base, path, echo)
+
+
+def slim_base(config: SearchConfig, data: ImageData, base: ckpt_io.Checkpoint, path: Path,
+              echo: Echo) -> tuple[ckpt_io.Checkpoint, Path]:
+    """Network slimming's sparsity training of the base, when ``base.sparsity_l1`` > 0 (else the base as it is).
+
+    The base is fine-tuned for ``base.sparsity_epochs`` at ``base.lr * 0.1`` with an L1 penalty of
+    ``base.sparsity_l1`` on its batch-norm scales, so that ``bn_scale`` separates the channels it can
+    drop; the result is saved beside the base as ``<base>.slim-<l1>-<epochs>ep.pt`` and reused while it
+    is newer than the base.
+    """
+    from autoprune.train import TrainConfig, evaluate, small_bn_scales, train
+
+    l1, epochs = config["base.sparsity_l1"], config["base.sparsity_epochs"]
+    if l1 <= 0:
+        return base, path
+    slim_path = path.with_name(f"{path.stem}.slim-{l1:g}-{epochs:g}ep{path.suffix}")
+    if slim_path.exists() and slim_path.stat().st_mtime >= path.stat().st_mtime:
+        echo(f"base: {slim_path}, sparsity-trained with L1 {l1:g} on batch-norm scales (reused)")
+        return ckpt_io.load(slim_path), slim_path
+    model = base.build(path)
+    before = small_bn_scales(model)
+    echo(f"sparsity training: {path} for {epochs:g} epochs with L1 {l1:g} on batch-norm scales, "
+         f"lr {config['base.lr'] * 0.1:g}")
+    start = time.perf_counter()
+    loader = data.loader("train", config["base.batch_size"], shuffle=True, augment=True, seed=config["data.seed"])
+    train(model, loader, TrainConfig(epochs=epochs, lr=config["base.lr"] * 0.1, seed=config["data.seed"],
+                                     sparsity_l1=l1),
+          on_epoch=lambda epoch, loss: echo(f"  sparsity epoch {epoch}: loss {loss:.4f}"))
+    metrics = {"val_accuracy": evaluate(model, data.loader("val", 256)),
+               "test_accuracy": evaluate(model, data.loader("test", 256)),
+               "train_seconds": round(time.perf_counter() - start, 1), "sparsity_l1": l1,
+               "sparsity_epochs": epochs, "sparsity_trained_from": str(path)}
+    slim = ckpt_io.from_model(model, base.model_spec, base.data_spec, base.input_shape, base.preprocess, metrics)
+    ckpt_io.save(slim, slim_path)
+    echo(f"saved {slim_path}: val_accuracy {metrics['val_accuracy']:.4f} (base "
+         f"{base.metrics.get('val_accuracy', float('nan')):.4f}), batch-norm scales below 1e-2: "
+         f"{before:.0%} -> {small_bn_scales(model):.0%}; the search prunes it")
+    return slim, slim_path
 
 
 def structure_base(config: SearchConfig, data: ImageData, echo: Echo) -> Any:
@@ -108,7 +155,8 @@ def space_command(config: SearchConfig, echo: Echo) -> None:
     space = SearchSpace.from_config(config, groups)
     settings = trial_settings(config)
     table = LatencyTable.load(config["latency.table"]) if config["latency.table"] else None
-    meter = local_meter(model, example, groups, settings.latency_spec(data.input_shape), table)
+    meter = local_meter(model, example, groups, settings.latency_spec(data.input_shape), table,
+                        config["latency.shared_reference"])
     echo(f"{config['model']}: {len(groups)} prunable groups, ratios "
          f"{min(p.low for p in space.params)}..{max(p.high for p in space.params)}, {settings.threads} thread(s), "
          f"device {settings.device}")
@@ -158,6 +206,7 @@ def trial_settings(config: SearchConfig) -> TrialSettings:
                          steps=config["finetune.steps"], batch_size=config["finetune.batch_size"],
                          latency_batch_size=config["latency.batch_size"], latency_repeats=config["latency.repeats"],
                          latency_reference_repeats=config["latency.reference_repeats"],
+                         proxy_samples=config["searcher.proxy_samples"], reconstruct=config["space.reconstruct"],
                          threads=config["latency.threads"] or threads, device=device, seed=config["searcher.seed"])
 
 
@@ -169,7 +218,8 @@ def start_latency_meter(config: SearchConfig, run_dir: RunDir, base_model: Any, 
     structure = StructureModel.from_model(base_model, example_input, groups)
     spec = settings.latency_spec(tuple(example_input.shape[1:]))
     state = json.loads(run_dir.read_text(LATENCY_FILE)) if run_dir.exists(LATENCY_FILE) else None
-    meter, restored = start_meter(base_model, spec, structure, table, config["latency.target"], state)
+    meter, restored = start_meter(base_model, spec, structure, table, config["latency.target"], state,
+                                  config["latency.shared_reference"], settings.gate)
     if state is not None:
         echo(f"latency: continuing {LATENCY_FILE} (same reference and cache)" if restored else
              f"latency: {LATENCY_FILE} was timed with other settings: timing afresh")
@@ -203,7 +253,8 @@ def latency_summary(summary: dict[str, Any]) -> str:
                     and not k.startswith("node:") and not k.startswith("accelerator_type"))
     return (f"latency: {summary['measured']} structures timed, {summary['cache_hits']} answered from the cache, on "
             f"node {str(summary['node'])[:12]} (resources: {', '.join(custom) or 'none custom'}; {summary['device']}, "
-            f"{summary['threads']} thread(s)); reference base {summary['reference_ms']:.3f} ms; {summary['predictor']} "
+            f"{summary['threads']} thread(s)); reference base {summary['reference_ms']:.3f} ms (timed this run: "
+            f"{summary['measured_reference_ms'] or float('nan'):.3f} ms); {summary['predictor']} "
             f"predictor error " + (f"{100 * mape:.1f} % (mean absolute, predicted before measuring)"
                                    if mape is not None else "n/a"))
 
@@ -255,15 +306,8 @@ def run_search(config: SearchConfig, run_dir: str | Path | RunDir, *, resume: bo
     groups = discover(base_model, base.example_input, ignore=config["space.ignore"])
     space = SearchSpace.from_config(config, groups)
     store = ResultsStore(run_dir, space.groups)
-    searcher = make_searcher(config["searcher.name"], space, seed=config["searcher.seed"],
-                             warm_start=config["searcher.warm_start"], population=config["searcher.population"],
-                             startup_trials=config["searcher.startup_trials"], grid=config["searcher.grid"],
-                             objectives=config.objectives, study=StudyJournal(run_dir, marker["study"]))
     done = store.rows  # finished, failed, or stopped early by the scheduler (interrupted ones are not recorded)
-    if not searcher.resumed:  # a study loaded from the run directory already holds them
-        for row in done:
-            searcher.replay(space_point(row, space), outcome_of_row(row, config))
-    evaluated = [r for r in done if r["status"] != "skipped"]  # skipped on predicted latency: not a trial
+    evaluated = [r for r in done if counts_as_trial(r)]
     remaining = config["trials"] - len(evaluated)
     echo(f"search '{config['name']}': {len(space.params)} groups, searcher {config['searcher.name']}, "
          f"{remaining} trials to run ({len(evaluated)} already finished), {config['concurrency']} at a time "
@@ -274,14 +318,22 @@ def run_search(config: SearchConfig, run_dir: str | Path | RunDir, *, resume: bo
         from autoprune.tuning import init_ray, run_tune
 
         init_ray(max(os.cpu_count() or 1, config["concurrency"] * config["resources.cpu"]))
-        settings = trial_settings(config)
+        gate_name = "run-" + hashlib.sha256(run_dir.uri.encode()).hexdigest()[:16]
+        settings = dataclasses.replace(trial_settings(config), gate=gate_name)
         meter = start_latency_meter(config, run_dir, base_model, base.example_input, groups, settings, echo)
         try:
             feasible(base_model, base.example_input, space, config, RemoteMeter(meter), echo)
+            searcher = build_searcher(config, space, run_dir, marker, meter)
+            for row in done:  # a study loaded from the run directory already holds them
+                if not searcher.resumed:
+                    searcher.replay(space_point(row, space), outcome_of_row(row, config))
             run_tune(config, run_dir, base, data, space, searcher, store, settings, remaining, echo, meter)
         finally:
             save_latency_state(run_dir, meter, echo)
         echo(latency_summary(ray.get(meter.summary.remote())))
+    correlation = proxy_correlation(store.rows)
+    if correlation is not None:
+        echo(f"stage-0 proxy vs fine-tuned accuracy: Spearman {correlation[0]:.2f} over {correlation[1]} trials")
     front = write_front(run_dir) if store.rows else Front([], 0.0, None)
     finished = sum(r["status"] == "ok" for r in store.rows)
     if finished and not front.rows:
@@ -289,9 +341,51 @@ def run_search(config: SearchConfig, run_dir: str | Path | RunDir, *, resume: bo
     return SearchSummary(run_dir, finished, sum(r["status"] == "failed" for r in store.rows), front)
 
 
+def counts_as_trial(row: dict[str, Any]) -> bool:
+    """Rows that spend the trial budget: full-budget trials (not stage-0 or short evaluations, not skipped ones)."""
+    return row["status"] != "skipped" and row.get("stage") in (None, "full")
+
+
+def proxy_correlation(rows: list[dict[str, Any]]) -> tuple[float, int] | None:
+    """Spearman rank correlation of the stage-0 proxy with the fine-tuned accuracy over finished full trials."""
+    from scipy.stats import spearmanr
+
+    pairs = [(r["proxy_accuracy"], r["accuracy"]) for r in rows if r["status"] == "ok" and counts_as_trial(r)
+             and r.get("proxy_accuracy") is not None]
+    if len(pairs) < 3 or len({p for p, _ in pairs}) < 2 or len({a for _, a in pairs}) < 2:
+        return None
+    return float(spearmanr([p for p, _ in pairs], [a for _, a in pairs]).statistic), len(pairs)
+
+
+def build_searcher(config: SearchConfig, space: SearchSpace, run_dir: RunDir, marker: dict[str, Any],
+                   meter: Any) -> Searcher:
+    """The configured searcher; Optuna-backed ones staged when ``searcher.proxy_trials`` > 0."""
+    import ray
+
+    from autoprune.feasibility import STATIC
+
+    reference = ray.get(meter.reference.remote()).latency_ms
+    searcher = make_searcher(config["searcher.name"], space, seed=config["searcher.seed"],
+                             warm_start=config["searcher.warm_start"], population=config["searcher.population"],
+                             startup_trials=config["searcher.startup_trials"], grid=config["searcher.grid"],
+                             objectives=config.objectives, study=StudyJournal(run_dir, marker["study"]),
+                             run_dir=run_dir, short_epochs=config["searcher.short_epochs"],
+                             greedy_step=config["searcher.greedy_step"], base_latency_ms=reference,
+                             constraints=config.constraints,
+                             predict_latency=lambda channels: ray.get(meter.predict.remote(channels)))
+    if config["searcher.proxy_trials"] > 0 and isinstance(searcher, OptunaSearcher):
+        structural = frozenset(c.text for c in config.constraints if c.metric in STATIC)
+        return StagedSearcher(searcher, config["searcher.proxy_trials"], structural)
+    return searcher
+
+
 def space_point(row: dict[str, Any], space: SearchSpace) -> dict[str, Any]:
     point: dict[str, Any] = {g: row[f"ratio:{g}"] for g in space.groups}
     point["criterion"] = row["criterion"]
+    if row.get("stage") not in (None, "full"):  # a stage-0 or short evaluation of a staged searcher
+        point[STAGE_KEY] = row["stage"]
+        if row.get("epochs") is not None and row["stage"] == "short":
+            point[EPOCHS_KEY] = row["epochs"]
     return point
 
 

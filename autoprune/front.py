@@ -24,9 +24,14 @@ class Front:
     base: dict[str, float] | None
 
 
+def is_full(row: dict[str, Any]) -> bool:
+    """Fine-tuned with the search's full budget: only such trials enter the front (not stage-0 or short ones)."""
+    return row.get("stage") in (None, "full")
+
+
 def base_values(rows: list[dict[str, Any]], objectives: Sequence[Objective]) -> dict[str, float] | None:
     """The base model's value of each objective as measured by the finished trials (median over workers)."""
-    ok = [r for r in rows if r["status"] == "ok"]
+    ok = [r for r in rows if r["status"] == "ok" and is_full(r)]
     if not ok:
         return None
     out = {}
@@ -41,7 +46,7 @@ def compute_front(rows: list[dict[str, Any]], objectives: Sequence[Objective]) -
 
     Sorted best first in the first objective.
     """
-    candidates = [r for r in rows if r["status"] == "ok" and r["feasible"]]
+    candidates = [r for r in rows if r["status"] == "ok" and r["feasible"] and is_full(r)]
     front = [candidates[i] for i in pareto_indices([values_of(r, objectives) for r in candidates], objectives)]
     base = base_values(rows, objectives)
     hv = hypervolume([values_of(r, objectives) for r in front], values_of(base, objectives),
@@ -73,6 +78,8 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
         size = f"{r['size_bytes'] / 1024:.1f}" if r.get("size_bytes") is not None else "-"
         lat = f"{r['latency_ms']:.3f}" if r.get("latency_ms") is not None else "-"
         status = "infeas." if r["status"] == "ok" and not r.get("feasible", True) else r["status"]
+        if r["status"] == "ok" and not is_full(r):  # accuracy is the stage's: the proxy, or after a short fine-tune
+            status = str(r["stage"])
         lines.append(f"{r['trial_id']:>14s} {str(r.get('criterion') or '-'):>15s} {summary:>22s} {acc:>9s} "
                      f"{size:>9s} {lat:>8s} {status:>8s}")
     return "\n".join(lines)

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 import torch_pruning as tp
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from autoprune.errors import AutopruneError
 
@@ -17,18 +19,94 @@ _OP_TYPES = {tp.ops.OPTYPE.CONCAT, tp.ops.OPTYPE.SPLIT, tp.ops.OPTYPE.ELEMENTWIS
              tp.ops.OPTYPE.CUSTOMIZED}
 
 
+_RESHAPES = frozenset({torch.Tensor.view, torch.Tensor.reshape, torch.reshape, torch.Tensor.unflatten})
+
+
+@contextmanager
+def _module_stack(model: nn.Module) -> Iterator[list[str]]:
+    """Yield the names of the modules whose forward is running, innermost last ('' is the model)."""
+    stack: list[str] = []
+
+    def leave(module: nn.Module, args: object, output: object) -> None:
+        stack.pop()
+
+    hooks = []
+    for name, module in model.named_modules():
+        hooks.append(module.register_forward_pre_hook(lambda m, a, n=name: stack.append(n)))
+        hooks.append(module.register_forward_hook(leave))
+    try:
+        yield stack
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def _where(model: nn.Module, stack: list[str]) -> str:
+    return f"'{stack[-1]}'" if stack and stack[-1] else f"{type(model).__name__}.forward"
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+class _ReshapeWatch(TorchFunctionMode):
+    """Notes the first reshape that torch-pruning cannot follow channels through.
+
+    torch-pruning maps channels through flattening reshapes only: a tensor reshaped to 5 or more
+    dimensions from fewer (a channel shuffle, a window partition) breaks its index mapping, and
+    pruning such a model fails or never ends.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.found: str | None = None
+        self.stack: list[str] = []  # the modules running, from ``_module_stack``
+        self._model = model
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if (self.found is None and func in _RESHAPES and isinstance(out, torch.Tensor)
+                and out.ndim >= 5 > args[0].ndim):
+            self.found = f"reshape {tuple(args[0].shape)} -> {tuple(out.shape)} in {_where(self._model, self.stack)}"
+        return out
+
+    def check(self) -> None:
+        """Raise the error naming the unsupported reshape, if one ran."""
+        if self.found is not None:
+            raise AutopruneError(f"cannot prune model {type(self._model).__name__}: unsupported op {self.found} "
+                                 f"(a channel shuffle or window partition; torch-pruning cannot follow channels "
+                                 f"through it)")
+
+
 def build_graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
     """Trace ``model`` once and return its dependency graph; an untraceable model is a clear error."""
     was_training = model.training
     model.eval()
+    watch = _ReshapeWatch(model)
     try:
-        with torch.enable_grad():
-            return tp.DependencyGraph().build_dependency(model, example_inputs=example_input, verbose=False)
+        with torch.enable_grad(), _module_stack(model) as watch.stack, watch:
+            graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_input, verbose=False)
     except AutopruneError:
         raise
     except Exception as e:  # tracing errors come in every type
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise AutopruneError(f"cannot trace model {type(model).__name__} for pruning: {first}") from None
+        watch.check()
+        raise AutopruneError(f"cannot trace model {type(model).__name__} for pruning: {_first_line(e)}") from None
+    finally:
+        model.train(was_training)
+    watch.check()
+    return graph
+
+
+def check_forward(model: nn.Module, example_input: torch.Tensor) -> None:
+    """Run ``model`` once on ``example_input``; a failure is an error naming the module it failed in."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), _module_stack(model) as stack:
+            model(example_input)
+    except Exception as e:  # noqa: BLE001 (whatever a broken model raises)
+        raise AutopruneError(
+            f"pruned model {type(model).__name__} fails in {_where(model, stack)}: {_first_line(e)}") from None
     finally:
         model.train(was_training)
 

@@ -12,6 +12,7 @@ import shlex
 import socket
 import time
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Callable
 from urllib.parse import urlparse
 
@@ -49,7 +50,7 @@ def client(address: str | None):
         raise AutopruneError(f"cannot use the Ray job server at {address}: {detail}") from None
 
 
-def entrypoint(config: Path, working_dir: Path, out: str | None, sets: list[str]) -> str:
+def entrypoint(config: Path, working_dir: Path, out: str | None, sets: Sequence[str]) -> str:
     try:
         relative = config.resolve().relative_to(working_dir.resolve())
     except ValueError:
@@ -63,7 +64,7 @@ def entrypoint(config: Path, working_dir: Path, out: str | None, sets: list[str]
 
 
 def submit(config: str, address: str | None, working_dir: str | None = None, out: str | None = None,
-           sets: list[str] = ()) -> str:
+           sets: Sequence[str] = ()) -> str:
     """Submit ``autoprune search CONFIG`` as a Ray Job; return the job id."""
     import autoprune
 

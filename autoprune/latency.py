@@ -23,12 +23,14 @@ import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Protocol
+from contextlib import nullcontext
+from typing import Any, ContextManager, Mapping, Protocol
 
 import torch
 from torch import nn
 
 from autoprune.errors import AutopruneError
+from autoprune.gate import MeasurementGate
 from autoprune.measure import MIN_REPEATS, measure_latency
 from autoprune.policy import PrunableGroup
 
@@ -51,6 +53,7 @@ class LatencySpec:
     repeats: int = 30
     warmup: int = 10
     reference_repeats: int = 100
+    max_rounds: int = 300          # candidate timing goes on, in chunks of ``repeats``, until precise or this many
 
 
 @dataclass(frozen=True)
@@ -265,6 +268,37 @@ def build_table(structure: StructureModel, spec: LatencySpec, fractions: list[fl
     return LatencyTable(fractions, entries, asdict(spec), f"{socket.gethostname()} {time.strftime('%Y-%m-%dT%H:%M:%S')}")
 
 
+class ReferenceStore:
+    """Each target's reference base latencies, kept across searches in a directory on the target
+    (``$AUTOPRUNE_CACHE_DIR/latency``, default ``~/.cache/autoprune/latency``): one JSON file per signature
+    (base layer shapes, timing settings, host). A search's reference is the lowest median measured so far:
+    a quiet measurement is what describes the model, and every search on that target then shares it."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory).expanduser()
+
+    @classmethod
+    def default(cls) -> "ReferenceStore":
+        import os
+
+        return cls(Path(os.environ.get("AUTOPRUNE_CACHE_DIR", "~/.cache/autoprune")) / "latency")
+
+    def settle(self, signature: str, measured: LatencyReport) -> LatencyReport:
+        """The reference to use: ``measured`` if it is the lowest seen (then stored), else the stored one."""
+        path = self.directory / f"{signature}.json"
+        try:
+            stored = LatencyReport(**json.loads(path.read_text())["reference"])
+        except (OSError, ValueError, KeyError, TypeError):
+            stored = None
+        if stored is not None and stored.latency_ms <= measured.latency_ms:
+            return stored
+        self.directory.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{time.time_ns()}.tmp")
+        tmp.write_text(json.dumps({"reference": asdict(measured), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}))
+        tmp.replace(path)
+        return measured
+
+
 class Meter(Protocol):
     """What a trial needs from a latency target."""
 
@@ -295,12 +329,15 @@ class LatencyMeter:
     (``start_meter``) so every trial of a search shares it, or in-process for a single candidate."""
 
     def __init__(self, base: nn.Module, spec: LatencySpec, structure: StructureModel,
-                 table: LatencyTable | None = None) -> None:
+                 table: LatencyTable | None = None, shared_reference: bool = False, gate: str | None = None) -> None:
         self.spec = spec
+        self.gate = MeasurementGate(gate) if gate else None  # pauses training steps on this node while timing
+        self.store = ReferenceStore.default() if shared_reference else None  # where the meter runs: the target
         self.base = base.to(spec.device).eval()
         self.structure = structure
         self.table = table
         self._reference: LatencyReport | None = None
+        self._measured_reference: float | None = None  # this meter's own timing of the base (the store may know a lower)
         self._cache: dict[str, LatencyReport] = {}
         self._observed: list[tuple[float, float]] = []   # (feature, latency_ms), the base first
         self._errors: list[float] = []                   # relative prediction errors of measured structures
@@ -312,16 +349,29 @@ class LatencyMeter:
         return self.structure.macs(channels)
 
     def reference(self) -> LatencyReport:
-        """The base model timed alone (measured once, the first time it is asked for)."""
+        """The base model timed alone (once, the first time it is asked for). With a reference store, the
+        lowest median this target has measured for this base and these settings (the least disturbed)."""
         if self._reference is None:
             repeats = max(self.spec.reference_repeats, MIN_REPEATS)
-            lat = measure_latency({"base": self.base}, self.spec.input_shape, batch_size=self.spec.batch_size,
-                                  threads=self.spec.threads, device=self.spec.device, warmup=self.spec.warmup,
-                                  repeats=repeats)["base"]
-            self._reference = LatencyReport(lat.median_ms, lat.iqr_ms, 1.0, lat.median_ms, lat.median_ms,
-                                            lat.median_ms, lat.median_ms)
-            self._observed.insert(0, (self._feature(self.structure.group_channels), lat.median_ms))
+            with self._exclusive():
+                lat = measure_latency({"base": self.base}, self.spec.input_shape, batch_size=self.spec.batch_size,
+                                      threads=self.spec.threads, device=self.spec.device, warmup=self.spec.warmup,
+                                      repeats=repeats)["base"]
+            measured = LatencyReport(lat.median_ms, lat.iqr_ms, 1.0, lat.median_ms, lat.median_ms, lat.median_ms,
+                                     lat.median_ms)
+            self._measured_reference = measured.latency_ms
+            self._reference = self.store.settle(self._signature(), measured) if self.store else measured
+            self._observed.insert(0, (self._feature(self.structure.group_channels), self._reference.latency_ms))
         return self._reference
+
+    def _signature(self) -> str:
+        """What the reference depends on: the base's layer shapes, the timing settings and the host."""
+        import hashlib
+        import socket
+
+        layers = [layer.config(1.0, 1.0) for layer in self.structure.layers]
+        text = json.dumps([type(self.base).__name__, layers, asdict(self.spec), socket.gethostname()], default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:20]
 
     def predict(self, channels: Channels) -> float:
         """Predicted latency (ms) of a structure, before it is pruned or measured."""
@@ -344,23 +394,45 @@ class LatencyMeter:
             return cached
         reference = self.reference()
         predicted = self.predict(channels)
-        lat = measure_latency({"base": self.base, "candidate": candidate.to(self.spec.device).eval()},
-                              self.spec.input_shape, batch_size=self.spec.batch_size, threads=self.spec.threads,
-                              device=self.spec.device, warmup=self.spec.warmup, repeats=self.spec.repeats)
-        ratios = [c / b for c, b in zip(lat["candidate"].samples_ms, lat["base"].samples_ms)]
-        q1, _, q3 = statistics.quantiles(ratios, n=4)
-        ratio = statistics.median(ratios)
-        report = LatencyReport(ratio * reference.latency_ms, (q3 - q1) * reference.latency_ms, ratio,
-                               lat["candidate"].median_ms, lat["base"].median_ms, reference.latency_ms, predicted)
+        if dict(channels) == self.structure.group_channels:  # the base's own structure: ratio 1 by definition
+            report = LatencyReport(**{**asdict(reference), "predicted_ms": predicted})
+        else:
+            ratios, lat = self._ratios(candidate.to(self.spec.device).eval())
+            q1, _, q3 = statistics.quantiles(ratios, n=4)
+            ratio = statistics.median(ratios)
+            report = LatencyReport(ratio * reference.latency_ms, (q3 - q1) * reference.latency_ms, ratio,
+                                   lat["candidate"], lat["base"], reference.latency_ms, predicted)
         self._cache[structure_key(channels)] = report
         self._observed.append((self._feature(channels), report.latency_ms))
         self._errors.append(abs(predicted - report.latency_ms) / report.latency_ms)
         return report
 
+    def _exclusive(self) -> ContextManager[None]:
+        return self.gate.measuring() if self.gate is not None else nullcontext()
+
+    def _ratios(self, candidate: nn.Module) -> tuple[list[float], dict[str, float]]:
+        """Per-round candidate / base ratios, timed back to back, in chunks of ``spec.repeats`` rounds until the
+        median ratio is known to +-1 % (95 %; a robust standard error) or ``spec.max_rounds`` are spent."""
+        ratios: list[float] = []
+        medians: dict[str, list[float]] = {"base": [], "candidate": []}
+        while True:
+            with self._exclusive():
+                lat = measure_latency({"base": self.base, "candidate": candidate}, self.spec.input_shape,
+                                      batch_size=self.spec.batch_size, threads=self.spec.threads,
+                                      device=self.spec.device, warmup=self.spec.warmup if not ratios else 2,
+                                      repeats=self.spec.repeats)
+            ratios += [c / b for c, b in zip(lat["candidate"].samples_ms, lat["base"].samples_ms)]
+            for name in medians:
+                medians[name].append(lat[name].median_ms)
+            q1, median, q3 = statistics.quantiles(ratios, n=4)
+            half_width = 1.96 * 1.2533 * (q3 - q1) / 1.349 / math.sqrt(len(ratios))
+            if half_width <= 0.01 * median or len(ratios) >= self.spec.max_rounds:
+                return ratios, {name: statistics.median(v) for name, v in medians.items()}
+
     def state(self) -> dict[str, Any]:
         """The reference and every timed structure, to persist in the run directory (``latency.json``)."""
         return {"spec": asdict(self.spec), "reference": asdict(self._reference) if self._reference else None,
-                "cache": {k: asdict(v) for k, v in self._cache.items()}}
+                "measured_reference_ms": self._measured_reference, "cache": {k: asdict(v) for k, v in self._cache.items()}}
 
     def restore(self, state: dict[str, Any]) -> bool:
         """Continue from a saved ``state`` (a resumed search keeps its reference and its cache, so its figures
@@ -379,6 +451,7 @@ class LatencyMeter:
         ref = self._reference.latency_ms if self._reference else None
         mape = statistics.fmean(self._errors) if self._errors else None
         return {"measured": len(self._cache), "cache_hits": self._hits, "reference_ms": ref,
+                "measured_reference_ms": self._measured_reference,
                 "prediction_mape": mape, "predictor": "lookup table" if self.table is not None else "MACs",
                 "node": _node_id(), "device": self.spec.device, "threads": self.spec.threads}
 
@@ -433,7 +506,8 @@ def check_target(target: str | None) -> None:
 
 
 def start_meter(base: nn.Module, spec: LatencySpec, structure: StructureModel, table: LatencyTable | None,
-                target: str | None, state: dict[str, Any] | None = None) -> tuple[Any, bool]:
+                target: str | None, state: dict[str, Any] | None = None,
+                shared_reference: bool = True, gate: str | None = None) -> tuple[Any, bool]:
     """Start the search's latency actor (on the node advertising ``target`` when one is named, else on the
     driver's node, which outlives any worker), restore a saved ``state`` if it fits, else time the
     reference, before any trial runs. Returns the handle and whether the state was restored."""
@@ -447,13 +521,15 @@ def start_meter(base: nn.Module, spec: LatencySpec, structure: StructureModel, t
     else:  # on a cluster the head, where no trial trains
         options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(),
                                                                         soft=True)
-    handle: Any = ray.remote(LatencyMeter).options(**options).remote(_cpu_copy(base), spec, structure, table)
+    handle: Any = ray.remote(LatencyMeter).options(**options).remote(_cpu_copy(base), spec, structure, table,
+                                                                     shared_reference, gate)
     restored = bool(state) and bool(ray.get(handle.restore.remote(state)))
     ray.get(handle.reference.remote())
     return handle, restored
 
 
 def local_meter(base: nn.Module, example_input: torch.Tensor, groups: list[PrunableGroup], spec: LatencySpec,
-                table: LatencyTable | None = None) -> LatencyMeter:
+                table: LatencyTable | None = None, shared_reference: bool = True) -> LatencyMeter:
     """An in-process meter (single candidates, ``autoprune space``)."""
-    return LatencyMeter(_cpu_copy(base), spec, StructureModel.from_model(base, example_input, groups), table)
+    return LatencyMeter(_cpu_copy(base), spec, StructureModel.from_model(base, example_input, groups), table,
+                        shared_reference)

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,6 @@ from autoprune.graph import (
     named_groups,
     resolve,
 )
-
 from autoprune.pruning.criteria import REGISTRY
 
 SCHEMA_VERSION = 1
@@ -159,7 +158,7 @@ class Policy:
 
 
 def _kept(count: int, ratio: float, round_to: int) -> int:
-    """``count * (1 - ratio)`` rounded to a multiple of ``round_to``, at least ``round_to`` (and one), at most ``count``."""
+    """``count * (1 - ratio)`` rounded to a multiple of ``round_to``; at least ``round_to`` and 1, at most ``count``."""
     kept = max(1, round(count * (1.0 - ratio)))
     if round_to > 1:
         kept = max(round_to, round(kept / round_to) * round_to)

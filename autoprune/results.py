@@ -22,13 +22,17 @@ FRONT_FILE = "front.parquet"
 METRIC_COLUMNS = ["accuracy", "test_accuracy", "params", "size_bytes", "macs", "latency_ms", "latency_iqr_ms"]
 BASE_COLUMNS = [f"base_{c}" for c in METRIC_COLUMNS]
 SECONDS_COLUMNS = ["seconds_prune", "seconds_finetune", "seconds_measure"]
-FIXED_COLUMNS = ["trial_id", "status", "error", "searcher", "criterion"]
+FIXED_COLUMNS = ["trial_id", "status", "error", "searcher", "criterion", "criterion_used"]
 # how the latency figure came about (autoprune/latency.py): the ratio to the base timed back to back, the raw
 # timings under whatever load there was, the prediction made before measuring, and whether it came from the cache
 LATENCY_COLUMNS = ["latency_ratio", "latency_raw_ms", "latency_raw_base_ms", "latency_predicted_ms", "latency_cached"]
-TAIL_COLUMNS = ["feasible", *METRIC_COLUMNS, *BASE_COLUMNS, *LATENCY_COLUMNS, *SECONDS_COLUMNS, "host", "checkpoint",
+# staged evaluation: the stage a row was evaluated at (proxy: prune + BN recalibration only; short; full), the
+# fine-tuning epochs it got, and its stage-0 accuracy on the fixed proxy subset (for every stage, so the proxy's
+# rank correlation with the fine-tuned accuracy can be reported). For a proxy row, accuracy is that proxy.
+STAGE_COLUMNS = ["stage", "epochs", "proxy_accuracy"]
+TAIL_COLUMNS = ["feasible", *STAGE_COLUMNS, *METRIC_COLUMNS, *BASE_COLUMNS, *LATENCY_COLUMNS, *SECONDS_COLUMNS, "host", "checkpoint",
                 "resumed_from_epoch", "finished_at"]
-STRING_COLUMNS = {"trial_id", "status", "error", "searcher", "criterion", "host", "checkpoint", "finished_at"}
+STRING_COLUMNS = {"trial_id", "status", "error", "searcher", "criterion", "criterion_used", "host", "checkpoint", "finished_at", "stage"}
 INT_COLUMNS = {"params", "size_bytes", "macs", "base_params", "base_size_bytes", "base_macs", "resumed_from_epoch"}
 
 

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from autoprune import gate
 from autoprune.errors import AutopruneError
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
@@ -21,7 +22,13 @@ class TrainingDiverged(AutopruneError):
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """SGD with momentum and a cosine schedule; ``kd_alpha`` > 0 distils from a teacher."""
+    """SGD with momentum and a cosine schedule; ``kd_alpha`` > 0 distils from a teacher.
+
+    ``sparsity_l1`` > 0 is network slimming's sparsity training (Liu et al. 2017): an L1 penalty of that
+    weight on every batch norm's scale, applied as the paper's code does, by adding its subgradient
+    ``sparsity_l1 * sign(gamma)`` to the scales' gradients after each backward pass (the reported loss
+    leaves the penalty out).
+    """
 
     epochs: float = 1.0  # fractional epochs allowed: 0.5 trains on half the batches
     lr: float = 0.01
@@ -30,6 +37,7 @@ class TrainConfig:
     kd_alpha: float = 0.0
     kd_temperature: float = 4.0
     seed: int = 0
+    sparsity_l1: float = 0.0
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, targets: torch.Tensor,
@@ -55,6 +63,8 @@ def train(model: nn.Module, loader: Batches, config: TrainConfig, *, teacher: nn
     optimizer and schedule state (checkpoint it); passed back filled, training continues from there, with
     the same schedule, as if it had never stopped.
     """
+    if config.sparsity_l1 < 0:
+        raise AutopruneError(f"sparsity_l1 must be >= 0, got {config.sparsity_l1}")
     device = torch.device(device)
     torch.manual_seed(config.seed)
     model.to(device).train()
@@ -66,6 +76,8 @@ def train(model: nn.Module, loader: Batches, config: TrainConfig, *, teacher: nn
                                 weight_decay=config.weight_decay, nesterov=True)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total_steps)
     use_amp = device.type == "cuda"
+    scales = [m.weight for m in model.modules()
+              if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None] if config.sparsity_l1 > 0 else []
     losses: list[float] = []
     step, epoch = 0, 0
     if progress:
@@ -76,20 +88,25 @@ def train(model: nn.Module, loader: Batches, config: TrainConfig, *, teacher: nn
         running, seen = 0.0, 0
         for x, y in islice(loader, total_steps - step):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                logits = model(x)
-                if teacher is not None and config.kd_alpha > 0:
-                    with torch.no_grad():
-                        soft = teacher(x)
-                    loss = distillation_loss(logits.float(), soft.float(), y, config.kd_alpha, config.kd_temperature)
-                else:
-                    loss = F.cross_entropy(logits.float(), y)
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(f"training diverged: loss is {loss.item()} at step {step + 1} (lower the lr)")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
+            with gate.step():  # paused while the latency meter times a model on this node
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                    logits = model(x)
+                    if teacher is not None and config.kd_alpha > 0:
+                        with torch.no_grad():
+                            soft = teacher(x)
+                        loss = distillation_loss(logits.float(), soft.float(), y, config.kd_alpha,
+                                                 config.kd_temperature)
+                    else:
+                        loss = F.cross_entropy(logits.float(), y)
+                if not torch.isfinite(loss):
+                    raise TrainingDiverged(f"training diverged: loss is {loss.item()} at step {step + 1} (lower the lr)")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                for gamma in scales:
+                    if gamma.grad is not None:
+                        gamma.grad.add_(torch.sign(gamma.detach()), alpha=config.sparsity_l1)
+                optimizer.step()
+                schedule.step()
             running += loss.item() * len(y)
             seen += len(y)
             step += 1
@@ -109,9 +126,19 @@ def evaluate(model: nn.Module, loader: Batches, device: str | torch.device = "cp
     correct = total = 0
     for x, y in loader:
         x, y = x.to(device), y.to(device)
-        correct += (model(x).argmax(1) == y).sum().item()
+        with gate.step():
+            correct += (model(x).argmax(1) == y).sum().item()
         total += len(y)
     return correct / max(total, 1)
+
+
+def small_bn_scales(model: nn.Module, below: float = 1e-2) -> float:
+    """The fraction of batch-norm scales |gamma| below ``below``: channels sparsity training has switched off."""
+    scales = [m.weight.detach().abs().flatten() for m in model.modules()
+              if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None]
+    if not scales:
+        return 0.0
+    return float((torch.cat(scales) < below).float().mean())
 
 
 @torch.no_grad()
@@ -129,7 +156,8 @@ def recalibrate_bn(model: nn.Module, loader: Batches, batches: int = 20, device:
         m.momentum = None  # cumulative average over the batches seen
     model.to(device).train()
     for x, _ in islice(loader, batches):
-        model(x.to(device))
+        with gate.step():
+            model(x.to(device))
     for m, momentum in zip(norms, saved):
         m.momentum = momentum
     model.eval()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from itertools import islice
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterator
@@ -14,8 +15,12 @@ from autoprune.latency import LatencySpec, Meter, local_meter
 from autoprune.measure import count_macs, count_params, serialized_size, torch_threads
 from autoprune.policy import Policy, discover
 from autoprune.pruning import prune
+from autoprune.pruning.reconstruct import reconstruct
 from autoprune.pruning.structural import RECORD_ATTR
 from autoprune.train import TrainConfig, evaluate, recalibrate_bn, train
+
+
+RECONSTRUCT_BATCHES = 4  # batches of 64 calibration images: 2 to 8 measured the same accuracy
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,9 @@ class TrialSettings:
     latency_batch_size: int = 32
     latency_repeats: int = 50
     latency_reference_repeats: int = 100
+    proxy_samples: int = 1000      # the fixed validation subset stage-0 (proxy) accuracy is measured on
+    reconstruct: bool = False      # least-squares reconstruction of the pruned consumers before BN recalibration
+    gate: str | None = None        # the search's measurement gate (autoprune/gate.py): steps pause while it times
     threads: int = 1
     device: str = "cpu"
     seed: int = 0
@@ -116,8 +124,8 @@ def run_trial(base_model: nn.Module, data: ImageData, policy: Policy, settings: 
         val_loader = data.loader("val", 256, device=device)
         test_loader = data.loader("test", 256, device=device)
         if resume is None:
-            pruned, base, after = _prune_and_measure(base_model, data, policy, settings, train_loader, val_loader,
-                                                     watch, device, meter)
+            pruned, base, after = _prune_and_measure(base_model, data, policy, settings, train_loader, watch, device,
+                                                     meter)
             done, progress = 0, {}
         else:
             pruned, base, after = resume.model.to(device), dict(resume.base), dict(resume.pruned)
@@ -146,7 +154,7 @@ def run_trial(base_model: nn.Module, data: ImageData, policy: Policy, settings: 
 
 
 def _prune_and_measure(base_model: nn.Module, data: ImageData, policy: Policy, settings: TrialSettings,
-                       train_loader: Any, val_loader: Any, watch: _Stopwatch, device: torch.device,
+                       train_loader: Any, watch: _Stopwatch, device: torch.device,
                        meter: Meter | None) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
     def short_finetune(model: nn.Module, step: int) -> None:
         epochs = settings.step_batches / len(train_loader)
@@ -164,8 +172,31 @@ def _prune_and_measure(base_model: nn.Module, data: ImageData, policy: Policy, s
                                 settings.latency_spec(data.input_shape))
         base = {**static_metrics(base_model, data.input_shape), **meter.reference().metrics()}
         after = {**static_metrics(pruned, data.input_shape), **meter.measure(pruned, record.channels_after()).metrics(),
-                 "channels": record.channels_after()}
+                 "channels": record.channels_after(), "criterion_used": record.criterion_summary()}
+    if settings.reconstruct:  # before BN recalibration: measured better in that order
+        with watch("reconstruct"):
+            calib = data.loader("train", 64, shuffle=True, seed=settings.seed, device=device)
+            reconstruct(base_model, pruned, list(islice(calib, RECONSTRUCT_BATCHES)))
     with watch("recalibrate"):
         recalibrate_bn(pruned, train_loader, settings.bn_batches, device)
-        after["val_accuracy_after_bn_recalibration"] = evaluate(pruned, val_loader, device)
+        after["proxy_accuracy"] = evaluate(pruned, data.loader("val", 256, device=device,
+                                                               limit=settings.proxy_samples), device)
     return pruned, base, after
+
+
+def run_proxy(base_model: nn.Module, data: ImageData, policy: Policy, settings: TrialSettings,
+              meter: Meter | None = None) -> TrialResult:
+    """Stage 0, seconds per candidate: prune, measure, recalibrate batch norm, evaluate on the fixed proxy subset
+    of the validation split (``settings.proxy_samples``). ``pruned["val_accuracy"]`` is that proxy accuracy."""
+    device = torch.device(settings.device)
+    watch = _Stopwatch()
+    with torch_threads(settings.threads):
+        base_model = base_model.to(device).eval()
+        train_loader = data.loader("train", settings.batch_size, shuffle=True, augment=True, seed=settings.seed,
+                                   device=device)
+        pruned, base, after = _prune_and_measure(base_model, data, policy, settings, train_loader, watch, device,
+                                                 meter)
+        base["val_accuracy"] = base["proxy_accuracy"] = evaluate(
+            base_model, data.loader("val", 256, device=device, limit=settings.proxy_samples), device)
+    after["val_accuracy"] = after["proxy_accuracy"]
+    return TrialResult(pruned.eval(), base, after, watch.seconds)

@@ -18,6 +18,7 @@ from ray.tune.search import Searcher as RaySearcher
 from autoprune.objectives import Objective
 from autoprune.screening import Verdict
 from autoprune.searchers import Outcome, Searcher
+from autoprune.searchers.base import WAIT, stage_of
 
 Violations = Callable[[dict[str, Any]], dict[str, float]]
 Screen = Callable[[dict[str, Any]], Verdict]
@@ -36,7 +37,7 @@ class AskTellSearch(RaySearcher):
         self.policy_searcher, self.violations, self.max_trials = searcher, violations, max_trials
         self.screen, self.on_skip = screen, on_skip
         self._ids: dict[str, int] = {}
-        self._asked = 0
+        self._asked = 0  # full-budget suggestions: stage-0 and short evaluations do not count
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:  # type: ignore[override]  # FINISHED is a str
         if self._asked >= self.max_trials:
@@ -46,6 +47,8 @@ class AskTellSearch(RaySearcher):
             suggestion = self.policy_searcher.ask()
             if suggestion is None:
                 return RaySearcher.FINISHED
+            if isinstance(suggestion, str):  # WAIT
+                return None  # Tune asks again once a running trial has completed
             sid, point = suggestion
             # after this many skips in a row the prediction may be what is wrong: run the candidate anyway
             verdict = self.screen(point) if self.screen is not None and skips < MAX_SKIPS_IN_A_ROW else None
@@ -56,7 +59,7 @@ class AskTellSearch(RaySearcher):
             if self.on_skip is not None:
                 self.on_skip(point, verdict, self.policy_searcher.name)
             skips += 1
-        self._asked += 1
+        self._asked += stage_of(point) == "full"
         self._ids[trial_id] = sid
         return {"point": point, "searcher": self.policy_searcher.name, "suggestion": sid}
 

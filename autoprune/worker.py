@@ -7,6 +7,7 @@ loss, out of memory, a pruning error) reports ``status='failed'`` with the error
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import socket
 import tempfile
@@ -17,10 +18,12 @@ import torch
 from ray import tune
 
 from autoprune import checkpoint as ckpt_io
+from autoprune import gate
 from autoprune.data import ImageData
 from autoprune.latency import RemoteMeter
 from autoprune.space import SearchSpace
-from autoprune.trial import Resume, TrialResult, TrialSettings, run_trial
+from autoprune.searchers.base import EPOCHS_KEY, stage_of
+from autoprune.trial import Resume, TrialResult, TrialSettings, run_proxy, run_trial
 
 PRUNED_FILE = "pruned.pt"
 PROGRESS_FILE = "progress.pt"  # fine-tuning step, optimizer and schedule state: a resumed trial continues them
@@ -64,6 +67,7 @@ def policy_trial(config: dict[str, Any], *, base: ckpt_io.Checkpoint, data: Imag
     resumes on another node from its last epoch (``resumed_from_epoch`` in its final result).
     """
     torch.set_num_threads(settings.threads)
+    gate.install(settings.gate)
     host = socket.gethostname()
     try:
         policy = space.policy(config["point"])
@@ -75,8 +79,13 @@ def policy_trial(config: dict[str, Any], *, base: ckpt_io.Checkpoint, data: Imag
                 tune.report({**_objectives(metrics), "status": "running", "epoch": epoch, "final": False,
                              "host": host}, checkpoint=tune.Checkpoint.from_directory(tmp))
 
-        result = run_trial(base.build(), data, policy, settings, on_epoch=on_epoch, resume=resume,
-                           meter=RemoteMeter(meter) if meter is not None else None)
+        stage, remote = stage_of(config["point"]), RemoteMeter(meter) if meter is not None else None
+        if stage == "proxy":
+            result = run_proxy(base.build(), data, policy, settings, meter=remote)
+        else:
+            if stage == "short":
+                settings = dataclasses.replace(settings, finetune_epochs=float(config["point"][EPOCHS_KEY]))
+            result = run_trial(base.build(), data, policy, settings, on_epoch=on_epoch, resume=resume, meter=remote)
     except Exception as e:  # recorded as a failed trial; the search continues
         message = str(e).strip().splitlines()[0] if str(e).strip() else ""
         tune.report({"status": "failed", "error": f"{type(e).__name__}: {message}"[:500], "final": True,
@@ -84,12 +93,18 @@ def policy_trial(config: dict[str, Any], *, base: ckpt_io.Checkpoint, data: Imag
                      **{k: math.nan for k in ("size_bytes", "latency_ms", "params", "macs")}})
         return
     base_metrics = {f"base_{k}": v for k, v in _objectives(result.base).items()}
-    base_metrics["base_test_accuracy"] = result.base["test_accuracy"]
-    final = {**_objectives(result.pruned), **base_metrics, "test_accuracy": result.pruned["test_accuracy"],
+    base_metrics["base_test_accuracy"] = result.base.get("test_accuracy")
+    final = {**_objectives(result.pruned), **base_metrics, "test_accuracy": result.pruned.get("test_accuracy"),
+             "proxy_accuracy": result.pruned["proxy_accuracy"], "stage": stage,
+             "criterion_used": result.pruned["criterion_used"],
+             "epochs": 0.0 if stage == "proxy" else settings.finetune_epochs,
              "status": "ok", "error": None, "final": True, "host": host,
-             "epoch": math.ceil(settings.finetune_epochs),
+             "epoch": math.ceil(settings.finetune_epochs) if stage != "proxy" else 0,
              "resumed_from_epoch": resume.epochs_done if resume else None,
              **{f"seconds_{k}": v for k, v in result.seconds.items()}}
+    if stage == "proxy":  # nothing trained: nothing worth a checkpoint
+        tune.report(final)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         _save(tmp, base, result, math.ceil(settings.finetune_epochs), final=True, progress={})
         tune.report(final, checkpoint=tune.Checkpoint.from_directory(tmp))

@@ -2,6 +2,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -10,6 +11,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))  # toy_models:NAME for the user-factory tests
 torch.set_num_threads(min(2, torch.get_num_threads()))
+# reference latencies are shared across searches on a machine (autoprune/latency.py ReferenceStore): tests keep theirs
+# to themselves, inherited by subprocesses and local Ray workers
+os.environ["AUTOPRUNE_CACHE_DIR"] = tempfile.mkdtemp(prefix="autoprune-test-cache-")
 
 DATA_ROOT = Path(os.environ.get("AUTOPRUNE_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
 

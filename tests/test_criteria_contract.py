@@ -3,12 +3,12 @@ import re
 
 import pytest
 import torch
+from conftest import calib_batches
 
 from autoprune import Policy, discover, prune
 from autoprune.graph import build_graph, frozen_layers, named_groups
 from autoprune.models import ModelSpec, build_model
 from autoprune.pruning import REGISTRY, Criterion, Unscorable, make_criterion
-from conftest import calib_batches
 
 SHAPE = (3, 16, 16)
 PLANTED = 13  # a channel of branchy's 24-channel 'project.0' group: not first, so index order cannot find it
@@ -93,6 +93,19 @@ def test_a_criterion_without_statistics_says_so(traced):
     group = next(g for _, g in named_groups(graph, frozen))
     with pytest.raises(Unscorable, match="no activation statistics"):
         make_criterion("activation_mean").scores(group)  # prepare() never ran
+
+
+def test_activation_criteria_rank_a_dead_channel_of_a_concatenated_branch_last():
+    torch.manual_seed(0)
+    model = build_model(ModelSpec("toy_models:branchy")).eval()
+    with torch.no_grad():  # every channel of both branches fires, except channel 2 of 'left': always negative
+        model.left[1].bias.fill_(1.0)
+        model.right[1].bias.fill_(1.0)
+        model.left[1].bias[2] = -1e3
+    x = torch.zeros(1, *SHAPE)
+    group = dict(named_groups(build_graph(model, x), frozen_layers(model, x)))["left.0"]
+    for name in ("apoz", "activation_mean", "entropy"):
+        assert prepared(name, model).scores(group).argmin().item() == 2, name
 
 
 def zero_weights(m, c):

@@ -204,3 +204,33 @@ def test_a_resumed_meter_keeps_its_reference_and_cache_and_ignores_other_setting
     assert calls == []  # nothing timed again
     other = lat.LatencyMeter(model, LatencySpec(SHAPE, batch_size=64), again.structure)
     assert not other.restore(state)
+
+
+def test_the_reference_is_the_lowest_median_this_target_has_seen(tmp_path, monkeypatch):
+    import autoprune.latency as lat
+
+    monkeypatch.setenv("AUTOPRUNE_CACHE_DIR", str(tmp_path))
+    model = Convs()
+    x = torch.zeros(1, *SHAPE)
+    structure = StructureModel.from_model(model, x, discover(model, x))
+
+    def reference_with(ms):
+        monkeypatch.setattr(lat, "measure_latency", fake_timer({"base": ms})[0])
+        return lat.LatencyMeter(model, LatencySpec(SHAPE), structure, shared_reference=True).reference().latency_ms
+
+    assert reference_with(10.0) == 10.0
+    assert reference_with(14.0) == 10.0   # measured under load: the quiet figure stands
+    assert reference_with(9.0) == 9.0     # quieter still: it becomes the reference
+    assert len(list((tmp_path / "latency").glob("*.json"))) == 1
+    monkeypatch.setattr(lat, "measure_latency", fake_timer({"base": 12.0})[0])
+    unshared = lat.LatencyMeter(model, LatencySpec(SHAPE), structure)
+    assert unshared.reference().latency_ms == 12.0
+
+
+def test_the_base_structure_is_its_reference_and_timing_stops_once_the_ratio_is_precise(monkeypatch):
+    model = Convs()
+    meter, _, calls = meter_for(model, monkeypatch, {"base": 8.0, "candidate": 4.0})
+    same = meter.measure(model, meter.structure.group_channels)
+    assert same.latency_ms == 8.0 and same.ratio == 1.0 and calls == [["base"]]  # nothing timed beside it
+    meter.measure(model, {"a": 4})
+    assert calls == [["base"], ["base", "candidate"]]  # constant timings: one chunk of rounds is precise enough

@@ -2,12 +2,12 @@ import random
 
 import pytest
 import torch
+from conftest import calib_batches
 
 from autoprune import AutopruneError, Policy, discover, prune
 from autoprune.measure import count_macs, count_params
 from autoprune.models import ModelSpec, build_model
 from autoprune.pruning import REGISTRY, PruneRecord, replay
-from conftest import calib_batches
 
 MODELS = {
     "resnet20": (ModelSpec("resnet20", 10, 1), (1, 28, 28)),
@@ -113,6 +113,23 @@ def test_untraceable_model_is_a_clear_error():
     model = build_model(ModelSpec("toy_models:Untraceable"))
     with pytest.raises(AutopruneError, match="cannot trace model Untraceable"):
         discover(model, -torch.ones(1, 3, 8, 8))
+
+
+@pytest.mark.parametrize("name, op", [
+    ("shufflenet_v2_x0_5", r"reshape \(1, 48, 4, 4\) -> \(1, 2, 24, 4, 4\) in 'stage2.0'"),  # a channel shuffle
+    ("swin_t", r"reshape \(1, 14, 14, 96\) -> \(1, 2, 7, 2, 7, 96\) in 'features.1.0.attn'"),  # a window partition
+])
+def test_a_model_torch_pruning_cannot_follow_is_refused_naming_the_op(name, op):
+    model = build_model(ModelSpec(f"torchvision:{name}", 10, 3)).eval()
+    with pytest.raises(AutopruneError, match=rf"^cannot prune model \w+: unsupported op {op} \(a channel shuffle"):
+        discover(model, torch.zeros(1, 3, 32, 32))
+
+
+def test_a_pruned_model_that_breaks_is_an_error_naming_where():
+    model = build_model(ModelSpec("toy_models:HardCodedWidth", 10, 3)).eval()
+    x = torch.zeros(1, 3, 8, 8)
+    with pytest.raises(AutopruneError, match=r"pruned model HardCodedWidth fails in HardCodedWidth.forward: shape"):
+        prune(model, Policy({"conv": 0.5}), x)
 
 
 def test_iterative_reaches_the_policy_in_k_steps():
@@ -249,8 +266,7 @@ def test_grouped_convolution_loses_the_same_positions_in_every_group(criterion):
     assert pruned(torch.randn(3, *SMALL)).shape == (3, 10)
 
 
-@pytest.mark.parametrize("name", ["regnet_x_400mf", "regnet_y_400mf",
-                                  pytest.param("resnext50_32x4d", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("name", ["regnet_x_400mf", "regnet_y_400mf", "resnext50_32x4d"])
 def test_torchvision_grouped_models_prune_every_group(name):
     torch.manual_seed(0)
     model = build_model(ModelSpec(f"torchvision:{name}", 10, 3)).eval()
@@ -328,7 +344,7 @@ def test_bn_scale_records_the_groups_it_could_not_rank():
 
 
 def test_apoz_without_zeros_falls_back_to_l1_not_to_index_order():
-    model, pruned = prune_no_norm_head("apoz")
+    _, pruned = prune_no_norm_head("apoz")
     record = pruned.autoprune_record
     reason = "l1 (apoz: no zero activations where the group is consumed (no ReLU before its consumers))"
     assert record.criterion_used == {"features.0": "apoz", "features.3": reason, "fc1": "apoz", "fc2": reason}

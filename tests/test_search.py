@@ -72,6 +72,13 @@ def test_search_end_to_end(request, searcher):
     assert len(rows) == 6 and len({r["trial_id"] for r in rows}) == 6
     assert all(r["status"] == "ok" for r in rows), [r["error"] for r in rows]
     assert all(r["searcher"] == searcher and r["criterion"] in ("l1", "bn_scale") for r in rows)
+    # what ranked the channels: resnet20 has batch norm in every group, so the criterion itself everywhere
+    assert all(r["criterion_used"] == r["criterion"] for r in rows)
+    # latency came from the search's meter: a ratio to the base x the one reference, with its prediction
+    assert len({r["base_latency_ms"] for r in rows}) == 1
+    for r in rows:
+        assert r["latency_ms"] == pytest.approx(r["latency_ratio"] * r["base_latency_ms"])
+        assert r["latency_predicted_ms"] > 0 and r["stage"] == "full" and r["proxy_accuracy"] is not None
     schema = pq.read_schema(run / "trials.parquet").names
     assert "ratio:conv1" in schema and "ratio:layer3.0.conv2" in schema
     for r in rows:
@@ -305,3 +312,30 @@ def test_knee_is_the_point_nearest_the_ideal():
             {"accuracy": 0.85, "size_bytes": 40, "latency_ms": 4.0},   # balanced
             {"accuracy": 0.5, "size_bytes": 10, "latency_ms": 1.0}]    # tiny but poor
     assert knee(rows, DEFAULT_OBJECTIVES) is rows[1]
+
+
+def test_staged_search_fine_tunes_only_the_best_stage0_candidates(tmp_path, base_path):
+    summary, lines = search(tmp_path, base_path, "searcher.name=nsga2", "searcher.proxy_trials=6", "trials=2",
+                            "space.criteria=[l1]", "constraints=[]")
+    rows = read_trials(summary.run_dir).to_pylist()
+    proxies = [r for r in rows if r["stage"] == "proxy"]
+    full = [r for r in rows if r["stage"] == "full"]
+    assert len(proxies) == 6 and len(full) == 2 and all(r["status"] == "ok" for r in rows)
+    assert all(r["epochs"] == 0 and r["accuracy"] == r["proxy_accuracy"] for r in proxies)
+    assert {policy(r) for r in full} <= {policy(r) for r in proxies}  # fine-tuned: stage-0 candidates
+    front_ids = {r["trial_id"] for r in read_trials(summary.run_dir, "front.parquet").to_pylist()}
+    assert front_ids and front_ids <= {r["trial_id"] for r in full}  # stage-0 rows never enter the front
+
+
+def test_candidates_predicted_to_break_a_latency_constraint_are_skipped_unpruned(tmp_path, base_path):
+    summary, lines = search(tmp_path, base_path, "searcher.name=uniform", "searcher.grid=4", "trials=4",
+                            "space.criteria=[l1]", "constraints=['latency_ms <= base * 0.5']")
+    rows = read_trials(summary.run_dir).to_pylist()
+    skipped = [r for r in rows if r["status"] == "skipped"]
+    ran = [r for r in rows if r["status"] != "skipped"]
+    assert skipped and ran and len(skipped) + len(ran) == 4
+    base = ran[0]["base_latency_ms"]
+    for r in skipped:  # never pruned, fine-tuned or timed: only the prediction that ruled them out
+        assert r["latency_predicted_ms"] > 0.5 * base * 1.15 and r["latency_ms"] is None and r["accuracy"] is None
+        assert "breaks 'latency_ms <= base * 0.5'" in r["error"]
+    assert max(r["ratio:layer1.0.conv1"] for r in skipped) < min(r["ratio:layer1.0.conv1"] for r in ran)

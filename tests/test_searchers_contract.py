@@ -14,6 +14,9 @@ PARAMS = (RatioParam("a", 16, 0.0, 0.5, 0.1), RatioParam("b", 32, 0.2, 0.6, 0.2)
 SPACE = SearchSpace(PARAMS, ("l1", "taylor"))
 ONE_CRITERION = SearchSpace(PARAMS, ("l1",))
 OPTUNA_SEARCHERS = ["nsga2", "tpe", "random", "gp"]
+NO_WARM_START = {"sensitivity", "greedy"}  # their method picks every point they spend a full trial on
+# what the controller passes every searcher: the base's reference latency and the latency model (here: kept channels)
+LATENCY = {"base_latency_ms": 10.0, "predict_latency": lambda channels: 10.0 * sum(channels.values()) / 112}
 
 
 def fake_values(point):
@@ -23,13 +26,15 @@ def fake_values(point):
 
 @pytest.mark.parametrize("name", sorted(SEARCHERS))
 def test_points_lie_on_the_grid_and_outcomes_are_accepted(name):
-    s = make_searcher(name, SPACE, seed=0, warm_start=2, startup_trials=3, population=4, grid=4)
+    s = make_searcher(name, SPACE, seed=0, warm_start=2, startup_trials=3, population=4, grid=4, **LATENCY)
     assert isinstance(s, Searcher) and s.name == name
     states = ["ok", "failed", "stopped", "ok"]
     for i in range(12):
         suggestion = s.ask()
         if suggestion is None:
-            assert name == "uniform" and i == 8  # 4 distinct uniform points x 2 criteria
+            # uniform: 4 distinct uniform points x 2 criteria; greedy's walk ends when no proposal of an iteration
+            # finishes (here: one failed, one stopped)
+            assert (name, i) == ("uniform", 8) or name == "greedy"
             break
         sid, point = suggestion
         for p in SPACE.params:
@@ -40,7 +45,7 @@ def test_points_lie_on_the_grid_and_outcomes_are_accepted(name):
         s.tell(sid, Outcome(state, fake_values(point) if state == "ok" else None, {"c0": -1.0}))
 
 
-@pytest.mark.parametrize("name", sorted(SEARCHERS))
+@pytest.mark.parametrize("name", sorted(set(SEARCHERS) - NO_WARM_START))
 def test_warm_start_begins_with_uniform_policies(name):
     s = make_searcher(name, SPACE, seed=0, warm_start=3, startup_trials=3, population=4, grid=3)
     for expected in SPACE.uniform_ratios(3):

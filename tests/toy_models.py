@@ -155,3 +155,16 @@ class NanWhileTraining(nn.Module):
 
 def nan_while_training(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
     return NanWhileTraining(num_classes, in_channels)
+
+
+class HardCodedWidth(nn.Module):
+    """Its forward reshapes with a channel count written into the code, which pruning cannot update."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, 16, 3, padding=1)
+        self.head = nn.Linear(16, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        return self.head(x.reshape(x.shape[0], 16, x.shape[2] * x.shape[3]).mean(2))

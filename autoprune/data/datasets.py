@@ -74,8 +74,11 @@ class ImageData:
         return tuple(self.train.images.shape[1:])  # type: ignore[return-value]
 
     def loader(self, split: str, batch_size: int = 128, *, shuffle: bool = False, augment: bool = False,
-               seed: int = 0, device: str | torch.device = "cpu") -> "TensorLoader":
+               seed: int = 0, device: str | torch.device = "cpu", limit: int | None = None) -> "TensorLoader":
+        """Batches of ``split``; ``limit``: only its first N samples (a fixed subset)."""
         data = {"train": self.train, "val": self.val, "test": self.test}[split]
+        if limit is not None:
+            data = Split(data.images[:limit], data.labels[:limit])
         flip = augment and FLIP_OK[self.spec.dataset]
         return TensorLoader(data, self.mean, self.std, batch_size, shuffle=shuffle,
                             crop_pad=(data.images.shape[-1] // 8) if augment else 0, flip=flip, seed=seed, device=device)

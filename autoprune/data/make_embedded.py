@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from autoprune.data.datasets import EMBEDDED_FILE, DataSpec, _read_torchvision
+from autoprune.data.datasets import EMBEDDED_FILE, _read_torchvision
 
 
 def balanced_subset(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
@@ -30,8 +31,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=EMBEDDED_FILE)
     args = parser.parse_args(argv)
-    train, test = _read_torchvision("fashionmnist", Path(DataSpec(root=args.root).root), download=False)
-    arrays = {}
+    train, test = _read_torchvision("fashionmnist", Path(args.root), download=False)
+    arrays: dict[str, Any] = {}
     for split, data, per_class in (("train", train, args.train_per_class), ("test", test, args.test_per_class)):
         labels = data.labels.numpy()
         idx = balanced_subset(labels, per_class, args.seed)

@@ -75,8 +75,9 @@ def _replace_first_conv(model: nn.Module, in_channels: int) -> None:
         for child_name, child in parent.named_children():
             if isinstance(child, nn.Conv2d):
                 setattr(parent, child_name, nn.Conv2d(
-                    in_channels, child.out_channels, child.kernel_size, child.stride,
-                    child.padding, child.dilation, 1, child.bias is not None,
+                    in_channels, child.out_channels, child.kernel_size,  # type: ignore[arg-type]
+                    child.stride, child.padding, child.dilation,  # type: ignore[arg-type]
+                    1, child.bias is not None,
                 ))
                 return
     raise AutopruneError("cannot adapt in_channels: the model has no Conv2d")

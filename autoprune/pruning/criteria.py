@@ -120,7 +120,7 @@ class Taylor(_TorchPruningCriterion):
 
 
 class Hessian(_TorchPruningCriterion):
-    """OBD saliency w^2 * H_ii, the diagonal Hessian estimated by the empirical Fisher (mean squared per-sample gradient)."""
+    """OBD saliency w^2 * H_ii, H_ii estimated by the empirical Fisher (the mean squared per-sample gradient)."""
 
     name = "hessian"
     needs_data = True
@@ -176,7 +176,10 @@ class _ActivationCriterion(Criterion):
 
         def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
             x = inputs[0].detach().float()
-            x = x.flatten(2) if isinstance(module, nn.modules.conv._ConvNd) else x.reshape(x.shape[0], -1, x.shape[-1]).transpose(1, 2)
+            if isinstance(module, nn.modules.conv._ConvNd):
+                x = x.flatten(2)
+            else:
+                x = x.reshape(x.shape[0], -1, x.shape[-1]).transpose(1, 2)
             pooled.setdefault(module, []).append(x.abs().mean(2))
             zeros.setdefault(module, []).append((x == 0).float().mean(2))
 
@@ -232,7 +235,7 @@ class APoZ(_ActivationCriterion):
 
 
 class Entropy(_ActivationCriterion):
-    """Entropy of the channel's pooled activation across samples (Luo & Wu 2017): low entropy carries little information."""
+    """Entropy of the channel's pooled activation across samples (Luo & Wu 2017): low entropy carries little."""
 
     name = "entropy"
     bins = 32

@@ -13,7 +13,14 @@ import torch_pruning as tp
 from torch import nn
 
 from autoprune.errors import AutopruneError
-from autoprune.graph import GroupLayout, build_graph, frozen_layers, group_layout, named_groups
+from autoprune.graph import (
+    GroupLayout,
+    build_graph,
+    check_forward,
+    frozen_layers,
+    group_layout,
+    named_groups,
+)
 from autoprune.policy import Policy, describe_groups
 from autoprune.pruning.criteria import Batch, Criterion, Unscorable, make_criterion
 
@@ -160,6 +167,7 @@ def prune(
             between_steps(pruned, step)
     pruned.train(was_training)
     _sync_attributes(pruned)
+    check_forward(pruned, example_input)
 
     record = PruneRecord(policy.to_dict(), copy.deepcopy(graph.pruning_history()), kept, before,
                          {name: " then ".join(used[name]) for name in before if name in used})

@@ -14,6 +14,8 @@ SEARCHERS = {
     "gp": "autoprune.searchers.gp:GPSearcher",
     "random": "autoprune.searchers.random:RandomSearcher",
     "uniform": "autoprune.searchers.uniform:UniformSearcher",
+    "sensitivity": "autoprune.searchers.sensitivity:SensitivitySearcher",
+    "greedy": "autoprune.searchers.greedy:GreedySearcher",
 }
 
 

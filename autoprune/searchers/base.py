@@ -10,6 +10,16 @@ from autoprune.objectives import DEFAULT_OBJECTIVES, Objective
 from autoprune.space import SearchSpace
 
 
+STAGE_KEY = "stage"    # how far a suggested point is evaluated: one of STAGES (absent: "full")
+EPOCHS_KEY = "epochs"  # a "short" stage's fine-tuning epochs
+STAGES = ("proxy", "short", "full")  # stage 0: prune + BN recalibration + proxy subset; a short fine-tune; the budget
+WAIT = "wait"          # ask(): nothing to suggest until running suggestions have been told
+
+
+def stage_of(point: dict[str, Any]) -> str:
+    return str(point.get(STAGE_KEY, "full"))
+
+
 @dataclass(frozen=True)
 class Outcome:
     """How a suggested point fared.
@@ -43,8 +53,10 @@ class Searcher(ABC):
         self.settings = settings
 
     @abstractmethod
-    def ask(self) -> tuple[int, dict[str, Any]] | None:
-        """A new ``(suggestion_id, point)``, or None when the searcher has nothing left to try."""
+    def ask(self) -> tuple[int, dict[str, Any]] | str | None:
+        """A new ``(suggestion_id, point)``, ``WAIT`` while it needs outcomes of running suggestions first, or None
+        when it has nothing left to try. A point may name its stage (``STAGE_KEY``); only ``full`` points enter
+        the front and count against the trial budget."""
 
     @abstractmethod
     def tell(self, suggestion_id: int, outcome: Outcome) -> None:

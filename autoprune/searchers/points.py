@@ -1,0 +1,45 @@
+"""What the searchers that walk the space themselves (``sensitivity``, ``greedy``) share about points."""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from autoprune.errors import AutopruneError
+from autoprune.objectives import Objective
+from autoprune.searchers.base import EPOCHS_KEY, STAGE_KEY
+from autoprune.space import CRITERION_KEY, SearchSpace
+
+Key = tuple[tuple[str, Any], ...]
+Predict = Callable[[dict[str, int]], float]  # a structure (channels kept per group) -> a metric, e.g. latency (ms)
+SCORE = "accuracy"  # the objective whose (proxy or short fine-tune) value ranks candidates
+
+
+def policy_key(point: dict[str, Any]) -> Key:
+    """A point without its stage or epochs: one key per policy (ratios rounded past float noise)."""
+    return tuple(sorted((k, round(v, 9) if isinstance(v, float) else v) for k, v in point.items()
+                        if k not in (STAGE_KEY, EPOCHS_KEY)))
+
+
+def channels(space: SearchSpace, point: dict[str, Any]) -> dict[str, int]:
+    """The channel count each group keeps under the point's policy."""
+    policy = space.policy(point)
+    return {p.group: policy.keep(p.group, p.channels) for p in space.params}
+
+
+def full_structure(space: SearchSpace) -> dict[str, int]:
+    """The base model's structure: every channel kept."""
+    return {p.group: p.channels for p in space.params}
+
+
+def low_point(space: SearchSpace, criterion: str) -> dict[str, Any]:
+    """Every group at its lowest ratio (the base model when every low is 0)."""
+    return {**{p.group: p.low for p in space.params}, CRITERION_KEY: criterion}
+
+
+def score_index(objectives: Sequence[Objective], searcher: str) -> int:
+    """Where accuracy sits among the objectives; a searcher that ranks by it needs it there."""
+    names = [o.name for o in objectives]
+    if SCORE not in names:
+        raise AutopruneError(f"config key 'objectives': searcher '{searcher}' ranks candidates by accuracy, "
+                             f"add it to {names}")
+    return names.index(SCORE)

@@ -1,0 +1,135 @@
+"""``autoprune finalize``: a chosen trial's policy pruned again from the base, fine-tuned fully, exported."""
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from test_search import search
+
+import autoprune
+from autoprune import AutopruneError, checkpoint
+from autoprune.cli import main
+from autoprune.data import load_data
+from autoprune.export import EXPORT_FILES, check_test_accuracy, export_trial, pick_trial, verify_manifest
+from autoprune.results import MARKER, read_trials
+from autoprune.train import evaluate
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("finalize")
+    summary, _ = search(tmp, tmp / "base.pt", "searcher.name=uniform", "searcher.grid=2", "trials=2")
+    return Path(summary.run_dir.path)
+
+
+@pytest.fixture(scope="module")
+def finalized(run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("final") / "knee"
+    lines = []
+    metrics = autoprune.finalize(run, pick="knee", epochs=1, out=out, echo=lines.append)
+    return out, metrics, lines
+
+
+def conv_widths(model):
+    return [m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+
+
+def test_finalize_writes_a_verified_export_of_the_trials_policy(run, finalized):
+    out, metrics, lines = finalized
+    row = pick_trial(run, "knee")
+    assert sorted(p.name for p in out.iterdir()) == sorted(EXPORT_FILES)
+    verify_manifest(out)
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved == json.loads(json.dumps(metrics))
+    # the trial's policy, pruned again: the same structure as the trial's own checkpoint
+    policy = json.loads((out / "policy.json").read_text())
+    assert policy["criterion"] == row["criterion"]
+    assert policy["ratios"] == {k.split(":", 1)[1]: v for k, v in row.items() if k.startswith("ratio:")}
+    model = autoprune.load(out)
+    trial_model = checkpoint.load(run / row["checkpoint"]).build()
+    assert conv_widths(model) == conv_widths(trial_model)
+    assert sum(p.numel() for p in model.parameters()) == row["params"] == saved["final"]["params"]
+    # search-time figures next to the final ones, and how it was fine-tuned
+    search, final = saved["search"], saved["final"]
+    assert saved["trial_id"] == search["trial_id"] == row["trial_id"]
+    for key in ("accuracy", "test_accuracy", "latency_ms", "size_bytes", "macs"):
+        assert search[key] == row[key]
+    assert final["test_accuracy"] == saved["test_accuracy"] and final["latency_ms"] == saved["latency_ms"] > 0
+    assert final["speedup"] == pytest.approx(saved["base"]["latency_ms"] / final["latency_ms"])
+    assert saved["finetune"]["finetune_epochs"] == 1 and saved["finetune"]["kd"] is True
+    assert search["finetune_epochs"] == 0.5 and saved["pick"] == "knee"
+    assert saved["input_shape"] == ["batch", 1, 28, 28]
+    # the written model gives the recorded test accuracy (within the stated tolerance)
+    data = load_data(checkpoint.load(out / "model.pt").data_spec)
+    assert evaluate(model, data.loader("test", 256)) == pytest.approx(final["test_accuracy"], abs=0.001)
+    program = torch.export.load(str(out / "model.pt2")).module()
+    x = torch.randn(3, 1, 28, 28)
+    torch.testing.assert_close(program(x), model(x), rtol=1e-5, atol=1e-5)
+    card = (out / "README.md").read_text()
+    assert f"trial {row['trial_id']}, finalized" in card and "| search (0.5 epochs) | final (1 epoch) |" in card
+    assert any("fine-tune epoch 1" in line for line in lines)
+
+
+def test_finalize_cli_trial_without_kd(run, tmp_path, capsys):
+    trial = read_trials(run).to_pylist()[1]["trial_id"]
+    out = tmp_path / "final"
+    assert main(["finalize", str(run), "--pick", f"trial:{trial}", "--epochs", "0", "--no-kd", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"finalized trial {trial} (trial:{trial})" in printed and "speedup" in printed
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["search"]["trial_id"] == trial and saved["finetune"]["kd"] is False
+    assert saved["finetune"]["finetune_epochs"] == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(EXPORT_FILES)
+
+
+def copy_run(run, to, *names):
+    to.mkdir()
+    for name in names:
+        shutil.copy(run / name, to / name)
+    return to
+
+
+def test_finalize_errors_are_one_line(run, tmp_path, capsys):
+    no_trials = copy_run(run, tmp_path / "no_trials", "config.yaml", MARKER)
+    no_base = copy_run(run, tmp_path / "no_base", "config.yaml", MARKER, "trials.parquet")
+    config = yaml.safe_load((no_base / "config.yaml").read_text())
+    config["base"]["checkpoint"] = str(tmp_path / "gone.pt")
+    (no_base / "config.yaml").write_text(yaml.safe_dump(config))
+    cases = [([str(run), "--pick", "trial:nope"], "has no trial 'nope'"),
+             ([str(no_trials)], "trials.parquet does not exist"),
+             ([str(no_base)], f"base checkpoint '{tmp_path / 'gone.pt'}'"),
+             ([str(tmp_path / "absent")], "does not exist"),
+             ([str(run), "--epochs", "-1"], "--epochs must be >= 0")]
+    for args, message in cases:
+        assert main(["finalize", *args, "--out", str(tmp_path / "out")]) == 2, args
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1 and "Traceback" not in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_test_accuracy_tolerance():
+    check_test_accuracy(0.800, 0.800)
+    check_test_accuracy(0.701, 0.700)  # one test image in 1,000: within 0.1 point, despite float rounding
+    check_test_accuracy(0.8, 0.8009)
+    with pytest.raises(AutopruneError, match=r"test accuracy 0\.8000 on CPU, 0\.8011 was recorded"):
+        check_test_accuracy(0.8, 0.8011)
+    with pytest.raises(AutopruneError, match="more than 0.001 apart"):
+        check_test_accuracy(0.9, 0.8)
+
+
+def test_public_export(run, tmp_path):
+    # importing the submodule must not replace the function of the same name
+    import autoprune.export
+
+    assert callable(autoprune.export) and callable(autoprune.finalize)
+    metrics = autoprune.export(run, pick="knee", out=tmp_path / "export")
+    row = pick_trial(run, "knee")
+    assert metrics["trial_id"] == row["trial_id"] and metrics["test_accuracy"] == row["test_accuracy"]
+    assert sorted(p.name for p in (tmp_path / "export").iterdir()) == sorted(EXPORT_FILES)
+    assert sum(p.numel() for p in autoprune.load(tmp_path / "export").parameters()) == row["params"]
+    # a recorded figure the written model does not reproduce: refused, nothing written
+    with pytest.raises(AutopruneError, match="more than 0.001 apart"):
+        export_trial(run, {**row, "test_accuracy": row["test_accuracy"] + 0.01}, tmp_path / "bad")
+    assert not (tmp_path / "bad").exists() and not (tmp_path / ".bad.tmp").exists()

@@ -1,0 +1,58 @@
+"""The measurement gate: training steps on a node pause while the latency meter times a model there."""
+import threading
+import uuid
+
+from autoprune import gate
+from autoprune.gate import MeasurementGate
+
+
+def run_in_thread(fn):
+    t = threading.Thread(target=fn, daemon=True)
+    t.start()
+    return t
+
+
+def test_steps_wait_while_a_measurement_runs():
+    name = f"t-{uuid.uuid4().hex}"
+    meter, trial = MeasurementGate(name), MeasurementGate(name)  # two processes' worth of open files
+    events = []
+    with meter.measuring():
+        t = run_in_thread(lambda: (trial.step().__enter__(), events.append("step")))
+        t.join(0.3)
+        assert events == []  # blocked for as long as the measurement runs
+    t.join(5)
+    assert events == ["step"]
+
+
+def test_a_measurement_waits_for_running_steps_and_new_steps_queue_behind_it():
+    name = f"t-{uuid.uuid4().hex}"
+    meter, trial, other = MeasurementGate(name), MeasurementGate(name), MeasurementGate(name)
+    events = []
+
+    def measure():
+        with meter.measuring():
+            events.append("measure")
+
+    step = trial.step()
+    step.__enter__()
+    m = run_in_thread(measure)
+    m.join(0.3)
+    assert events == []  # the running step finishes first
+    late = run_in_thread(lambda: (other.step().__enter__(), events.append("late step")))
+    late.join(0.3)
+    step.__exit__(None, None, None)
+    m.join(5)
+    late.join(5)
+    assert events == ["measure", "late step"]  # the turnstile: no step slips in ahead of the waiting measurement
+
+
+def test_no_gate_installed_is_a_no_op_and_install_switches_gates():
+    gate.install(None)
+    with gate.step():
+        pass
+    gate.install("t-a")
+    first = gate._installed
+    gate.install("t-a")
+    assert gate._installed is first
+    gate.install(None)
+    assert gate._installed is None

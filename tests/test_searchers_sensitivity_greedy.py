@@ -1,0 +1,314 @@
+"""The sensitivity (FastNAS-style allocation) and greedy (NetAdapt) searchers, driven with fake outcomes."""
+import itertools
+import json
+
+import pytest
+
+from autoprune.config import Constraint
+from autoprune.objectives import OBJECTIVES
+from autoprune.searchers import make_searcher
+from autoprune.searchers.base import EPOCHS_KEY, STAGE_KEY, WAIT, Outcome, stage_of
+from autoprune.searchers.sensitivity import (
+    PLOT_FILE,
+    SENSITIVITY_FILE,
+    Knapsack,
+    allocations,
+    read_curves,
+    spread_order,
+)
+from autoprune.space import RatioParam, SearchSpace
+from autoprune.storage import RunDir
+
+SPACE = SearchSpace((RatioParam("a", 100, 0.0, 0.6, 0.2), RatioParam("b", 100, 0.0, 0.6, 0.2),
+                     RatioParam("c", 100, 0.0, 0.6, 0.2)), ("l1", "l2"))
+BASE_MS = 12.0
+# per group and ratio: (accuracy drop, latency saved in ms); savings are whole ms, so budgets at half-ms sit between
+# achievable sums and the discretised knapsack is exact there
+DROP = {"a": {0.2: 0.01, 0.4: 0.03, 0.6: 0.10}, "b": {0.2: 0.002, 0.4: 0.02, 0.6: 0.04},
+        "c": {0.2: 0.02, 0.4: 0.025, 0.6: 0.03}}
+SAVE = {"a": {0.2: 1.0, 0.4: 2.0, 0.6: 3.0}, "b": {0.2: 1.0, 0.4: 1.0, 0.6: 2.0}, "c": {0.2: 0.0, 0.4: 2.0, 0.6: 4.0}}
+OBJ = (OBJECTIVES["accuracy"], OBJECTIVES["size_bytes"], OBJECTIVES["latency_ms"])
+
+
+def accuracy(point, fine_tuned=False):
+    drop = sum(DROP[g].get(round(point[g], 9), 0.0) for g in "abc")
+    return 0.9 - drop * (0.5 if fine_tuned else 1.0)
+
+
+def latency(point):
+    return BASE_MS - sum(SAVE[g].get(round(point[g], 9), 0.0) for g in "abc")
+
+
+def predict_latency(channels):
+    """The latency model, here exact: ``latency`` of the structure."""
+    return latency({g: round(1 - c / 100, 9) for g, c in channels.items()})
+
+
+def interacting(channels):
+    """A latency model where savings do not add up: each layer costs its kept inputs x kept outputs."""
+    a, b, c = (channels[g] / 100 for g in "abc")
+    return BASE_MS * (a * b + b * c + c * a) / 3
+
+
+def evaluate(point):
+    stage = stage_of(point)
+    return Outcome("ok", (accuracy(point, fine_tuned=stage != "proxy"), 1000.0 - latency(point), latency(point)), {})
+
+
+def make(name, **settings):
+    return make_searcher(name, SPACE, **{"seed": 0, "objectives": OBJ, "predict_latency": predict_latency,
+                                         "base_latency_ms": BASE_MS, **settings})
+
+
+def drain(searcher):
+    """Ask until WAIT or None; returns the (id, point) suggestions and what stopped it."""
+    asked = []
+    while True:
+        suggestion = searcher.ask()
+        if suggestion is None or suggestion == WAIT:
+            return asked, suggestion
+        asked.append(suggestion)
+
+
+def groups_of(point):
+    return {g: round(point[g], 9) for g in "abc"}
+
+
+def brute_force(budget):
+    """The best additive prediction under ``budget`` over every combination of the grids."""
+    best = None
+    for combo in itertools.product(*(p.grid() for p in SPACE.params)):
+        point = dict(zip("abc", combo))
+        if latency(point) <= budget + 1e-9 and (best is None or accuracy(point) > best + 1e-12):
+            best = accuracy(point)
+    return best
+
+
+# ---- sensitivity ---------------------------------------------------------------------------------------------------
+
+def run_phase_a(s):
+    asked, stop = drain(s)
+    assert stop == WAIT and all(stage_of(p) == "proxy" for _, p in asked)
+    for sid, point in asked:
+        s.tell(sid, evaluate(point))
+    return asked
+
+
+def test_sensitivity_evaluates_each_group_alone_then_allocates_within_budget(tmp_path):
+    s = make("sensitivity", run_dir=RunDir(tmp_path), trials=5,
+             constraints=[Constraint.parse("latency_ms <= base * 0.6", "constraints")])
+    asked = run_phase_a(s)
+    points = [groups_of(p) for _, p in asked]
+    assert len(points) == 1 + 3 * 3 and points[0] == {"a": 0.0, "b": 0.0, "c": 0.0}  # the reference first
+    alone = [[(g, r) for g, r in p.items() if r] for p in points[1:]]  # each group alone, the others at their low
+    assert all(len(a) == 1 for a in alone)
+    assert sorted(a[0] for a in alone) == [(g, r) for g in "abc" for r in (0.2, 0.4, 0.6)]
+    assert all(p["criterion"] == "l1" for _, p in asked)
+
+    full, stop = drain(s)
+    assert stop is None and 1 <= len(full) <= 5
+    assert all(stage_of(p) == "full" for _, p in full)
+    assert len({tuple(groups_of(p).items()) for _, p in full}) == len(full)  # distinct allocations
+    first = groups_of(full[0][1])  # the constraint's bound: 7.2 ms
+    assert latency(first) <= 0.6 * BASE_MS and accuracy(first) == pytest.approx(brute_force(0.6 * BASE_MS))
+    record = json.loads((tmp_path / SENSITIVITY_FILE).read_text())
+    for allocation, (_, point) in zip(record["allocations"], full):
+        assert allocation["ratios"] == groups_of(point)
+        assert allocation["predicted_latency_ms"] == pytest.approx(latency(point))
+        assert allocation["predicted_latency_ms"] <= allocation["budget"] + 1e-9
+        assert allocation["predicted_accuracy"] == pytest.approx(accuracy(point))
+    assert (tmp_path / PLOT_FILE).read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("budget", [3.5, 5.5, 6.5, 7.5, 8.5, 9.5, 10.5, 11.5])
+def test_the_knapsack_is_optimal_for_the_additive_model(tmp_path, budget):
+    s = make("sensitivity", run_dir=RunDir(tmp_path))
+    run_phase_a(s)
+    drain(s)
+    curves = read_curves(RunDir(tmp_path))
+    allocation = Knapsack(curves, "latency_ms").solve(budget)
+    assert allocation.cost == pytest.approx(latency(allocation.ratios)) and allocation.cost <= budget
+    assert allocation.score == pytest.approx(brute_force(budget))
+    assert Knapsack(curves, "latency_ms").solve(2.5) is None  # below the 3 ms every group at its high reaches
+    assert allocations(curves, [budget, budget], SPACE) == [{**allocation.ratios, "criterion": "l1"}]  # deduplicated
+
+
+def test_budgets_spread_between_the_fastest_allocation_and_the_base():
+    s = make("sensitivity", trials=4)
+    run_phase_a(s)
+    full, _ = drain(s)
+    assert len(full) == 4
+    lat = [latency(p) for _, p in full]
+    assert lat[0] == pytest.approx(3.0) and lat[1] <= 0.95 * BASE_MS and lat[1] == max(lat)  # both ends first
+    assert all(stage_of(p) == "full" for _, p in full)
+    assert spread_order(5) == [0, 4, 2, 1, 3] and spread_order(1) == [0]
+
+
+def test_allocations_meet_the_budget_as_the_latency_model_predicts_the_whole_structure(tmp_path):
+    s = make("sensitivity", run_dir=RunDir(tmp_path), trials=6, predict_latency=interacting,
+             constraints=[Constraint.parse("latency_ms <= 6", "constraints")])
+    run_phase_a(s)
+    full, _ = drain(s)
+    record = json.loads((tmp_path / SENSITIVITY_FILE).read_text())
+    assert len(full) == len(record["allocations"]) >= 4
+    for allocation, (_, point) in zip(record["allocations"], full):
+        modelled = interacting({g: round(100 * (1 - point[g])) for g in "abc"})
+        assert allocation["predicted_latency_ms"] == pytest.approx(modelled) and modelled <= allocation["budget"]
+        assert allocation["additive_latency_ms"] == pytest.approx(latency(point))  # the measured savings, summed
+    assert record["allocations"][0]["budget"] == 6
+
+
+def test_cached_curves_skip_phase_a(tmp_path):
+    first = make("sensitivity", run_dir=RunDir(tmp_path / "run"), trials=3)
+    run_phase_a(first)
+    planned = [groups_of(p) for _, p in drain(first)[0]]
+
+    again = make("sensitivity", run_dir=RunDir(tmp_path / "run"), trials=3)  # same run directory (e.g. resumed)
+    full, _ = drain(again)
+    assert [groups_of(p) for _, p in full] == planned and all(stage_of(p) == "full" for _, p in full)
+
+    elsewhere = make("sensitivity", run_dir=RunDir(tmp_path / "other"), trials=3)  # no cache key: measured again
+    assert stage_of(elsewhere.ask()[1]) == "proxy"
+
+
+def test_a_cache_key_shares_curves_across_run_directories(tmp_path, monkeypatch):
+    monkeypatch.setenv("AUTOPRUNE_CACHE_DIR", str(tmp_path / "cache"))
+    first = make("sensitivity", run_dir=RunDir(tmp_path / "one"), trials=3, cache_key="base-sha")
+    run_phase_a(first)
+    drain(first)
+    tighter = make("sensitivity", run_dir=RunDir(tmp_path / "two"), trials=2, cache_key="base-sha",
+                   constraints=[Constraint.parse("latency_ms <= 6", "constraints")])
+    full, _ = drain(tighter)
+    assert len(full) == 2 and latency(full[0][1]) <= 6 and all(stage_of(p) == "full" for _, p in full)
+    assert read_curves(RunDir(tmp_path / "two")) == read_curves(RunDir(tmp_path / "one"))
+    other_base = make("sensitivity", run_dir=RunDir(tmp_path / "three"), cache_key="other-sha")
+    assert stage_of(other_base.ask()[1]) == "proxy"
+
+
+def test_failed_stage0_points_drop_out_of_the_curves(tmp_path):
+    s = make("sensitivity", run_dir=RunDir(tmp_path), trials=3)
+    asked, _ = drain(s)
+    for sid, point in asked:
+        s.tell(sid, Outcome("failed") if groups_of(point) == {"a": 0.0, "b": 0.0, "c": 0.6} else evaluate(point))
+    full, _ = drain(s)
+    assert full and all(groups_of(p)["c"] != 0.6 for _, p in full)
+    assert 0.6 not in read_curves(RunDir(tmp_path)).points["c"]
+
+
+def test_sensitivity_resumes_from_replayed_rows_without_repeating_them():
+    first = make("sensitivity", trials=3)
+    asked, _ = drain(first)
+    done = asked[:6]  # the driver stopped with these told and the rest running
+    resumed = make("sensitivity", trials=3)
+    for _, point in done:
+        resumed.replay(point, evaluate(point))
+    rest, stop = drain(resumed)
+    assert stop == WAIT and {tuple(groups_of(p).items()) for _, p in rest} == {
+        tuple(groups_of(p).items()) for _, p in asked[6:]}
+    for sid, point in rest:
+        resumed.tell(sid, evaluate(point))
+    full, _ = drain(resumed)
+
+    again = make("sensitivity", trials=3)  # stopped once more, after the first full trial
+    for _, point in asked:
+        again.replay(point, evaluate(point))
+    again.replay({k: v for k, v in full[0][1].items() if k != STAGE_KEY}, evaluate(full[0][1]))
+    remaining, stop = drain(again)
+    assert stop is None and [p for _, p in remaining] == [p for _, p in full[1:]]
+
+
+def test_sensitivity_allocates_on_macs_under_a_macs_constraint():
+    objectives = (OBJECTIVES["accuracy"], OBJECTIVES["macs"])
+    s = make_searcher("sensitivity", SPACE, objectives=objectives, trials=2,
+                      constraints=[Constraint.parse("macs <= base * 0.5", "constraints")])
+    asked, _ = drain(s)
+    for sid, point in asked:
+        s.tell(sid, Outcome("ok", (accuracy(point), 1e6 * latency(point)), {}))
+    full, _ = drain(s)
+    assert s.metric == "macs" and 1e6 * latency(full[0][1]) <= 0.5 * 1e6 * BASE_MS
+
+
+# ---- greedy --------------------------------------------------------------------------------------------------------
+
+def test_greedy_proposes_per_group_keeps_the_best_and_walks_down():
+    s = make("greedy", greedy_step=0.1, short_epochs=0.25)
+    kept, best = [], None
+    while True:
+        proposals, stop = drain(s)
+        fulls = [p for _, p in proposals if stage_of(p) == "full"]
+        shorts = [(sid, p) for sid, p in proposals if stage_of(p) == "short"]
+        if fulls:
+            assert len(fulls) == 1 and groups_of(fulls[0]) == groups_of(best)  # the best proposal, fine-tuned in full
+            kept.append(fulls[0])
+        if stop is None:
+            assert not shorts
+            break
+        assert stop == WAIT and shorts and all(p[EPOCHS_KEY] == 0.25 for _, p in shorts)
+        current, current_ms = s.path[-1]
+        for _, p in shorts:  # one proposal per group that can meet the step: that group raised, the others as they are
+            changed = [g for g in "abc" if p[g] != current[g]]
+            assert len(changed) == 1 and p[changed[0]] > current[changed[0]]
+            channels = {g: round(100 * (1 - p[g])) for g in "abc"}
+            assert predict_latency(channels) <= current_ms - 0.1 * BASE_MS + 1e-9
+        assert len({next(g for g in "abc" if p[g] != current[g]) for _, p in shorts}) == len(shorts)
+        for sid, p in shorts[:-1]:
+            s.tell(sid, evaluate(p))
+            assert s.ask() == WAIT  # the iteration waits for all its proposals
+        s.tell(shorts[-1][0], evaluate(shorts[-1][1]))
+        best = max((p for _, p in shorts), key=lambda p: accuracy(p, fine_tuned=True))
+    assert len(kept) >= 3
+    measured = [latency(p) for p in kept]  # latency_ms is an objective: the walk follows the measured latency
+    assert all(a > b for a, b in zip(measured, measured[1:]))
+    predicted = [predict_latency({g: round(100 * (1 - p[g])) for g in "abc"}) for p in kept]
+    assert all(a > b for a, b in zip(predicted, predicted[1:]))
+
+
+def test_greedy_stops_when_no_proposal_finishes():
+    s = make("greedy")
+    proposals, stop = drain(s)
+    for sid, _ in proposals:
+        s.tell(sid, Outcome("failed"))
+    assert s.ask() is None
+
+
+def test_greedy_uses_the_prediction_when_latency_is_not_an_objective():
+    objectives = (OBJECTIVES["accuracy"], OBJECTIVES["macs"])
+    s = make_searcher("greedy", SPACE, objectives=objectives, predict_latency=predict_latency, greedy_step=0.2)
+    proposals, _ = drain(s)
+    for sid, point in proposals:
+        s.tell(sid, Outcome("ok", (accuracy(point), 1.0), {}))
+    _, point = s.ask()
+    assert stage_of(point) == "full"
+    assert s.path[-1][1] == pytest.approx(predict_latency({g: round(100 * (1 - point[g])) for g in "abc"}))
+
+
+def test_greedy_resumes_from_replayed_rows_without_repeating_them():
+    first = make("greedy")
+    rows = []  # (point, outcome) in the order trials.parquet would hold them
+    for _ in range(3):
+        proposals, _ = drain(first)
+        for sid, point in proposals:
+            outcome = evaluate(point)
+            if stage_of(point) == "short":
+                first.tell(sid, outcome)
+            rows.append((point, outcome))
+    fulls_so_far = [p for p, _ in rows if stage_of(p) == "full"]
+    assert len(fulls_so_far) == 2
+    # the third iteration's proposals are told; the driver stops before asking again
+    resumed = make("greedy")
+    for point, outcome in rows:
+        replayed = {k: v for k, v in point.items() if k != STAGE_KEY or v != "full"}  # full rows carry no stage
+        resumed.replay(replayed, outcome)
+    nxt, _ = drain(resumed)
+    seen = {(tuple(groups_of(p).items()), stage_of(p)) for p, _ in rows}
+    assert nxt and all((tuple(groups_of(p).items()), stage_of(p)) not in seen for _, p in nxt)
+    assert stage_of(nxt[0][1]) == "full"  # the best of the third iteration, fine-tuned in full
+    assert [groups_of(p) for p, _ in resumed.path[1:]] == [groups_of(p) for p, _ in first.path[1:]] + [
+        groups_of(nxt[0][1])]
+
+
+def test_greedy_needs_a_latency_model():
+    from autoprune import AutopruneError
+
+    with pytest.raises(AutopruneError, match="predict_latency"):
+        make_searcher("greedy", SPACE)
