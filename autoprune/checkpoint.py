@@ -61,8 +61,7 @@ class Checkpoint:
              "data_spec": self.data_spec.to_dict(), "input_shape": list(self.input_shape),
              "preprocess": self.preprocess, "metrics": self.metrics, "state_dict": self.state_dict}
         if self.record is not None:
-            d["prune_record"] = {"policy": self.record.policy, "history": self.record.history,
-                                 "kept": self.record.kept, "channels": self.record.channels}
+            d["prune_record"] = self.record.to_dict()
         return d
 
 
@@ -105,7 +104,6 @@ def load(path: str | Path) -> Checkpoint:
         raise AutopruneError(f"checkpoint '{path}' has version {d.get('version')!r}, this autoprune reads {VERSION}")
     record = None
     if "prune_record" in d:
-        r = d["prune_record"]
-        record = PruneRecord(r["policy"], r["history"], r["kept"], r["channels"])
+        record = PruneRecord.from_dict(d["prune_record"])
     return Checkpoint(ModelSpec.from_dict(d["model_spec"]), DataSpec.from_dict(d["data_spec"]),
                       tuple(d["input_shape"]), d["preprocess"], d["state_dict"], d.get("metrics", {}), record)

@@ -207,7 +207,7 @@ def cmd_logs(args: argparse.Namespace) -> None:
 
 
 def cmd_front(args: argparse.Namespace) -> None:
-    from autoprune.front import write_front, format_rows
+    from autoprune.front import format_rows, write_front
 
     run_dir = RunDir(args.run_dir)
     if not run_dir.is_dir():

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Sequence
 from typing import Any
 
 import yaml
@@ -43,11 +43,9 @@ DEFAULTS: dict[str, Any] = {
     # staged evaluation: proxy_trials stage-0 candidates (prune + BN recalibration, accuracy on the first
     # proxy_samples validation images) before the fine-tuned ones (nsga2/tpe/gp/random; 0: fine-tune every
     # candidate); sensitivity and greedy always use stage 0. greedy: latency falls by greedy_step x base per
-    # iteration, each proposal fine-tuned short_epochs. seed_from_sensitivity: nsga2 starts from allocations
-    # of the sensitivity curves.
+    # iteration (NetAdapt's small steps), each proposal fine-tuned short_epochs.
     "searcher": {"name": "nsga2", "seed": 0, "warm_start": 3, "population": 8, "startup_trials": 6, "grid": 8,
-                 "proxy_trials": 0, "proxy_samples": 1000, "short_epochs": 0.1, "greedy_step": 0.1,
-                 "seed_from_sensitivity": False},
+                 "proxy_trials": 0, "proxy_samples": 1000, "short_epochs": 0.1, "greedy_step": 0.05},
     "scheduler": "none",  # or "asha": stop weak candidates early on validation accuracy (multi-fidelity)
     "trials": 16,
     "concurrency": 2,
@@ -255,4 +253,4 @@ def _validate(c: SearchConfig) -> None:
         raise AutopruneError(f"config key 'scheduler' must be none or asha, got '{c['scheduler']}'")
     if c["latency.device"] not in ("auto", "cpu", "cuda"):
         raise AutopruneError(f"config key 'latency.device' must be auto, cpu or cuda, got '{c['latency.device']}'")
-    c.constraints  # parse every constraint now, naming the bad one
+    _ = c.constraints  # parse every constraint now, naming the bad one

@@ -21,16 +21,25 @@ from autoprune.data import DataSpec, ImageData, load_data
 from autoprune.errors import AutopruneError
 from autoprune.feasibility import check_constraints, format_report, space_report
 from autoprune.front import Front, format_rows, write_front
-from autoprune.latency import (LatencyTable, Meter, RemoteMeter, StructureModel, build_table, check_target, local_meter,
-                               node_resources, start_meter)
-from autoprune.policy import discover
+from autoprune.latency import (
+    LatencyTable,
+    Meter,
+    RemoteMeter,
+    StructureModel,
+    build_table,
+    check_target,
+    local_meter,
+    node_resources,
+    start_meter,
+)
 from autoprune.objectives import values_of
+from autoprune.policy import discover
 from autoprune.results import MARKER, ResultsStore, read_marker, run_objectives
 from autoprune.searchers import Outcome, Searcher, make_searcher
 from autoprune.searchers.base import EPOCHS_KEY, STAGE_KEY
+from autoprune.searchers.journal import JOURNAL_FILE, StudyJournal
 from autoprune.searchers.optuna_base import OptunaSearcher
 from autoprune.searchers.staged import StagedSearcher
-from autoprune.searchers.journal import JOURNAL_FILE, StudyJournal
 from autoprune.space import SearchSpace
 from autoprune.storage import RunDir, as_run_dir
 from autoprune.trial import TrialSettings
@@ -210,13 +219,12 @@ def trial_settings(config: SearchConfig) -> TrialSettings:
                          threads=config["latency.threads"] or threads, device=device, seed=config["searcher.seed"])
 
 
-def start_latency_meter(config: SearchConfig, run_dir: RunDir, base_model: Any, example_input: Any,
-                        groups: list[Any], settings: TrialSettings, echo: Echo) -> Any:
+def start_latency_meter(config: SearchConfig, run_dir: RunDir, base_model: Any, input_shape: tuple[int, ...],
+                        structure: StructureModel, settings: TrialSettings, echo: Echo) -> Any:
     """The search's latency actor on ``latency.target`` (the driver's node when null), continuing the run
     directory's ``latency.json`` (reference and timed structures) when it was taken with the same settings."""
     table = LatencyTable.load(config["latency.table"]) if config["latency.table"] else None
-    structure = StructureModel.from_model(base_model, example_input, groups)
-    spec = settings.latency_spec(tuple(example_input.shape[1:]))
+    spec = settings.latency_spec(input_shape)
     state = json.loads(run_dir.read_text(LATENCY_FILE)) if run_dir.exists(LATENCY_FILE) else None
     meter, restored = start_meter(base_model, spec, structure, table, config["latency.target"], state,
                                   config["latency.shared_reference"], settings.gate)
@@ -320,10 +328,12 @@ def run_search(config: SearchConfig, run_dir: str | Path | RunDir, *, resume: bo
         init_ray(max(os.cpu_count() or 1, config["concurrency"] * config["resources.cpu"]))
         gate_name = "run-" + hashlib.sha256(run_dir.uri.encode()).hexdigest()[:16]
         settings = dataclasses.replace(trial_settings(config), gate=gate_name)
-        meter = start_latency_meter(config, run_dir, base_model, base.example_input, groups, settings, echo)
+        structure = StructureModel.from_model(base_model, base.example_input, groups)
+        meter = start_latency_meter(config, run_dir, base_model, data.input_shape, structure, settings, echo)
         try:
             feasible(base_model, base.example_input, space, config, RemoteMeter(meter), echo)
-            searcher = build_searcher(config, space, run_dir, marker, meter)
+            searcher = build_searcher(config, space, run_dir, marker, meter, structure,
+                                      curves_key(config, base_path, settings))
             for row in done:  # a study loaded from the run directory already holds them
                 if not searcher.resumed:
                     searcher.replay(space_point(row, space), outcome_of_row(row, config))
@@ -357,8 +367,18 @@ def proxy_correlation(rows: list[dict[str, Any]]) -> tuple[float, int] | None:
     return float(spearmanr([p for p, _ in pairs], [a for _, a in pairs]).statistic), len(pairs)
 
 
+def curves_key(config: SearchConfig, base_path: Path, settings: TrialSettings) -> str:
+    """What a sensitivity searcher's stage-0 curves depend on (beyond the space): the base's bytes, the data, the
+    proxy and the latency settings. Equal keys share curves across run directories."""
+    digest = hashlib.sha256(base_path.read_bytes())
+    digest.update(json.dumps([config["data"], settings.proxy_samples, settings.reconstruct, settings.bn_batches,
+                              settings.latency_batch_size, settings.threads, settings.device, config["latency.target"],
+                              settings.seed], sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:20]
+
+
 def build_searcher(config: SearchConfig, space: SearchSpace, run_dir: RunDir, marker: dict[str, Any],
-                   meter: Any) -> Searcher:
+                   meter: Any, structure: StructureModel, cache_key: str) -> Searcher:
     """The configured searcher; Optuna-backed ones staged when ``searcher.proxy_trials`` > 0."""
     import ray
 
@@ -371,8 +391,9 @@ def build_searcher(config: SearchConfig, space: SearchSpace, run_dir: RunDir, ma
                              objectives=config.objectives, study=StudyJournal(run_dir, marker["study"]),
                              run_dir=run_dir, short_epochs=config["searcher.short_epochs"],
                              greedy_step=config["searcher.greedy_step"], base_latency_ms=reference,
-                             constraints=config.constraints,
-                             predict_latency=lambda channels: ray.get(meter.predict.remote(channels)))
+                             constraints=config.constraints, trials=config["trials"], cache_key=cache_key,
+                             predict_latency=lambda channels: ray.get(meter.predict.remote(channels)),
+                             predict_macs=structure.macs)
     if config["searcher.proxy_trials"] > 0 and isinstance(searcher, OptunaSearcher):
         structural = frozenset(c.text for c in config.constraints if c.metric in STATIC)
         return StagedSearcher(searcher, config["searcher.proxy_trials"], structural)

@@ -11,8 +11,8 @@ import os
 import shlex
 import socket
 import time
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Callable
 from urllib.parse import urlparse
 

@@ -21,9 +21,9 @@ import json
 import math
 import statistics
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from contextlib import nullcontext
 from typing import Any, ContextManager, Mapping, Protocol
 
 import torch
@@ -53,7 +53,7 @@ class LatencySpec:
     repeats: int = 30
     warmup: int = 10
     reference_repeats: int = 100
-    max_rounds: int = 300          # candidate timing goes on, in chunks of ``repeats``, until precise or this many
+    max_rounds: int = 150          # candidate timing goes on, in chunks of ``repeats``, until precise or this many
 
 
 @dataclass(frozen=True)
@@ -412,7 +412,7 @@ class LatencyMeter:
 
     def _ratios(self, candidate: nn.Module) -> tuple[list[float], dict[str, float]]:
         """Per-round candidate / base ratios, timed back to back, in chunks of ``spec.repeats`` rounds until the
-        median ratio is known to +-1 % (95 %; a robust standard error) or ``spec.max_rounds`` are spent."""
+        median ratio is known to +-1.5 % (95 %; a robust standard error) or ``spec.max_rounds`` are spent."""
         ratios: list[float] = []
         medians: dict[str, list[float]] = {"base": [], "candidate": []}
         while True:
@@ -426,7 +426,7 @@ class LatencyMeter:
                 medians[name].append(lat[name].median_ms)
             q1, median, q3 = statistics.quantiles(ratios, n=4)
             half_width = 1.96 * 1.2533 * (q3 - q1) / 1.349 / math.sqrt(len(ratios))
-            if half_width <= 0.01 * median or len(ratios) >= self.spec.max_rounds:
+            if half_width <= 0.015 * median or len(ratios) >= self.spec.max_rounds:
                 return ratios, {name: statistics.median(v) for name, v in medians.items()}
 
     def state(self) -> dict[str, Any]:

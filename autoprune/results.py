@@ -30,9 +30,10 @@ LATENCY_COLUMNS = ["latency_ratio", "latency_raw_ms", "latency_raw_base_ms", "la
 # fine-tuning epochs it got, and its stage-0 accuracy on the fixed proxy subset (for every stage, so the proxy's
 # rank correlation with the fine-tuned accuracy can be reported). For a proxy row, accuracy is that proxy.
 STAGE_COLUMNS = ["stage", "epochs", "proxy_accuracy"]
-TAIL_COLUMNS = ["feasible", *STAGE_COLUMNS, *METRIC_COLUMNS, *BASE_COLUMNS, *LATENCY_COLUMNS, *SECONDS_COLUMNS, "host", "checkpoint",
-                "resumed_from_epoch", "finished_at"]
-STRING_COLUMNS = {"trial_id", "status", "error", "searcher", "criterion", "criterion_used", "host", "checkpoint", "finished_at", "stage"}
+TAIL_COLUMNS = ["feasible", *STAGE_COLUMNS, *METRIC_COLUMNS, *BASE_COLUMNS, *LATENCY_COLUMNS, *SECONDS_COLUMNS, "host",
+                "checkpoint", "resumed_from_epoch", "finished_at"]
+STRING_COLUMNS = {"trial_id", "status", "error", "searcher", "criterion", "criterion_used", "host", "checkpoint",
+                  "finished_at", "stage"}
 INT_COLUMNS = {"params", "size_bytes", "macs", "base_params", "base_size_bytes", "base_macs", "resumed_from_epoch"}
 
 

@@ -1,6 +1,7 @@
 """The search space: a ratio grid per prunable group plus the criteria to choose from."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +23,7 @@ class RatioParam:
     step: float
 
     def grid(self) -> list[float]:
-        n = int(round((self.high - self.low) / self.step + 1e-9))
+        n = int(math.floor((self.high - self.low) / self.step + 1e-9))  # never past high
         return [round(self.low + i * self.step, 10) for i in range(n + 1)]
 
     def snap(self, ratio: float) -> float:

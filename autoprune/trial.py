@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import time
-from itertools import islice
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from itertools import islice
 from typing import Any, Callable, Iterator
 
 import torch
@@ -18,7 +18,6 @@ from autoprune.pruning import prune
 from autoprune.pruning.reconstruct import reconstruct
 from autoprune.pruning.structural import RECORD_ATTR
 from autoprune.train import TrainConfig, evaluate, recalibrate_bn, train
-
 
 RECONSTRUCT_BATCHES = 4  # batches of 64 calibration images: 2 to 8 measured the same accuracy
 
@@ -126,10 +125,10 @@ def run_trial(base_model: nn.Module, data: ImageData, policy: Policy, settings: 
         if resume is None:
             pruned, base, after = _prune_and_measure(base_model, data, policy, settings, train_loader, watch, device,
                                                      meter)
-            done, progress = 0, {}
+            progress = {}
         else:
             pruned, base, after = resume.model.to(device), dict(resume.base), dict(resume.pruned)
-            done, progress = resume.epochs_done, dict(resume.progress)
+            progress = dict(resume.progress)
         state = TrialResult(pruned, base, after, watch.seconds)
         with watch("finetune"):
             config = TrainConfig(epochs=settings.finetune_epochs, lr=settings.lr, seed=settings.seed,

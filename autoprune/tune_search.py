@@ -18,7 +18,7 @@ from ray.tune.search import Searcher as RaySearcher
 from autoprune.objectives import Objective
 from autoprune.screening import Verdict
 from autoprune.searchers import Outcome, Searcher
-from autoprune.searchers.base import WAIT, stage_of
+from autoprune.searchers.base import stage_of
 
 Violations = Callable[[dict[str, Any]], dict[str, float]]
 Screen = Callable[[dict[str, Any]], Verdict]
@@ -51,7 +51,9 @@ class AskTellSearch(RaySearcher):
                 return None  # Tune asks again once a running trial has completed
             sid, point = suggestion
             # after this many skips in a row the prediction may be what is wrong: run the candidate anyway
-            verdict = self.screen(point) if self.screen is not None and skips < MAX_SKIPS_IN_A_ROW else None
+            # only full-budget points: stage-0 and short evaluations are how a searcher learns what is fast
+            screened = skips < MAX_SKIPS_IN_A_ROW and stage_of(point) == "full"
+            verdict = self.screen(point) if self.screen is not None and screened else None
             if verdict is None or verdict.reason is None:
                 break
             # predicted to break a latency constraint: never pruned or trained; the searcher learns it failed

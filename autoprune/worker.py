@@ -21,8 +21,8 @@ from autoprune import checkpoint as ckpt_io
 from autoprune import gate
 from autoprune.data import ImageData
 from autoprune.latency import RemoteMeter
-from autoprune.space import SearchSpace
 from autoprune.searchers.base import EPOCHS_KEY, stage_of
+from autoprune.space import SearchSpace
 from autoprune.trial import Resume, TrialResult, TrialSettings, run_proxy, run_trial
 
 PRUNED_FILE = "pruned.pt"

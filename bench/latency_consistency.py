@@ -74,7 +74,8 @@ def main() -> int:
         if neighbour:
             neighbour.start()
         try:
-            run_search(load_config(CONFIG, [*common, *sets]), run_dir, echo=lambda m: print(f"[{label}] {m}", flush=True))
+            run_search(load_config(CONFIG, [*common, *sets]), run_dir,
+                       echo=lambda m, label=label: print(f"[{label}] {m}", flush=True))
         finally:
             if neighbour:
                 stop.set()

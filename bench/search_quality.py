@@ -62,7 +62,7 @@ def main() -> None:
             f"concurrency={args.concurrency}"])
         start = time.perf_counter()
         resume = (out / name / "autoprune-run.json").is_file()  # an interrupted benchmark continues
-        summary = run_search(config, out / name, resume=resume, echo=lambda m: print(f"[{name}] {m}", flush=True))
+        summary = run_search(config, out / name, resume=resume, echo=lambda m, name=name: print(f"[{name}] {m}", flush=True))
         rows = read_trials(summary.run_dir).to_pylist()
         results[name] = {"hv": summary.front.hypervolume, "trials": sum(r["status"] == "ok" for r in rows),
                          "lat": best_under(rows, "latency_ms", 0.5), "macs": best_under(rows, "macs", 1 / 3),

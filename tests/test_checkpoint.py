@@ -74,3 +74,21 @@ def test_save_is_atomic_and_leaves_no_temporary_files(tmp_path):
     checkpoint.save(checkpoint.from_model(model, spec, DataSpec(), SHAPE, PRE), path)
     checkpoint.save(checkpoint.from_model(model, spec, DataSpec(), SHAPE, PRE), path)
     assert [p.name for p in path.parent.iterdir()] == ["p.pt"]
+
+
+def test_the_record_of_what_ranked_each_group_survives_a_checkpoint(tmp_path):
+    import torch
+
+    from autoprune import Policy, checkpoint, discover, prune
+    from autoprune.data import DataSpec
+    from autoprune.models import ModelSpec, build_model
+
+    spec = ModelSpec("resnet20", 10, 1)
+    model = build_model(spec).eval()
+    x = torch.zeros(1, 1, 28, 28)
+    pruned = prune(model, Policy.uniform(discover(model, x), 0.5, criterion="l2"), x)
+    checkpoint.save(checkpoint.from_model(pruned, spec, DataSpec(), (1, 28, 28), {"mean": [0.0], "std": [1.0]}),
+                    tmp_path / "p.pt")
+    record = checkpoint.load(tmp_path / "p.pt").record
+    assert record is not None and record.criterion_used == pruned.autoprune_record.criterion_used
+    assert set(record.criterion_used.values()) == {"l2"}

@@ -182,3 +182,11 @@ def test_entropy_and_activation_mean_disagree_on_a_constant_channel():
     group = dict(named_groups(build_graph(model, x), frozen_layers(model, x)))["project.0"]
     assert prepared("entropy", model).scores(group).argmin() == PLANTED
     assert prepared("activation_mean", model).scores(group).argmin() != PLANTED
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_entropy_histogram_lives_on_the_activations_device():
+    from autoprune.pruning.criteria import Entropy
+
+    pooled = torch.rand(16, 8, device="cuda")
+    assert Entropy()._channel_stat(pooled, torch.zeros_like(pooled)).device.type == "cuda"

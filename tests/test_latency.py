@@ -12,8 +12,15 @@ from autoprune import Policy, discover, prune
 from autoprune.config import Constraint
 from autoprune.errors import AutopruneError
 from autoprune.feasibility import check_constraints, corner_policies
-from autoprune.latency import (LatencyMeter, LatencySpec, LatencyTable, StructureModel, _fit_line, build_table,
-                               local_meter, structure_key)
+from autoprune.latency import (
+    LatencySpec,
+    LatencyTable,
+    StructureModel,
+    _fit_line,
+    build_table,
+    local_meter,
+    structure_key,
+)
 from autoprune.measure import Latency
 from autoprune.models import ModelSpec, build_model
 from autoprune.pruning.structural import RECORD_ATTR

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import ray
+from conftest import DEFAULT_SPACE
 
 from autoprune.results import read_trials
-from conftest import DEFAULT_SPACE
 
 pytestmark = pytest.mark.slow  # a three-node cluster and a Ray Job: a minute or two
 

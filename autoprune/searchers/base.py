@@ -9,7 +9,6 @@ from typing import Any, ClassVar
 from autoprune.objectives import DEFAULT_OBJECTIVES, Objective
 from autoprune.space import SearchSpace
 
-
 STAGE_KEY = "stage"    # how far a suggested point is evaluated: one of STAGES (absent: "full")
 EPOCHS_KEY = "epochs"  # a "short" stage's fine-tuning epochs
 STAGES = ("proxy", "short", "full")  # stage 0: prune + BN recalibration + proxy subset; a short fine-tune; the budget

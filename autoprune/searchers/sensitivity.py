@@ -255,7 +255,7 @@ class SensitivitySearcher(Searcher):
 
     def __init__(self, space: SearchSpace, **kwargs: Any) -> None:
         super().__init__(space, **kwargs)
-        self.score = score_index(self.objectives, self.name)
+        score_index(self.objectives, self.name)  # the proxy accuracy must reach the searcher
         names = [o.name for o in self.objectives]
         self.run_dir: RunDir | None = self.settings.get("run_dir")
         self.predictors: dict[str, Predict | None] = {"latency_ms": self.settings.get("predict_latency"),
@@ -293,7 +293,7 @@ class SensitivitySearcher(Searcher):
                 data = json.loads(text)
                 if data.get("key") == self.key:
                     return Curves.from_json(data)
-            except (OSError, ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError):
                 continue  # unreadable: evaluate again
         return None
 
