@@ -10,10 +10,12 @@ import hashlib
 import json
 import os
 import re
+import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from autoprune import checkpoint as ckpt_io
 from autoprune.config import SearchConfig, violations
@@ -321,26 +323,9 @@ def run_search(config: SearchConfig, run_dir: str | Path | RunDir, *, resume: bo
          f"{remaining} trials to run ({len(evaluated)} already finished), {config['concurrency']} at a time "
          f"-> {run_dir}")
     if remaining > 0:
-        import ray
-
-        from autoprune.tuning import init_ray, run_tune
-
-        init_ray(max(os.cpu_count() or 1, config["concurrency"] * config["resources.cpu"]))
-        gate_name = "run-" + hashlib.sha256(run_dir.uri.encode()).hexdigest()[:16]
-        settings = dataclasses.replace(trial_settings(config), gate=gate_name)
-        structure = StructureModel.from_model(base_model, base.example_input, groups)
-        meter = start_latency_meter(config, run_dir, base_model, data.input_shape, structure, settings, echo)
-        try:
-            feasible(base_model, base.example_input, space, config, RemoteMeter(meter), echo)
-            searcher = build_searcher(config, space, run_dir, marker, meter, structure,
-                                      curves_key(config, base_path, settings))
-            for row in done:  # a study loaded from the run directory already holds them
-                if not searcher.resumed:
-                    searcher.replay(space_point(row, space), outcome_of_row(row, config))
-            run_tune(config, run_dir, base, data, space, searcher, store, settings, remaining, echo, meter)
-        finally:
-            save_latency_state(run_dir, meter, echo)
-        echo(latency_summary(ray.get(meter.summary.remote())))
+        with stable_working_directory(run_dir):
+            _search(config, run_dir, marker, data, base, base_path, base_model, groups, space, store, done,
+                    remaining, echo)
     correlation = proxy_correlation(store.rows)
     if correlation is not None:
         echo(f"stage-0 proxy vs fine-tuned accuracy: Spearman {correlation[0]:.2f} over {correlation[1]} trials")
@@ -349,6 +334,48 @@ def run_search(config: SearchConfig, run_dir: str | Path | RunDir, *, resume: bo
     if finished and not front.rows:
         echo("no trial met every constraint: the front is empty")
     return SearchSummary(run_dir, finished, sum(r["status"] == "failed" for r in store.rows), front)
+
+
+@contextmanager
+def stable_working_directory(run_dir: RunDir) -> Iterator[None]:
+    """Run from a directory that stays: inside a Ray Job the driver's working directory is a runtime-env copy
+    that Ray may garbage-collect once the driver connects, and Tune, Optuna and pathlib ask for the cwd."""
+    try:
+        previous: str | None = os.getcwd()
+    except FileNotFoundError:
+        previous = None
+    os.chdir(run_dir.path if run_dir.is_local else tempfile.gettempdir())
+    try:
+        yield
+    finally:
+        if previous and os.path.isdir(previous):
+            os.chdir(previous)
+
+
+def _search(config: SearchConfig, run_dir: RunDir, marker: dict[str, Any], data: ImageData, base: Any,
+            base_path: Path, base_model: Any, groups: list[Any], space: SearchSpace, store: ResultsStore,
+            done: list[dict[str, Any]], remaining: int, echo: Echo) -> None:
+    """Ray up, the latency actor and the feasibility check, the searcher (replayed), then the Tune trials."""
+    import ray
+
+    from autoprune.tuning import init_ray, run_tune
+
+    init_ray(max(os.cpu_count() or 1, config["concurrency"] * config["resources.cpu"]))
+    gate_name = "run-" + hashlib.sha256(run_dir.uri.encode()).hexdigest()[:16]
+    settings = dataclasses.replace(trial_settings(config), gate=gate_name)
+    structure = StructureModel.from_model(base_model, base.example_input, groups)
+    meter = start_latency_meter(config, run_dir, base_model, data.input_shape, structure, settings, echo)
+    try:
+        feasible(base_model, base.example_input, space, config, RemoteMeter(meter), echo)
+        searcher = build_searcher(config, space, run_dir, marker, meter, structure,
+                                  curves_key(config, base_path, settings))
+        for row in done:  # a study loaded from the run directory already holds them
+            if not searcher.resumed:
+                searcher.replay(space_point(row, space), outcome_of_row(row, config))
+        run_tune(config, run_dir, base, data, space, searcher, store, settings, remaining, echo, meter)
+    finally:
+        save_latency_state(run_dir, meter, echo)
+    echo(latency_summary(ray.get(meter.summary.remote())))
 
 
 def counts_as_trial(row: dict[str, Any]) -> bool:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import tempfile
 import time
 import uuid
 from typing import Any
@@ -84,18 +83,7 @@ def run_tune(config: SearchConfig, run_dir: RunDir, base: Any, data: ImageData, 
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
     )
     echo(format_rows([]).splitlines()[0] + "  front")
-    # Inside a Ray Job the driver's working directory is a runtime-env copy that Ray may garbage-collect
-    # once the driver connects; Tune calls os.getcwd(). Run from a directory that stays.
-    try:
-        previous: str | None = os.getcwd()
-    except FileNotFoundError:
-        previous = None
-    os.chdir(run_dir.path if run_dir.is_local else tempfile.gettempdir())
-    try:
-        tuner.fit()
-    finally:
-        if previous and os.path.isdir(previous):
-            os.chdir(previous)
+    tuner.fit()
 
 
 def latency_screen(config: SearchConfig, space: SearchSpace, meter: Any) -> LatencyScreen:
