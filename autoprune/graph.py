@@ -1,7 +1,7 @@
 """torch-pruning's dependency graph, with groups named after the module that produces their channels."""
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -111,11 +111,11 @@ def check_forward(model: nn.Module, example_input: torch.Tensor) -> None:
         model.train(was_training)
 
 
-def output_layers(model: nn.Module, example_input: torch.Tensor) -> list[nn.Module]:
-    """The last Conv/Linear layer to run: it produces the model's outputs, so it is never pruned."""
-    order: list[nn.Module] = []
-    hooks = [m.register_forward_hook(lambda mod, i, o: order.append(mod))
-             for m in model.modules() if isinstance(m, ROOT_TYPES)]
+def forward_with_hooks(model: nn.Module, example_input: torch.Tensor, hook: Callable[..., None],
+                       types: tuple[type, ...] = ROOT_TYPES) -> None:
+    """One forward pass in eval mode, without gradients, with ``hook`` on every module of ``types``; the
+    model's mode is restored and the hooks removed afterwards."""
+    hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, types)]
     was_training = model.training
     model.eval()
     try:
@@ -125,6 +125,12 @@ def output_layers(model: nn.Module, example_input: torch.Tensor) -> list[nn.Modu
         model.train(was_training)
         for h in hooks:
             h.remove()
+
+
+def output_layers(model: nn.Module, example_input: torch.Tensor) -> list[nn.Module]:
+    """The last Conv/Linear layer to run: it produces the model's outputs, so it is never pruned."""
+    order: list[nn.Module] = []
+    forward_with_hooks(model, example_input, lambda mod, i, o: order.append(mod))
     return order[-1:]
 
 

@@ -31,6 +31,7 @@ from torch import nn
 
 from autoprune.errors import AutopruneError
 from autoprune.gate import MeasurementGate
+from autoprune.graph import forward_with_hooks
 from autoprune.measure import MIN_REPEATS, measure_latency
 from autoprune.policy import PrunableGroup
 
@@ -136,17 +137,7 @@ class StructureModel:
                                         tuple(module.kernel_size), tuple(module.stride), padding,
                                         tuple(module.dilation), tuple(x.shape[2:]), macs, group_out, groups_in))
 
-        hooks = [m.register_forward_hook(hook) for m in model.modules()
-                 if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear))]
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                model(example_input[:1])
-        finally:
-            model.train(was_training)
-            for h in hooks:
-                h.remove()
+        forward_with_hooks(model, example_input[:1], hook, (nn.Conv1d, nn.Conv2d, nn.Linear))
         unique = {layer.name: layer for layer in layers}  # a layer called twice counts once per call in MACs
         return cls(list(unique.values()), {g.name: g.channels for g in groups})
 

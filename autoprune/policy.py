@@ -15,6 +15,7 @@ from torch import nn
 from autoprune.errors import AutopruneError
 from autoprune.graph import (
     build_graph,
+    forward_with_hooks,
     frozen_layers,
     group_channels,
     group_layout,
@@ -197,16 +198,7 @@ def layer_macs(model: nn.Module, example_input: torch.Tensor) -> dict[str, int]:
         per_out = weight[0].numel()  # in_channels/groups * kernel area, or in_features
         macs[names[module]] = macs.get(names[module], 0) + output[:1].numel() * per_out
 
-    hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear))]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(example_input[:1])
-    finally:
-        model.train(was_training)
-        for h in hooks:
-            h.remove()
+    forward_with_hooks(model, example_input[:1], hook, (nn.Conv1d, nn.Conv2d, nn.Linear))
     return macs
 
 
