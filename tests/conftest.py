@@ -57,3 +57,29 @@ def stop_search_midway(run_dir: Path, sets: list[str], after_rows: int, sig: int
         time.sleep(0.2)
     os.killpg(proc.pid, sig) if sig == signal.SIGKILL else proc.send_signal(sig)
     proc.wait(timeout=120)
+
+
+def submit_and_wait(out: Path, sets: list[str], address: str = "http://127.0.0.1:8265") -> tuple[str, str]:
+    """``autoprune submit`` the default space as a Ray Job to a ``cluster/local.sh`` cluster, wait for it to end
+    (400 s at most); return its final status and its logs."""
+    root = DEFAULT_SPACE.parents[1]
+    autoprune = [sys.executable, "-m", "autoprune.cli"]
+    args = [a for s in sets for a in ("--set", s)]
+    job_id, sub = None, None
+    for _ in range(10):  # the job server needs a few seconds after the cluster starts
+        sub = subprocess.run([*autoprune, "submit", str(DEFAULT_SPACE), "--address", address, "--working-dir",
+                              str(root), "--out", str(out), *args], capture_output=True, text=True, cwd=root)
+        if sub.returncode == 0:
+            job_id = sub.stdout.strip().splitlines()[-1]
+            break
+        time.sleep(3)
+    assert job_id, sub.stderr if sub else "not submitted"
+    status, deadline = "", time.time() + 400
+    while time.time() < deadline:
+        status = subprocess.run([*autoprune, "status", job_id, "--address", address],
+                                capture_output=True, text=True).stdout.strip()
+        if status in ("SUCCEEDED", "FAILED", "STOPPED"):
+            break
+        time.sleep(3)
+    logs = subprocess.run([*autoprune, "logs", job_id, "--address", address], capture_output=True, text=True).stdout
+    return status, logs

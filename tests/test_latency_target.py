@@ -2,12 +2,11 @@
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import ray
-from conftest import DEFAULT_SPACE
+from conftest import submit_and_wait
 
 from autoprune.results import read_trials
 
@@ -20,28 +19,6 @@ TINY = ["data.max_train_samples=256", "base.epochs=1", "finetune.batch_size=64",
         "concurrency=2"]
 
 
-def submit_and_wait(autoprune: list[str], address: str, out: Path, sets: list[str]) -> tuple[str, str]:
-    args = [a for s in sets for a in ("--set", s)]
-    job_id = None
-    for _ in range(10):  # the job server needs a few seconds after the cluster starts
-        sub = subprocess.run([*autoprune, "submit", str(DEFAULT_SPACE), "--address", address, "--working-dir",
-                              str(ROOT), "--out", str(out), *args], capture_output=True, text=True, cwd=ROOT)
-        if sub.returncode == 0:
-            job_id = sub.stdout.strip().splitlines()[-1]
-            break
-        time.sleep(3)
-    assert job_id, sub.stderr
-    status, deadline = "", time.time() + 400
-    while time.time() < deadline:
-        status = subprocess.run([*autoprune, "status", job_id, "--address", address],
-                                capture_output=True, text=True).stdout.strip()
-        if status in ("SUCCEEDED", "FAILED", "STOPPED"):
-            break
-        time.sleep(3)
-    logs = subprocess.run([*autoprune, "logs", job_id, "--address", address], capture_output=True, text=True).stdout
-    return status, logs
-
-
 def test_candidates_are_timed_on_the_node_advertising_the_latency_target(tmp_path):
     ray.shutdown()
     bin_dir = Path(sys.executable).parent
@@ -50,17 +27,15 @@ def test_candidates_are_timed_on_the_node_advertising_the_latency_target(tmp_pat
     up = subprocess.run(["bash", str(ROOT / "cluster/local.sh"), "up", "2"], env=env, capture_output=True, text=True)
     assert up.returncode == 0, up.stderr
     assert "latency node: resource 'edge_box'" in up.stdout
-    autoprune = [sys.executable, "-m", "autoprune.cli"]
-    address = "http://127.0.0.1:8265"
     base = f"base.checkpoint={tmp_path / 'base.pt'}"
     try:
-        status, logs = submit_and_wait(autoprune, address, tmp_path / "run", [*TINY, base, "latency.target=edge_box"])
+        status, logs = submit_and_wait(tmp_path / "run", [*TINY, base, "latency.target=edge_box"])
         assert status == "SUCCEEDED", logs[-3000:]
         # the actor reports the node it ran on; that node advertises edge_box (the only node that does)
         assert "on node" in logs and "resources: edge_box" in logs, logs[-3000:]
         rows = read_trials(tmp_path / "run").to_pylist()
         assert len(rows) == 2 and all(r["status"] == "ok" and r["latency_ms"] > 0 for r in rows)
-        status, logs = submit_and_wait(autoprune, address, tmp_path / "run2", [*TINY, base, "latency.target=phone"])
+        status, logs = submit_and_wait(tmp_path / "run2", [*TINY, base, "latency.target=phone"])
         assert status == "FAILED"
         assert "config key 'latency.target'" in logs and "'phone'" in logs and "Traceback" not in logs
     finally:

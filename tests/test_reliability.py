@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import ray
-from conftest import DEFAULT_SPACE, stop_search_midway
+from conftest import stop_search_midway, submit_and_wait
 
 from autoprune.config import load_config
 from autoprune.controller import run_search
@@ -104,32 +104,11 @@ def test_submit_runs_the_search_as_a_ray_job_on_a_local_multi_node_cluster(tmp_p
     env = {**os.environ, "RAY": str(bin_dir / "ray"), "AUTOPRUNE_RAY_TEMP_DIR": f"/tmp/ap-test-{os.getpid()}"}
     up = subprocess.run(["bash", str(root / "cluster/local.sh"), "up", "2"], env=env, capture_output=True, text=True)
     assert up.returncode == 0, up.stderr
-    autoprune = [sys.executable, "-m", "autoprune.cli"]
     try:
-        address = "http://127.0.0.1:8265"
-        sets = [a for s in [*TINY, f"base.checkpoint={base_path}", "trials=2", "concurrency=2", "finetune.epochs=0.3"]
-                for a in ("--set", s)]
-        job_id = None
-        for _ in range(10):  # the job server needs a few seconds after the cluster starts
-            sub = subprocess.run([*autoprune, "submit", str(DEFAULT_SPACE), "--address", address,
-                                  "--working-dir", str(root), "--out", str(tmp_path / "run"), *sets],
-                                 capture_output=True, text=True, cwd=root)
-            if sub.returncode == 0:
-                job_id = sub.stdout.strip().splitlines()[-1]
-                break
-            time.sleep(3)
-        assert job_id, sub.stderr
-        status = ""
-        deadline = time.time() + 400
-        while time.time() < deadline:
-            status = subprocess.run([*autoprune, "status", job_id, "--address", address],
-                                    capture_output=True, text=True).stdout.strip()
-            if status in ("SUCCEEDED", "FAILED", "STOPPED"):
-                break
-            time.sleep(3)
-        logs = subprocess.run([*autoprune, "logs", job_id, "--address", address], capture_output=True, text=True)
-        assert status == "SUCCEEDED", logs.stdout[-3000:]
-        assert "2 trials finished" in logs.stdout
+        status, logs = submit_and_wait(tmp_path / "run", [*TINY, f"base.checkpoint={base_path}", "trials=2",
+                                                          "concurrency=2", "finetune.epochs=0.3"])
+        assert status == "SUCCEEDED", logs[-3000:]
+        assert "2 trials finished" in logs
         rows = read_trials(tmp_path / "run").to_pylist()
         assert len(rows) == 2 and all(r["status"] == "ok" for r in rows)
     finally:

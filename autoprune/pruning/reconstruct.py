@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from autoprune.errors import AutopruneError
-from autoprune.graph import build_graph, frozen_layers, named_groups
+from autoprune.graph import build_graph, forward_with_hooks, frozen_layers, named_groups
 from autoprune.pruning.structural import RECORD_ATTR, PruneRecord
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -124,19 +124,10 @@ def _forward_order(model: nn.Module, example: torch.Tensor) -> list[tuple[str, i
     names = {m: n for n, m in model.named_modules()}
     calls: dict[str, int] = {}
 
-    def count(module: nn.Module, args: Any) -> None:
+    def count(module: nn.Module, args: Any, output: Any) -> None:  # leaf layers: they finish in the order they start
         calls[names[module]] = calls.get(names[module], 0) + 1
 
-    hooks = [m.register_forward_pre_hook(count) for m in model.modules() if isinstance(m, _LAYERS)]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        model.train(was_training)
-        for h in hooks:
-            h.remove()
+    forward_with_hooks(model, example, count, _LAYERS)
     return list(calls.items())
 
 
