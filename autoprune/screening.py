@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from autoprune.config import Constraint
+from autoprune.searchers.points import channels
 from autoprune.space import SearchSpace
 
 Predict = Callable[[dict[str, int]], float]
@@ -30,13 +31,8 @@ class LatencyScreen:
     def active(self) -> bool:
         return self.bound is not None
 
-    def channels(self, point: dict[str, Any]) -> dict[str, int]:
-        """The channel count of every group a point's policy keeps."""
-        policy = self.space.policy(point)
-        return {p.group: policy.keep(p.group, p.channels) for p in self.space.params}
-
     def __call__(self, point: dict[str, Any]) -> Verdict:
-        predicted = self.predict(self.channels(point))
+        predicted = self.predict(channels(self.space, point))
         if self.bound is None:
             return Verdict(predicted, None)
         limit, text = self.bound

@@ -14,13 +14,7 @@ from typing import Any
 
 from autoprune.pareto import pareto_indices
 from autoprune.searchers.base import STAGE_KEY, WAIT, Outcome, Searcher, stage_of
-
-Key = tuple[tuple[str, Any], ...]
-
-
-def point_key(point: dict[str, Any]) -> Key:
-    """A point without its stage: the same policy at two stages has one key."""
-    return tuple(sorted((k, v) for k, v in point.items() if k != STAGE_KEY))
+from autoprune.searchers.points import Key, policy_key
 
 
 def crowding(values: list[tuple[float, ...]]) -> list[float]:
@@ -77,12 +71,12 @@ class StagedSearcher(Searcher):
             self._queue = self.selection()
         while self._queue:
             point = self._queue.pop(0)
-            if point_key(point) in self._full:
+            if policy_key(point) in self._full:
                 continue
             sid = self._new_id()
             staged = {**point, STAGE_KEY: "full"}
             self._running[sid] = ("full", -1, staged)
-            self._full.add(point_key(point))
+            self._full.add(policy_key(point))
             return sid, staged
         return None
 
@@ -110,7 +104,7 @@ class StagedSearcher(Searcher):
     def tell(self, suggestion_id: int, outcome: Outcome) -> None:
         stage, inner_id, point = self._running.pop(suggestion_id)
         if stage == "proxy":
-            self._proxies[point_key(point)] = (point, outcome)
+            self._proxies[policy_key(point)] = (point, outcome)
             self.inner.tell(inner_id, self._for_inner(outcome))
 
     def _for_inner(self, outcome: Outcome) -> Outcome:
@@ -120,8 +114,8 @@ class StagedSearcher(Searcher):
     def replay(self, point: dict[str, Any], outcome: Outcome) -> None:
         if stage_of(point) == "proxy":
             self._asked_proxies += 1
-            self._proxies[point_key(point)] = (point, outcome)
+            self._proxies[policy_key(point)] = (point, outcome)
             if not self.inner.resumed:  # a study loaded from the run directory already holds it
                 self.inner.replay({k: v for k, v in point.items() if k != STAGE_KEY}, self._for_inner(outcome))
         else:
-            self._full.add(point_key(point))
+            self._full.add(policy_key(point))
