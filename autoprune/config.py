@@ -54,7 +54,7 @@ DEFAULTS: dict[str, Any] = {
     # lookup table from 'autoprune latency-table'; screen_margin: skip candidates predicted to break a latency
     # constraint by more than this fraction (null: never skip); shared_reference: the base's reference latency is the
     # lowest this target has measured for it (kept in $AUTOPRUNE_CACHE_DIR/latency), so searches share one
-    "latency": {"device": "auto", "batch_size": 32, "threads": None, "repeats": 30, "reference_repeats": 100,
+    "latency": {"device": "auto", "batch_size": 1, "threads": None, "repeats": 100, "reference_repeats": 300,
                 "target": None, "table": None, "screen_margin": 0.15, "shared_reference": True},
     "max_failures": 1,
 }

@@ -48,13 +48,13 @@ class LatencySpec:
     """How a target times models: input shape, batch, torch threads, device, repeats."""
 
     input_shape: tuple[int, ...]
-    batch_size: int = 32
+    batch_size: int = 1            # batch 1: on CPU larger batches are memory-bound and their ratios drift with load
     threads: int = 1
     device: str = "cpu"
-    repeats: int = 30
+    repeats: int = 100
     warmup: int = 10
-    reference_repeats: int = 100
-    max_rounds: int = 150          # candidate timing goes on, in chunks of ``repeats``, until precise or this many
+    reference_repeats: int = 300
+    max_rounds: int = 600          # candidate timing goes on, in chunks of ``repeats``, until precise or this many
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ import json
 import multiprocessing as mp
 import os
 import shutil
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -82,20 +83,22 @@ def main() -> int:
                 neighbour.join(10)
         rows = [r for r in read_trials(run_dir).to_pylist() if r["status"] == "ok"]
         measured_reference[label] = json.loads((run_dir / "latency.json").read_text())["measured_reference_ms"]
-        by_run[label] = {round(next(v for k, v in r.items() if k.startswith("ratio:")), 4): r for r in rows}
+        by_run[label] = {round(statistics.mean(v for k, v in r.items() if k.startswith("ratio:")), 3): r for r in rows}
         import ray
 
         ray.shutdown()  # each search gets its own Ray and its own latency actor
 
     labels = [s[0] for s in setups]
     policies = sorted(set.intersection(*(set(v) for v in by_run.values())))
-    print(f"\nlatency consistency ({time.perf_counter() - start:.0f} s, {os.cpu_count()} cores, batch 32, 1 thread)")
+    spec = load_config(CONFIG, common)
+    print(f"\nlatency consistency ({time.perf_counter() - start:.0f} s, {os.cpu_count()} cores, "
+          f"batch {spec['latency.batch_size']}, {spec['latency.threads']} thread)")
     print(f"{'policy':>14s} " + " ".join(f"{lab:>32s}" for lab in labels) + f" {'spread':>8s}")
     worst = 0.0
     for ratio in policies:
         values = [by_run[lab][ratio]["latency_ms"] for lab in labels]
         worst = max(worst, spread(values))
-        print(f"{'uniform ' + str(ratio):>14s} " + " ".join(f"{v:>29.3f} ms" for v in values) + f" {spread(values):>7.1%}")
+        print(f"{'mean ratio ' + str(ratio):>14s} " + " ".join(f"{v:>29.3f} ms" for v in values) + f" {spread(values):>7.1%}")
     refs = [next(iter(by_run[lab].values()))["base_latency_ms"] for lab in labels]
     print(f"{'base (ref.)':>14s} " + " ".join(f"{v:>29.3f} ms" for v in refs) + f" {spread(refs):>7.1%}")
     own = [measured_reference[lab] for lab in labels]
