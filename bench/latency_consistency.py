@@ -98,7 +98,8 @@ def main() -> int:
     for ratio in policies:
         values = [by_run[lab][ratio]["latency_ms"] for lab in labels]
         worst = max(worst, spread(values))
-        print(f"{'mean ratio ' + str(ratio):>14s} " + " ".join(f"{v:>29.3f} ms" for v in values) + f" {spread(values):>7.1%}")
+        cells = " ".join(f"{v:>29.3f} ms" for v in values)
+        print(f"{'mean ratio ' + str(ratio):>14s} {cells} {spread(values):>7.1%}")
     refs = [next(iter(by_run[lab].values()))["base_latency_ms"] for lab in labels]
     print(f"{'base (ref.)':>14s} " + " ".join(f"{v:>29.3f} ms" for v in refs) + f" {spread(refs):>7.1%}")
     own = [measured_reference[lab] for lab in labels]
