@@ -43,11 +43,14 @@ DEFAULTS: dict[str, Any] = {
     # staged evaluation: proxy_trials stage-0 candidates (prune + BN recalibration, accuracy on the first
     # proxy_samples validation images) before the fine-tuned ones (nsga2/tpe/gp/random; 0: fine-tune every
     # candidate); sensitivity and greedy always use stage 0. greedy: latency falls by greedy_step x base per
-    # iteration (NetAdapt's small steps), each proposal fine-tuned short_epochs.
+    # iteration (NetAdapt's small steps), each proposal fine-tuned short_epochs. seed_from: sensitivity starts
+    # nsga2/tpe/gp/random from sensitivity allocations (population - warm_start of them) after the uniform ones.
     "searcher": {"name": "nsga2", "seed": 0, "warm_start": 3, "population": 8, "startup_trials": 6, "grid": 8,
-                 "proxy_trials": 0, "proxy_samples": 1000, "short_epochs": 0.1, "greedy_step": 0.05},
+                 "proxy_trials": 0, "proxy_samples": 1000, "short_epochs": 0.1, "greedy_step": 0.05,
+                 "seed_from": "uniform"},
     "scheduler": "none",  # or "asha": stop weak candidates early on validation accuracy (multi-fidelity)
     "trials": 16,
+    "time_budget_s": None,  # stop the search after this many seconds (Ray Tune's time_budget_s); null: no limit
     "concurrency": 2,
     "resources": {"cpu": 1.0, "gpu": 0.0},
     # target: a custom Ray resource naming the node that times candidates (null: any node); table: a per-layer
@@ -58,8 +61,8 @@ DEFAULTS: dict[str, Any] = {
                 "target": None, "table": None, "screen_margin": 0.15, "shared_reference": True},
     "max_failures": 1,
 }
-NULLABLE = {"data.root": str, "data.max_train_samples": int, "base.checkpoint": str, "latency.threads": int,
-            "latency.target": str, "latency.table": str, "latency.screen_margin": float}
+NULLABLE = {"time_budget_s": float, "data.root": str, "data.max_train_samples": int, "base.checkpoint": str,
+            "latency.threads": int, "latency.target": str, "latency.table": str, "latency.screen_margin": float}
 FREE_FORM = {"space.groups"}  # mapping of group name -> {low, high, step}
 
 _CONSTRAINT = re.compile(
@@ -249,6 +252,14 @@ def _validate(c: SearchConfig) -> None:
     if c["resources.cpu"] <= 0 or c["resources.gpu"] < 0:
         raise AutopruneError("config key 'resources': cpu must be > 0 and gpu >= 0")
     c.objectives  # noqa: B018  (parse now, naming the key)
+    if c["searcher.seed_from"] not in ("uniform", "sensitivity"):
+        raise AutopruneError(f"config key 'searcher.seed_from' must be uniform or sensitivity, "
+                             f"got '{c['searcher.seed_from']}'")
+    if c["searcher.seed_from"] == "sensitivity" and c["searcher.name"] in ("uniform", "sensitivity", "greedy"):
+        raise AutopruneError(f"config key 'searcher.seed_from': sensitivity seeds nsga2, tpe, gp or random, "
+                             f"not '{c['searcher.name']}'")
+    if c["time_budget_s"] is not None and c["time_budget_s"] <= 0:
+        raise AutopruneError(f"config key 'time_budget_s' must be > 0 seconds or null, got {c['time_budget_s']}")
     if c["scheduler"] not in ("none", "asha"):
         raise AutopruneError(f"config key 'scheduler' must be none or asha, got '{c['scheduler']}'")
     if c["latency.device"] not in ("auto", "cpu", "cuda"):

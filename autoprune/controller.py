@@ -41,6 +41,8 @@ from autoprune.searchers import Outcome, Searcher, make_searcher
 from autoprune.searchers.base import EPOCHS_KEY, STAGE_KEY
 from autoprune.searchers.journal import JOURNAL_FILE, StudyJournal
 from autoprune.searchers.optuna_base import OptunaSearcher
+from autoprune.searchers.seeded import SensitivitySeeded
+from autoprune.searchers.sensitivity import SensitivitySearcher
 from autoprune.searchers.staged import StagedSearcher
 from autoprune.space import SearchSpace
 from autoprune.storage import RunDir, as_run_dir
@@ -406,12 +408,17 @@ def curves_key(config: SearchConfig, base_path: Path, settings: TrialSettings) -
 
 def build_searcher(config: SearchConfig, space: SearchSpace, run_dir: RunDir, marker: dict[str, Any],
                    meter: Any, structure: StructureModel, cache_key: str) -> Searcher:
-    """The configured searcher; Optuna-backed ones staged when ``searcher.proxy_trials`` > 0."""
+    """The configured searcher; Optuna-backed ones staged when ``searcher.proxy_trials`` > 0 and seeded with
+    sensitivity allocations when ``searcher.seed_from`` is ``sensitivity``."""
     import ray
 
     from autoprune.feasibility import STATIC
 
     reference = ray.get(meter.reference.remote()).latency_ms
+
+    def predict_latency(channels: dict[str, int]) -> float:
+        return float(ray.get(meter.predict.remote(channels)))
+
     searcher = make_searcher(config["searcher.name"], space, seed=config["searcher.seed"],
                              warm_start=config["searcher.warm_start"], population=config["searcher.population"],
                              startup_trials=config["searcher.startup_trials"], grid=config["searcher.grid"],
@@ -419,12 +426,19 @@ def build_searcher(config: SearchConfig, space: SearchSpace, run_dir: RunDir, ma
                              run_dir=run_dir, short_epochs=config["searcher.short_epochs"],
                              greedy_step=config["searcher.greedy_step"], base_latency_ms=reference,
                              constraints=config.constraints, trials=config["trials"], cache_key=cache_key,
-                             predict_latency=lambda channels: ray.get(meter.predict.remote(channels)),
-                             predict_macs=structure.macs)
+                             predict_latency=predict_latency, predict_macs=structure.macs)
+    then: Searcher = searcher
     if config["searcher.proxy_trials"] > 0 and isinstance(searcher, OptunaSearcher):
         structural = frozenset(c.text for c in config.constraints if c.metric in STATIC)
-        return StagedSearcher(searcher, config["searcher.proxy_trials"], structural)
-    return searcher
+        then = StagedSearcher(searcher, config["searcher.proxy_trials"], structural)
+    if config["searcher.seed_from"] == "sensitivity":
+        seeds = max(1, config["searcher.population"] - config["searcher.warm_start"])
+        sensitivity = SensitivitySearcher(space, seed=config["searcher.seed"], objectives=config.objectives,
+                                          run_dir=run_dir, base_latency_ms=reference, constraints=config.constraints,
+                                          trials=seeds, cache_key=cache_key, predict_latency=predict_latency,
+                                          predict_macs=structure.macs)
+        return SensitivitySeeded(sensitivity, searcher, then)
+    return then
 
 
 def space_point(row: dict[str, Any], space: SearchSpace) -> dict[str, Any]:

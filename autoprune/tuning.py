@@ -75,6 +75,7 @@ def run_tune(config: SearchConfig, run_dir: RunDir, base: Any, data: ImageData, 
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=search, scheduler=scheduler, num_samples=-1,  # the searcher ends it
+                                    time_budget_s=config["time_budget_s"],
                                     max_concurrent_trials=config["concurrency"], reuse_actors=True,
                                     trial_name_creator=str, trial_dirname_creator=lambda t: f"trial_{t.trial_id}"),
         run_config=tune.RunConfig(name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=run_dir.uri,

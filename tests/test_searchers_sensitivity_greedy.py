@@ -312,3 +312,52 @@ def test_greedy_needs_a_latency_model():
 
     with pytest.raises(AutopruneError, match="predict_latency"):
         make_searcher("greedy", SPACE)
+
+
+def seeded(population=5, warm_start=2, **settings):
+    from autoprune.searchers.seeded import SensitivitySeeded
+
+    sensitivity = make("sensitivity", trials=population - warm_start, **settings)
+    target = make("nsga2", population=population, warm_start=warm_start)
+    return SensitivitySeeded(sensitivity, target, target), sensitivity
+
+
+def test_seed_from_sensitivity_starts_nsga2_from_the_allocations_after_the_uniform_points():
+    s, sensitivity = seeded()
+    assert s.name == "nsga2"
+    asked = run_phase_a(s)  # stage 0 first: the reference and each group alone at each ratio
+    assert len(asked) == 1 + 3 * 3 and all(stage_of(p) == "proxy" for _, p in asked)
+    first = []
+    for _ in range(5):  # the first generation: 2 uniform policies, then the 3 allocations
+        sid, point = s.ask()
+        assert stage_of(point) == "full"
+        first.append(groups_of(point))
+        s.tell(sid, evaluate(point))
+    assert all(len(set(p.values())) == 1 for p in first[:2])  # the uniform warm start
+    planned = [groups_of(a.point("l1")) for a in sensitivity.plan]
+    assert len(planned) == 3 and all(latency(p) < BASE_MS for p in planned)  # allocations prune something
+    fresh = [p for p in planned if p not in first[:2]]  # an allocation that is a uniform policy runs once
+    assert fresh and first[2:2 + len(fresh)] == fresh
+    sid, point = s.ask()  # then evolution goes on with points no trial has taken
+    assert groups_of(point) not in first
+
+
+def test_seed_from_sensitivity_replays_stage0_rows_into_the_curves():
+    s, _ = seeded()
+    asked = run_phase_a(s)
+    again, sensitivity = seeded()
+    for _, point in asked:
+        again.replay(point, evaluate(point))
+    sid, point = again.ask()  # no stage-0 point repeated: the curves are complete
+    assert stage_of(point) == "full" and sensitivity.curves is not None
+
+
+def test_seed_from_sensitivity_is_refused_for_searchers_it_cannot_seed():
+    from autoprune.config import load_config
+    from autoprune.errors import AutopruneError
+
+    assert load_config(None, ["searcher.seed_from=sensitivity"])["searcher.seed_from"] == "sensitivity"
+    with pytest.raises(AutopruneError, match="searcher.seed_from.*'greedy'"):
+        load_config(None, ["searcher.seed_from=sensitivity", "searcher.name=greedy"])
+    with pytest.raises(AutopruneError, match="searcher.seed_from' must be uniform or sensitivity"):
+        load_config(None, ["searcher.seed_from=fastnas"])

@@ -50,6 +50,7 @@ class Searcher(ABC):
         self.warm_start = warm_start
         self.objectives = tuple(objectives)
         self.settings = settings
+        self.seed_points: list[dict[str, Any]] = []  # evaluated first after the uniform ones (SensitivitySeeded)
 
     @abstractmethod
     def ask(self) -> tuple[int, dict[str, Any]] | str | None:
@@ -66,5 +67,8 @@ class Searcher(ABC):
         """Learn from a point evaluated earlier (a resumed search) without suggesting it again."""
 
     def warm_start_points(self) -> list[dict[str, Any]]:
-        """Uniform policies evaluated first, so every search starts from the manual baseline."""
-        return [self.space.uniform_point(r) for r in self.space.uniform_ratios(self.warm_start)] if self.warm_start else []
+        """Uniform policies evaluated first, so every search starts from the manual baseline, then
+        ``seed_points`` (e.g. sensitivity allocations)."""
+        uniform = [self.space.uniform_point(r) for r in self.space.uniform_ratios(self.warm_start)]
+        uniform = uniform if self.warm_start else []
+        return uniform + [p for p in self.seed_points if p not in uniform]
