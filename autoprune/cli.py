@@ -156,7 +156,8 @@ def cmd_search(args: argparse.Namespace) -> None:
             config = load_config(saved, args.set)
     run_dir = args.out or str(Path("runs") / f"{config['name']}-{time.strftime('%Y%m%d-%H%M%S')}")
     summary = run_search(config, run_dir, resume=bool(args.resume), echo=lambda m: print(m, flush=True))
-    print(f"\n{summary.finished} trials finished, {summary.failed} failed; "
+    stage0 = f" (and {summary.stage0} stage-0 evaluations)" if summary.stage0 else ""
+    print(f"\n{summary.finished} trials finished{stage0}, {summary.failed} failed; "
           f"Pareto front: {len(summary.front.rows)} trials, hypervolume {summary.front.hypervolume:.4f} (vs base)")
     if summary.front.rows:
         print(summary_table(summary.run_dir))
@@ -166,6 +167,10 @@ def cmd_search(args: argparse.Namespace) -> None:
     if summary.finished and not summary.front.rows:
         raise AutopruneError(f"no trial met every constraint ({'; '.join(config['constraints'])}): the front is "
                              f"empty; relax the constraints or widen the search space")
+    if not summary.finished and summary.budget_reached:
+        raise AutopruneError(f"the time budget ({config['time_budget_s']:g} s, time_budget_s) ended the search before "
+                             f"any fine-tuned trial finished ({summary.stage0} stage-0 evaluations): raise it, or "
+                             f"--resume {run.display('')} to go on")
     if not summary.finished:
         raise AutopruneError(f"no trial finished ({summary.failed} failed): see the 'error' column of "
                              f"{run.display('trials.parquet')}")

@@ -63,6 +63,7 @@ DEFAULTS: dict[str, Any] = {
 }
 NULLABLE = {"time_budget_s": float, "data.root": str, "data.max_train_samples": int, "base.checkpoint": str,
             "latency.threads": int, "latency.target": str, "latency.table": str, "latency.screen_margin": float}
+PATH_KEYS = ("data.root", "base.checkpoint", "latency.table")
 FREE_FORM = {"space.groups"}  # mapping of group name -> {low, high, step}
 
 _CONSTRAINT = re.compile(
@@ -136,6 +137,19 @@ class SearchConfig:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.raw, sort_keys=False)
+
+    def with_absolute_paths(self) -> "SearchConfig":
+        """A copy whose local file paths (data root, base checkpoint, latency table) are absolute, for code that
+        runs from another working directory; URIs are kept."""
+        raw = copy.deepcopy(self.raw)
+        for dotted in PATH_KEYS:
+            *parents, leaf = dotted.split(".")
+            node = raw
+            for part in parents:
+                node = node[part]
+            if node[leaf] and "://" not in str(node[leaf]):
+                node[leaf] = str(Path(node[leaf]).expanduser().resolve())
+        return SearchConfig(raw, self.path)
 
 
 def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> SearchConfig:

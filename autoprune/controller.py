@@ -56,9 +56,11 @@ LATENCY_FILE = "latency.json"  # the latency actor's reference and timed structu
 @dataclass
 class SearchSummary:
     run_dir: RunDir
-    finished: int
+    finished: int          # fine-tuned trials that finished (stage-0 evaluations not counted)
     failed: int
     front: Front
+    stage0: int = 0        # stage-0 (proxy) evaluations that finished
+    budget_reached: bool = False  # time_budget_s ended the search
 
 
 def default_base_path(config: SearchConfig) -> Path:
@@ -324,18 +326,28 @@ def run_search(config: SearchConfig, run_dir: str | Path | RunDir, *, resume: bo
     echo(f"search '{config['name']}': {len(space.params)} groups, searcher {config['searcher.name']}, "
          f"{remaining} trials to run ({len(evaluated)} already finished), {config['concurrency']} at a time "
          f"-> {run_dir}")
+    budget_reached = False
     if remaining > 0:
+        absolute, base_path = config.with_absolute_paths(), base_path.resolve()  # resolved before the cwd changes
+        started = time.monotonic()
         with stable_working_directory(run_dir):
-            _search(config, run_dir, marker, data, base, base_path, base_model, groups, space, store, done,
+            _search(absolute, run_dir, marker, data, base, base_path, base_model, groups, space, store, done,
                     remaining, echo)
+        budget = config["time_budget_s"]
+        budget_reached = budget is not None and time.monotonic() - started >= budget
+        if budget_reached:
+            echo(f"time budget of {budget:g} s reached (time_budget_s): trials still running were stopped and not "
+                 f"recorded; --resume continues the search")
     correlation = proxy_correlation(store.rows)
     if correlation is not None:
         echo(f"stage-0 proxy vs fine-tuned accuracy: Spearman {correlation[0]:.2f} over {correlation[1]} trials")
     front = write_front(run_dir) if store.rows else Front([], 0.0, None)
-    finished = sum(r["status"] == "ok" for r in store.rows)
+    finished = sum(r["status"] == "ok" and counts_as_trial(r) for r in store.rows)
+    stage0 = sum(r["status"] == "ok" and r.get("stage") == "proxy" for r in store.rows)
     if finished and not front.rows:
         echo("no trial met every constraint: the front is empty")
-    return SearchSummary(run_dir, finished, sum(r["status"] == "failed" for r in store.rows), front)
+    return SearchSummary(run_dir, finished, sum(r["status"] == "failed" for r in store.rows), front, stage0,
+                         budget_reached)
 
 
 @contextmanager

@@ -500,20 +500,18 @@ def start_meter(base: nn.Module, spec: LatencySpec, structure: StructureModel, t
                 target: str | None, state: dict[str, Any] | None = None,
                 shared_reference: bool = True, gate: str | None = None) -> tuple[Any, bool]:
     """Start the search's latency actor (on the node advertising ``target`` when one is named, else on the
-    head node, which outlives any worker; restarted elsewhere if its node dies), restore a saved ``state``
-    if it fits, else time the reference, before any trial runs. Returns the handle and whether the state
-    was restored."""
+    head node, which outlives any worker; hard affinity: Ray's soft affinity placed it on workers), restore
+    a saved ``state`` if it fits, else time the reference, before any trial runs. Returns the handle and
+    whether the state was restored."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     check_target(target)
-    # If its node dies the actor restarts elsewhere (timing the reference again there) and the trials'
-    # calls are retried, so losing a node never loses a search.
-    options: dict[str, Any] = {"num_cpus": 0, "max_concurrency": 1, "max_restarts": -1, "max_task_retries": -1}
+    options: dict[str, Any] = {"num_cpus": 0, "max_concurrency": 1}
     if target:
         options["resources"] = {target: 1}
     else:  # on a cluster the head, where no trial trains
-        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(_head_node_id(), soft=True)
+        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(_head_node_id(), soft=False)
     handle: Any = ray.remote(LatencyMeter).options(**options).remote(_cpu_copy(base), spec, structure, table,
                                                                      shared_reference, gate)
     restored = bool(state) and bool(ray.get(handle.restore.remote(state)))
@@ -522,13 +520,13 @@ def start_meter(base: nn.Module, spec: LatencySpec, structure: StructureModel, t
 
 
 def _head_node_id() -> str:
-    """The head node's id (the driver's node when no node says it is the head)."""
+    """The live head node's id."""
     import ray
 
     for node in ray.nodes():
         if node.get("Alive") and "node:__internal_head__" in node.get("Resources", {}):
             return str(node["NodeID"])
-    return str(ray.get_runtime_context().get_node_id())
+    raise AutopruneError("the Ray cluster has no live head node to run the latency actor on")
 
 
 def local_meter(base: nn.Module, example_input: torch.Tensor, groups: list[PrunableGroup], spec: LatencySpec,

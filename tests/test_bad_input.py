@@ -154,3 +154,13 @@ def test_resume_with_other_objectives(tmp_path):
                                                         "objectives": ["accuracy", "size_bytes", "latency_ms"]}))
     refused(cli("search", "--resume", run, "--set", "objectives=[accuracy, macs]"), "config key 'objectives'",
             "keeps its objectives")
+
+
+def test_a_time_budget_spent_before_any_fine_tune_says_so(tmp_path, base):
+    # sensitivity's stage 0 alone takes many seconds (the reference and every group at every ratio): one second ends it
+    proc = cli("search", "search_spaces/resnet20_fashionmnist.yaml", "--out", tmp_path / "run", *TINY,
+               "--set", f"base.checkpoint={base}", "--set", "searcher.name=sensitivity", "--set", "time_budget_s=1",
+               "--set", "constraints=[]")
+    refused(proc, "the time budget (1 s, time_budget_s) ended the search before any fine-tuned trial finished",
+            f"--resume {tmp_path / 'run'}")
+    assert (tmp_path / "run" / "autoprune-run.json").is_file()  # the run directory stays, resumable

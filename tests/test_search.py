@@ -127,8 +127,10 @@ def test_constraint_violators_never_enter_the_front(tmp_path, base_path):
     assert front_ids == expected and front_ids
 
 
-def test_no_feasible_candidate_ends_with_an_empty_front(tmp_path, base_path):
-    summary, lines = search(tmp_path, base_path, "trials=2", "searcher.name=uniform",
+def test_no_feasible_candidate_ends_with_an_empty_front(tmp_path, base_path, monkeypatch):
+    # relative paths, as the default config writes them, resolve against the directory the search started in
+    monkeypatch.chdir(base_path.parent)
+    summary, lines = search(tmp_path, Path(base_path.name), "trials=2", "searcher.name=uniform",
                             "constraints=['accuracy >= base + 1']")  # accuracy never exceeds 1
     assert summary.finished == 2 and summary.front.rows == []
     assert read_trials(summary.run_dir, "front.parquet").num_rows == 0
