@@ -6,6 +6,7 @@ the wrong type, or a bad constraint is an error naming the dotted key.
 from __future__ import annotations
 
 import copy
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -53,7 +54,7 @@ DEFAULTS: dict[str, Any] = {
     "time_budget_s": None,  # stop the search after this many seconds (Ray Tune's time_budget_s); null: no limit
     "concurrency": 2,
     "resources": {"cpu": 1.0, "gpu": 0.0},
-    # target: a custom Ray resource naming the node that times candidates (null: any node); table: a per-layer
+    # target: a custom Ray resource naming the node that times candidates (null: the head node); table: a per-layer
     # lookup table from 'autoprune latency-table'; screen_margin: skip candidates predicted to break a latency
     # constraint by more than this fraction (null: never skip); shared_reference: the base's reference latency is the
     # lowest this target has measured for it (kept in $AUTOPRUNE_CACHE_DIR/latency), so searches share one
@@ -63,6 +64,7 @@ DEFAULTS: dict[str, Any] = {
 }
 NULLABLE = {"time_budget_s": float, "data.root": str, "data.max_train_samples": int, "base.checkpoint": str,
             "latency.threads": int, "latency.target": str, "latency.table": str, "latency.screen_margin": float}
+SEEDABLE = ("nsga2", "tpe", "gp", "random")  # searchers that start from warm-start points (Optuna-backed)
 PATH_KEYS = ("data.root", "base.checkpoint", "latency.table")
 FREE_FORM = {"space.groups"}  # mapping of group name -> {low, high, step}
 
@@ -269,10 +271,10 @@ def _validate(c: SearchConfig) -> None:
     if c["searcher.seed_from"] not in ("uniform", "sensitivity"):
         raise AutopruneError(f"config key 'searcher.seed_from' must be uniform or sensitivity, "
                              f"got '{c['searcher.seed_from']}'")
-    if c["searcher.seed_from"] == "sensitivity" and c["searcher.name"] in ("uniform", "sensitivity", "greedy"):
+    if c["searcher.seed_from"] == "sensitivity" and c["searcher.name"] not in SEEDABLE:
         raise AutopruneError(f"config key 'searcher.seed_from': sensitivity seeds nsga2, tpe, gp or random, "
                              f"not '{c['searcher.name']}'")
-    if c["time_budget_s"] is not None and c["time_budget_s"] <= 0:
+    if c["time_budget_s"] is not None and not (math.isfinite(c["time_budget_s"]) and c["time_budget_s"] > 0):
         raise AutopruneError(f"config key 'time_budget_s' must be > 0 seconds or null, got {c['time_budget_s']}")
     if c["scheduler"] not in ("none", "asha"):
         raise AutopruneError(f"config key 'scheduler' must be none or asha, got '{c['scheduler']}'")

@@ -227,7 +227,7 @@ def trial_settings(config: SearchConfig) -> TrialSettings:
 
 def start_latency_meter(config: SearchConfig, run_dir: RunDir, base_model: Any, input_shape: tuple[int, ...],
                         structure: StructureModel, settings: TrialSettings, echo: Echo) -> Any:
-    """The search's latency actor on ``latency.target`` (the driver's node when null), continuing the run
+    """The search's latency actor on ``latency.target`` (the head node when null), continuing the run
     directory's ``latency.json`` (reference and timed structures) when it was taken with the same settings."""
     table = LatencyTable.load(config["latency.table"]) if config["latency.table"] else None
     spec = settings.latency_spec(input_shape)
@@ -329,15 +329,12 @@ def run_search(config: SearchConfig, run_dir: str | Path | RunDir, *, resume: bo
     budget_reached = False
     if remaining > 0:
         absolute, base_path = config.with_absolute_paths(), base_path.resolve()  # resolved before the cwd changes
-        started = time.monotonic()
         with stable_working_directory(run_dir):
-            _search(absolute, run_dir, marker, data, base, base_path, base_model, groups, space, store, done,
-                    remaining, echo)
-        budget = config["time_budget_s"]
-        budget_reached = budget is not None and time.monotonic() - started >= budget
+            budget_reached = _search(absolute, run_dir, marker, data, base, base_path, base_model, groups, space,
+                                     store, done, remaining, echo)
         if budget_reached:
-            echo(f"time budget of {budget:g} s reached (time_budget_s): trials still running were stopped and not "
-                 f"recorded; --resume continues the search")
+            echo(f"time budget of {config['time_budget_s']:g} s reached (time_budget_s): trials still running were "
+                 f"stopped and not recorded; --resume continues the search with a new budget")
     correlation = proxy_correlation(store.rows)
     if correlation is not None:
         echo(f"stage-0 proxy vs fine-tuned accuracy: Spearman {correlation[0]:.2f} over {correlation[1]} trials")
@@ -368,8 +365,9 @@ def stable_working_directory(run_dir: RunDir) -> Iterator[None]:
 
 def _search(config: SearchConfig, run_dir: RunDir, marker: dict[str, Any], data: ImageData, base: Any,
             base_path: Path, base_model: Any, groups: list[Any], space: SearchSpace, store: ResultsStore,
-            done: list[dict[str, Any]], remaining: int, echo: Echo) -> None:
-    """Ray up, the latency actor and the feasibility check, the searcher (replayed), then the Tune trials."""
+            done: list[dict[str, Any]], remaining: int, echo: Echo) -> bool:
+    """Ray up, the latency actor and the feasibility check, the searcher (replayed), then the Tune trials.
+    Returns whether the time budget ended them."""
     import ray
 
     from autoprune.tuning import init_ray, run_tune
@@ -386,10 +384,12 @@ def _search(config: SearchConfig, run_dir: RunDir, marker: dict[str, Any], data:
         for row in done:  # a study loaded from the run directory already holds them
             if not searcher.resumed:
                 searcher.replay(space_point(row, space), outcome_of_row(row, config))
-        run_tune(config, run_dir, base, data, space, searcher, store, settings, remaining, echo, meter)
+        budget_reached = run_tune(config, run_dir, base, data, space, searcher, store, settings, remaining, echo,
+                                  meter)
     finally:
         save_latency_state(run_dir, meter, echo)
     echo(latency_summary(ray.get(meter.summary.remote())))
+    return budget_reached
 
 
 def counts_as_trial(row: dict[str, Any]) -> bool:
@@ -443,8 +443,8 @@ def build_searcher(config: SearchConfig, space: SearchSpace, run_dir: RunDir, ma
     if config["searcher.proxy_trials"] > 0 and isinstance(searcher, OptunaSearcher):
         structural = frozenset(c.text for c in config.constraints if c.metric in STATIC)
         then = StagedSearcher(searcher, config["searcher.proxy_trials"], structural)
-    if config["searcher.seed_from"] == "sensitivity":
-        seeds = max(1, config["searcher.population"] - config["searcher.warm_start"])
+    seeds = config["searcher.population"] - config["searcher.warm_start"]
+    if config["searcher.seed_from"] == "sensitivity" and seeds > 0:
         sensitivity = SensitivitySearcher(space, seed=config["searcher.seed"], objectives=config.objectives,
                                           run_dir=run_dir, base_latency_ms=reference, constraints=config.constraints,
                                           trials=seeds, cache_key=cache_key, predict_latency=predict_latency,

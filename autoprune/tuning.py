@@ -51,8 +51,9 @@ def init_ray(cpus: float) -> None:
 
 def run_tune(config: SearchConfig, run_dir: RunDir, base: Any, data: ImageData, space: SearchSpace,
              searcher: Searcher, store: ResultsStore, settings: TrialSettings, trials: int, echo,
-             meter: Any) -> None:
-    """Run ``trials`` trials on Ray Tune; every trial times its candidate on the search's latency actor ``meter``."""
+             meter: Any) -> bool:
+    """Run ``trials`` trials on Ray Tune; every trial times its candidate on the search's latency actor ``meter``.
+    Returns whether ``time_budget_s`` ended it (Tune's clock starts at ``fit``)."""
     from autoprune.tune_search import AskTellSearch
     from autoprune.worker import policy_trial
 
@@ -84,7 +85,10 @@ def run_tune(config: SearchConfig, run_dir: RunDir, base: Any, data: ImageData, 
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
     )
     echo(format_rows([]).splitlines()[0] + "  front")
+    started = time.monotonic()
     tuner.fit()
+    budget = config["time_budget_s"]
+    return budget is not None and time.monotonic() - started >= budget
 
 
 def latency_screen(config: SearchConfig, space: SearchSpace, meter: Any) -> LatencyScreen:

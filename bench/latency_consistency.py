@@ -46,6 +46,15 @@ def busy_neighbour(stop: "mp.synchronize.Event") -> None:  # type: ignore[name-d
             a = torch.tanh(a @ a)
 
 
+def policy_key(row: dict) -> tuple:
+    """A trial's policy: its criterion and every group's ratio."""
+    return (row["criterion"], *sorted((k, round(v, 6)) for k, v in row.items() if k.startswith("ratio:")))
+
+
+def mean_ratio(key: tuple) -> float:
+    return statistics.mean(v for _, v in key[1:])
+
+
 def spread(values: list[float]) -> float:
     return max(values) / min(values) - 1.0
 
@@ -83,13 +92,13 @@ def main() -> int:
                 neighbour.join(10)
         rows = [r for r in read_trials(run_dir).to_pylist() if r["status"] == "ok"]
         measured_reference[label] = json.loads((run_dir / "latency.json").read_text())["measured_reference_ms"]
-        by_run[label] = {round(statistics.mean(v for k, v in r.items() if k.startswith("ratio:")), 3): r for r in rows}
+        by_run[label] = {policy_key(r): r for r in rows}
         import ray
 
         ray.shutdown()  # each search gets its own Ray and its own latency actor
 
     labels = [s[0] for s in setups]
-    policies = sorted(set.intersection(*(set(v) for v in by_run.values())))
+    policies = sorted(set.intersection(*(set(v) for v in by_run.values())), key=mean_ratio)
     spec = load_config(CONFIG, common)
     print(f"\nlatency consistency ({time.perf_counter() - start:.0f} s, {os.cpu_count()} cores, "
           f"batch {spec['latency.batch_size']}, {spec['latency.threads']} thread)")
@@ -99,7 +108,7 @@ def main() -> int:
         values = [by_run[lab][ratio]["latency_ms"] for lab in labels]
         worst = max(worst, spread(values))
         cells = " ".join(f"{v:>29.3f} ms" for v in values)
-        print(f"{'mean ratio ' + str(ratio):>14s} {cells} {spread(values):>7.1%}")
+        print(f"{f'mean ratio {mean_ratio(ratio):.3g}':>14s} {cells} {spread(values):>7.1%}")
     refs = [next(iter(by_run[lab].values()))["base_latency_ms"] for lab in labels]
     print(f"{'base (ref.)':>14s} " + " ".join(f"{v:>29.3f} ms" for v in refs) + f" {spread(refs):>7.1%}")
     own = [measured_reference[lab] for lab in labels]

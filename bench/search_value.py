@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -36,7 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from autoprune.config import load_config
-from autoprune.controller import run_search
+from autoprune.controller import data_spec, ensure_base, run_search
+from autoprune.data import load_data
 from autoprune.finalize import finalize
 from autoprune.results import read_trials
 
@@ -77,6 +79,7 @@ def pick(rows: list[dict[str, Any]], target: float) -> dict[str, Any] | None:
 def run_searcher(arch: str, seed: int, name: str, args: argparse.Namespace, common: list[str],
                  out: Path) -> list[dict[str, Any]]:
     run_dir = out / arch / f"seed{seed}" / name
+    shutil.rmtree(run_dir, ignore_errors=True)  # every search starts from nothing: equal compute
     config = load_config(CONFIG, [*common, f"name=value_{arch}_{name}", f"searcher.name={name}",
                                   f"searcher.seed={seed}", "trials=1000", "searcher.grid=12",
                                   f"time_budget_s={args.search_minutes * 60}"])
@@ -95,7 +98,7 @@ def run_searcher(arch: str, seed: int, name: str, args: argparse.Namespace, comm
             results.append({**result, "test_accuracy": None})
             continue
         with Meter() as final:
-            metrics = finalize(run_dir, pick=row["trial_id"], epochs=args.final_epochs, kd=True,
+            metrics = finalize(run_dir, pick=f"trial:{row['trial_id']}", epochs=args.final_epochs, kd=True,
                                out=run_dir / f"final_{target:g}", echo=lambda m: None)
         results.append({**result, "trial_id": row["trial_id"], "search_val_accuracy": row["accuracy"],
                         "test_accuracy": metrics["test_accuracy"], "speedup": metrics["final"]["speedup"],
@@ -194,6 +197,9 @@ def main() -> int:
         print(f"bench: Fashion-MNIST not found under {args.data_root} (set --data-root or AUTOPRUNE_DATA)")
         return 2
     out = Path(args.out)
+    # no curves or latency references from earlier runs: each search pays for its own stage 0
+    shutil.rmtree(out / "cache", ignore_errors=True)
+    os.environ["AUTOPRUNE_CACHE_DIR"] = str(out / "cache")
     rows: list[dict[str, Any]] = []
     for arch in args.archs.split(","):
         base = out / arch / "base.pt"
@@ -201,6 +207,8 @@ def main() -> int:
                   f"base.checkpoint={base}", f"base.epochs={args.base_epochs}", "constraints=[]",
                   f"finetune.epochs={args.finetune_epochs}", "concurrency=2",
                   *([f"data.max_train_samples={args.train_samples}"] if args.train_samples else [])]
+        config = load_config(CONFIG, common)  # the base is trained here, so no searcher is charged for it
+        ensure_base(config, load_data(data_spec(config)), print)
         for seed in (int(s) for s in args.seeds.split(",")):
             for name in args.searchers.split(","):
                 rows += run_searcher(arch, seed, name, args, common, out)

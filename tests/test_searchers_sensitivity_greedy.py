@@ -361,3 +361,28 @@ def test_seed_from_sensitivity_is_refused_for_searchers_it_cannot_seed():
         load_config(None, ["searcher.seed_from=sensitivity", "searcher.name=greedy"])
     with pytest.raises(AutopruneError, match="searcher.seed_from' must be uniform or sensitivity"):
         load_config(None, ["searcher.seed_from=fastnas"])
+
+
+def test_seed_from_sensitivity_with_staged_evaluation_replays_each_row_to_its_owner():
+    from autoprune.searchers.seeded import SensitivitySeeded
+    from autoprune.searchers.staged import StagedSearcher
+
+    def build():
+        sensitivity = make("sensitivity", trials=3)
+        target = make("nsga2", population=5, warm_start=2)
+        return SensitivitySeeded(sensitivity, target, StagedSearcher(target, proxy_trials=4))
+
+    first = build()
+    curves = run_phase_a(first)
+    staged, stop = drain(first)  # the staged searcher's stage 0: uniform and allocated points among them
+    assert stop == WAIT and len(staged) == 4 and all(stage_of(p) == "proxy" for _, p in staged)
+    for sid, point in staged:
+        first.tell(sid, evaluate(point))
+    full, _ = drain(first)
+    assert full and all(stage_of(p) == "full" for _, p in full)
+
+    again = build()  # resumed from the rows: phase A, then the staged stage-0 rows (one may repeat a phase-A point)
+    for _, point in [*curves, *staged]:
+        again.replay(point, evaluate(point))
+    sid, point = again.ask()
+    assert stage_of(point) == "full" and groups_of(point) == groups_of(full[0][1])

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from autoprune.searchers.base import STAGE_KEY, WAIT, Outcome, Searcher, stage_of
-from autoprune.searchers.points import policy_key
+from autoprune.searchers.base import WAIT, Outcome, Searcher, stage_of
+from autoprune.searchers.points import Key, policy_key
 from autoprune.searchers.sensitivity import SensitivitySearcher
 
 
@@ -28,6 +28,7 @@ class SensitivitySeeded(Searcher):
         self._seeded = False
         self._phase_a = {policy_key(p) for p in sensitivity.phase_a}
         self._running: dict[int, tuple[str, int]] = {}  # id -> (whose, their id)
+        self._curve_rows: set[Key] = set()  # stage-0 rows replayed into the curves
         self._next_id = 0
 
     def _wrap(self, whose: str, suggestion: tuple[int, dict[str, Any]]) -> tuple[int, dict[str, Any]]:
@@ -44,8 +45,7 @@ class SensitivitySeeded(Searcher):
                 return self._wrap("sensitivity", suggestion)
             # the curves are built and the allocations planned (its first full point is one of them)
             self._seeded = True
-            self.target.seed_points = [{k: v for k, v in a.point(self.sensitivity.criterion).items() if k != STAGE_KEY}
-                                       for a in self.sensitivity.plan or []]
+            self.target.seed_points = [a.point(self.sensitivity.criterion) for a in self.sensitivity.plan or []]
         suggestion = self.then.ask()
         return suggestion if not isinstance(suggestion, tuple) else self._wrap("then", suggestion)
 
@@ -54,7 +54,9 @@ class SensitivitySeeded(Searcher):
         (self.sensitivity if whose == "sensitivity" else self.then).tell(their_id, outcome)
 
     def replay(self, point: dict[str, Any], outcome: Outcome) -> None:
-        if stage_of(point) == "proxy" and policy_key(point) in self._phase_a:
+        key = policy_key(point)  # a stage-0 row of the curves the first time; later ones are the staged searcher's
+        if stage_of(point) == "proxy" and key in self._phase_a and key not in self._curve_rows:
+            self._curve_rows.add(key)
             self.sensitivity.replay(point, outcome)
         else:
             self.then.replay(point, outcome)
