@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/search_value.py [--archs resnet20,vgg11_bn] [--seeds 0,1,2]
         [--searchers uniform,random,nsga2,tpe,sensitivity,greedy] [--search-minutes 5] [--final-epochs 1]
-        [--train-samples N] [--targets 0.5,0.33] [--no-fastnas] [--out runs/bench-value]
+        [--train-samples N] [--targets 0.5,0.7] [--fastnas-flops 0.25,0.5] [--no-fastnas] [--out runs/bench-value]
 
 Protocol, per architecture (its base trained once on Fashion-MNIST from ``$AUTOPRUNE_DATA``, minus a stratified,
 seeded 10 % validation split, ``--train-samples`` of the rest when given) and per seed:
@@ -16,7 +16,8 @@ seeded 10 % validation split, ``--train-samples`` of the rest when given) and pe
 2. Finalize. For each latency target t (a fraction of the base's measured latency), the trial with the best
    validation accuracy among those at <= t x base latency is finalized (``autoprune.finalize``: re-pruned,
    ``--final-epochs`` of KD fine-tuning, test split evaluated once, latency timed interleaved with the base).
-3. FastNAS (``bench/peer_fastnas.py``) at FLOPs fractions equal to the targets, fine-tuned the same way.
+3. FastNAS (``bench/peer_fastnas.py``) at ``--fastnas-flops`` (FLOPs fractions: at batch 1, 0.25 and 0.5 of
+   the FLOPs time near 0.5x and 0.7x of the latency), and uniform L1 at FastNAS's MACs, fine-tuned the same way.
 
 Compute is CPU-seconds used by the whole machine during each phase (``/proc/stat``: every process, Ray workers
 included). Printed and written to ``OUT/search_value.json``: per row the test accuracy, the measured speedup and
@@ -119,24 +120,24 @@ def run_peer(arch: str, seed: int, args: argparse.Namespace, base: Path, out: Pa
     settings = replace(trial_settings(config), finetune_epochs=args.final_epochs, kd=True, seed=seed,
                        threads=len(os.sched_getaffinity(0)))
     results = []
-    for target in args.targets:
-        with Meter() as whole:
-            report = run_fastnas(base, [target], settings=settings, uniform=False,
-                                 workdir=out / arch / f"seed{seed}" / "fastnas")
-        row = report["rows"][0]
-        results.append({"arch": arch, "seed": seed, "method": "fastnas", "target": target,
-                        "test_accuracy": row["test_accuracy"], "speedup": row["speedup"], "macs": row["macs"],
-                        "base_test_accuracy": report["base"]["test_accuracy"],
-                        "search_cpu_seconds": whole.cpu - row["finetune_seconds"] * settings.threads,
-                        "final_cpu_seconds": row["finetune_seconds"] * settings.threads,
-                        "search_seconds": row["search_seconds"]})
-        print(f"[{arch} s{seed} fastnas] FLOPs {target:g}: test {row['test_accuracy']:.4f} at {row['speedup']:.2f}x "
-              f"({whole.cpu:.0f} CPU-s)", flush=True)
+    for flops in args.fastnas_flops:
+        report = run_fastnas(base, [flops], settings=settings, uniform=True, workdir=out / arch / f"seed{seed}" / "fastnas")
+        for row in report["rows"]:  # FastNAS, then uniform L1 at FastNAS's MACs
+            method = "fastnas" if row["method"] == "fastnas" else "uniform@fastnas"
+            results.append({"arch": arch, "seed": seed, "method": method, "target": flops,
+                            "test_accuracy": row["test_accuracy"], "speedup": row["speedup"], "macs": row["macs"],
+                            "base_test_accuracy": report["base"]["test_accuracy"],
+                            "search_cpu_seconds": row["search_cpu_seconds"],
+                            "final_cpu_seconds": row["finetune_seconds"] * settings.threads,
+                            "search_seconds": row["search_seconds"]})
+            print(f"[{arch} s{seed} {method}] FLOPs {flops:g}: test {row['test_accuracy']:.4f} at "
+                  f"{row['speedup']:.2f}x ({row['search_cpu_seconds']:.0f} CPU-s search)", flush=True)
     return results
 
 
 def summarise(rows: list[dict[str, Any]]) -> str:
-    """Per architecture, method and target: mean test accuracy, speedup and compute over seeds."""
+    """Per architecture, method and target (a latency fraction; a FLOPs fraction for FastNAS's rows): mean test
+    accuracy, speedup and compute over seeds."""
     lines = [f"{'arch':<9} {'method':<12} {'target':>6} {'seeds':>5} {'test acc':>17} {'speedup':>8} "
              f"{'CPU-s':>7} {'hypervolume':>11}"]
     keys = sorted({(r["arch"], r["method"], r["target"]) for r in rows}, key=lambda k: (k[0], -k[2], k[1]))
@@ -188,11 +189,13 @@ def main() -> int:
     p.add_argument("--final-epochs", type=float, default=1.0, help="finalize's KD fine-tune (and FastNAS's)")
     p.add_argument("--base-epochs", type=float, default=3.0)
     p.add_argument("--train-samples", type=int, help="train on this many images (default: the whole split)")
-    p.add_argument("--targets", default="0.5,0.33", help="latency targets as fractions of the base's")
+    p.add_argument("--targets", default="0.5,0.7", help="latency targets as fractions of the base's (batch 1)")
+    p.add_argument("--fastnas-flops", default="0.25,0.5", help="FastNAS's FLOPs targets as fractions of the base's")
     p.add_argument("--no-fastnas", action="store_true")
     p.add_argument("--out", default=str(ROOT / "runs" / "bench-value"))
     args = p.parse_args()
     args.targets = [float(t) for t in args.targets.split(",")]
+    args.fastnas_flops = [float(t) for t in args.fastnas_flops.split(",")]
     if not (Path(args.data_root) / "FashionMNIST" / "raw" / "train-images-idx3-ubyte").is_file():
         print(f"bench: Fashion-MNIST not found under {args.data_root} (set --data-root or AUTOPRUNE_DATA)")
         return 2
