@@ -17,8 +17,8 @@ from typing import Any
 
 from autoprune.config import DEFAULTS
 from autoprune.errors import AutopruneError
-from autoprune.searchers.base import EPOCHS_KEY, STAGE_KEY, WAIT, Outcome, Searcher, stage_of
-from autoprune.searchers.points import Key, Predict, channels, full_structure, low_point, policy_key, score_index
+from autoprune.searchers.base import WAIT, Outcome, Searcher
+from autoprune.searchers.points import Predict, StageBook, channels, full_structure, low_point, policy_key, score_index
 from autoprune.space import SearchSpace
 
 
@@ -45,10 +45,7 @@ class GreedySearcher(Searcher):
         self._proposals: list[dict[str, Any]] | None = None
         self._pending: dict[str, Any] | None = None  # the latest P_k, not yet handed out as a full trial
         self._done = False
-        self._short: dict[Key, Outcome] = {}
-        self._full: set[Key] = set()
-        self._running: dict[int, tuple[str, Key]] = {}
-        self._next_id = 0
+        self.book = StageBook("short", self.epochs)
 
     def latency(self, point: dict[str, Any], outcome: Outcome | None = None) -> float:
         """Measured in ``outcome`` when latency is an objective, else predicted."""
@@ -56,19 +53,13 @@ class GreedySearcher(Searcher):
             return float(outcome.values[self.measured])
         return float(self.predict(channels(self.space, point)))
 
-    def _suggest(self, point: dict[str, Any], stage: str) -> tuple[int, dict[str, Any]]:
-        self._next_id += 1
-        self._running[self._next_id] = (stage, policy_key(point))
-        extra = {EPOCHS_KEY: self.epochs} if stage == "short" else {}
-        return self._next_id, {**point, STAGE_KEY: stage, **extra}
-
     def ask(self) -> tuple[int, dict[str, Any]] | str | None:
         while True:
             if self._pending is not None:
                 point, self._pending = self._pending, None
-                if policy_key(point) not in self._full:
-                    self._full.add(policy_key(point))
-                    return self._suggest(point, "full")
+                full = self.book.suggest_full(point)
+                if full is not None:
+                    return full
             if self._done:
                 return None
             if self._proposals is None:
@@ -76,11 +67,11 @@ class GreedySearcher(Searcher):
                 if not self._proposals:
                     self._done = True
                     return None
-            running = {key for _, key in self._running.values()}
+            running = {key for _, key in self.book.running.values()}
             for point in self._proposals:
-                if policy_key(point) not in self._short and policy_key(point) not in running:
-                    return self._suggest(point, "short")
-            if any(policy_key(p) not in self._short for p in self._proposals):
+                if policy_key(point) not in self.book.outcomes and policy_key(point) not in running:
+                    return self.book.suggest(point, "short")
+            if any(policy_key(p) not in self.book.outcomes for p in self._proposals):
                 return WAIT  # the iteration keeps the best of all its proposals
             self._advance(self._proposals)
 
@@ -92,13 +83,13 @@ class GreedySearcher(Searcher):
         proposals = []
         for p in self.space.params:
             higher = [{**current, p.group: r} for r in p.grid() if r > current[p.group] + 1e-9]
-            known = [q for q in higher if policy_key(q) in self._short]
+            known = [q for q in higher if policy_key(q) in self.book.outcomes]
             proposals += known[:1] or next(([q] for q in higher if self.latency(q) <= target), [])
         return proposals
 
     def _advance(self, proposals: list[dict[str, Any]]) -> None:
         """Keep the most accurate proposal that finished (ties: the faster) as P_{k+1}, to be fine-tuned in full."""
-        finished = [(p, self._short[policy_key(p)]) for p in proposals]
+        finished = [(p, self.book.outcomes[policy_key(p)]) for p in proposals]
         ranked = [(-o.values[self.score], self.latency(p, o), i) for i, (p, o) in enumerate(finished)
                   if o.state == "ok" and o.values is not None]
         self._proposals = None
@@ -110,14 +101,8 @@ class GreedySearcher(Searcher):
         self._pending = finished[i][0]
 
     def tell(self, suggestion_id: int, outcome: Outcome) -> None:
-        stage, key = self._running.pop(suggestion_id)
-        if stage == "short":
-            self._short[key] = outcome
+        self.book.tell(suggestion_id, outcome)
 
     def replay(self, point: dict[str, Any], outcome: Outcome) -> None:
         """A short row is a proposal already evaluated, a full row a kept point already fine-tuned."""
-        stage = stage_of(point)
-        if stage == "short":
-            self._short[policy_key(point)] = outcome
-        elif stage == "full":
-            self._full.add(policy_key(point))
+        self.book.replay(point, outcome)

@@ -6,7 +6,7 @@ from typing import Any
 
 from autoprune.errors import AutopruneError
 from autoprune.objectives import Objective
-from autoprune.searchers.base import EPOCHS_KEY, STAGE_KEY
+from autoprune.searchers.base import EPOCHS_KEY, STAGE_KEY, Outcome, stage_of
 from autoprune.space import CRITERION_KEY, SearchSpace
 
 Key = tuple[tuple[str, Any], ...]
@@ -43,3 +43,41 @@ def score_index(objectives: Sequence[Objective], searcher: str) -> int:
         raise AutopruneError(f"config key 'objectives': searcher '{searcher}' ranks candidates by accuracy, "
                              f"add it to {names}")
     return names.index(SCORE)
+
+
+class StageBook:
+    """The suggestions of a searcher that evaluates its own candidates at a cheap stage (``sensitivity``:
+    ``proxy``; ``greedy``: ``short``) before fine-tuning some in full: ids, what is running, the cheap stage's
+    outcomes by policy, and the policies already handed out (or replayed) as full trials."""
+
+    def __init__(self, stage: str, epochs: float | None = None) -> None:
+        self.stage, self.epochs = stage, epochs  # epochs: a "short" stage's fine-tuning
+        self.outcomes: dict[Key, Outcome] = {}
+        self.running: dict[int, tuple[str, Key]] = {}
+        self.full: set[Key] = set()
+        self._next_id = 0
+
+    def suggest(self, point: dict[str, Any], stage: str) -> tuple[int, dict[str, Any]]:
+        self._next_id += 1
+        self.running[self._next_id] = (stage, policy_key(point))
+        extra = {EPOCHS_KEY: self.epochs} if stage == "short" and self.epochs is not None else {}
+        return self._next_id, {**point, STAGE_KEY: stage, **extra}
+
+    def suggest_full(self, point: dict[str, Any]) -> tuple[int, dict[str, Any]] | None:
+        """The point as a full trial, unless one was handed out (or replayed) for its policy already."""
+        if policy_key(point) in self.full:
+            return None
+        self.full.add(policy_key(point))
+        return self.suggest(point, "full")
+
+    def tell(self, suggestion_id: int, outcome: Outcome) -> None:
+        stage, key = self.running.pop(suggestion_id)
+        if stage == self.stage:
+            self.outcomes[key] = outcome
+
+    def replay(self, point: dict[str, Any], outcome: Outcome) -> None:
+        stage = stage_of(point)
+        if stage == self.stage:
+            self.outcomes[policy_key(point)] = outcome
+        elif stage == "full":
+            self.full.add(policy_key(point))

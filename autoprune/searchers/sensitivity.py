@@ -40,8 +40,18 @@ from typing import Any
 
 from autoprune.config import DEFAULTS, Constraint
 from autoprune.errors import AutopruneError
-from autoprune.searchers.base import STAGE_KEY, WAIT, Outcome, Searcher, stage_of
-from autoprune.searchers.points import SCORE, Key, Predict, channels, full_structure, low_point, policy_key, score_index
+from autoprune.searchers.base import WAIT, Outcome, Searcher
+from autoprune.searchers.points import (
+    SCORE,
+    Key,
+    Predict,
+    StageBook,
+    channels,
+    full_structure,
+    low_point,
+    policy_key,
+    score_index,
+)
 from autoprune.space import CRITERION_KEY, SearchSpace
 from autoprune.storage import RunDir
 
@@ -273,11 +283,8 @@ class SensitivitySearcher(Searcher):
         self.shared = shared_cache(self.key) if cache_key else None
         reference = low_point(space, self.criterion)
         self.phase_a = [reference] + [{**reference, p.group: r} for p in space.params for r in p.grid() if r > p.low]
-        self._proxies: dict[Key, Outcome] = {}
+        self.book = StageBook("proxy")
         self._asked: set[Key] = set()
-        self._full: set[Key] = set()
-        self._running: dict[int, tuple[str, Key]] = {}
-        self._next_id = 0
         self.curves = self._cached()
         self.plan: list[Allocation] | None = None
 
@@ -297,19 +304,14 @@ class SensitivitySearcher(Searcher):
                 continue  # unreadable: evaluate again
         return None
 
-    def _suggest(self, point: dict[str, Any], stage: str) -> tuple[int, dict[str, Any]]:
-        self._next_id += 1
-        self._running[self._next_id] = (stage, policy_key(point))
-        return self._next_id, {**point, STAGE_KEY: stage}
-
     def ask(self) -> tuple[int, dict[str, Any]] | str | None:
         if self.curves is None:
             for point in self.phase_a:
                 key = policy_key(point)
-                if key not in self._proxies and key not in self._asked:
+                if key not in self.book.outcomes and key not in self._asked:
                     self._asked.add(key)
-                    return self._suggest(point, "proxy")
-            if any(policy_key(p) not in self._proxies for p in self.phase_a):
+                    return self.book.suggest(point, "proxy")
+            if any(policy_key(p) not in self.book.outcomes for p in self.phase_a):
                 return WAIT  # the allocation needs every curve
             self.curves = self._build_curves()
             if self.curves is None:
@@ -317,10 +319,9 @@ class SensitivitySearcher(Searcher):
         if self.plan is None:
             self.plan = self._allocate(self.curves)
         for allocation in self.plan:
-            point = allocation.point(self.criterion)
-            if policy_key(point) not in self._full:
-                self._full.add(policy_key(point))
-                return self._suggest(point, "full")
+            full = self.book.suggest_full(allocation.point(self.criterion))
+            if full is not None:
+                return full
         return None
 
     def _metrics(self, point: dict[str, Any], values: tuple[float, ...]) -> dict[str, float]:
@@ -333,7 +334,7 @@ class SensitivitySearcher(Searcher):
     def _build_curves(self) -> Curves | None:
         ok = {}
         for point in self.phase_a:
-            outcome = self._proxies[policy_key(point)]
+            outcome = self.book.outcomes[policy_key(point)]
             if outcome.state == "ok" and outcome.values is not None:
                 ok[policy_key(point)] = self._metrics(point, outcome.values)
         reference = ok.get(policy_key(self.phase_a[0]))
@@ -415,14 +416,8 @@ class SensitivitySearcher(Searcher):
         self.run_dir.write_bytes(PLOT_FILE, plot_curves(curves, self.metric))
 
     def tell(self, suggestion_id: int, outcome: Outcome) -> None:
-        stage, key = self._running.pop(suggestion_id)
-        if stage == "proxy":
-            self._proxies[key] = outcome
+        self.book.tell(suggestion_id, outcome)
 
     def replay(self, point: dict[str, Any], outcome: Outcome) -> None:
         """A stage-0 row fills its curve point; a full row is an allocation already taken."""
-        stage = stage_of(point)
-        if stage == "proxy":
-            self._proxies[policy_key(point)] = outcome
-        elif stage == "full":
-            self._full.add(policy_key(point))
+        self.book.replay(point, outcome)
