@@ -22,7 +22,7 @@ from autoprune.config import SearchConfig, violations
 from autoprune.data import DataSpec, ImageData, load_data
 from autoprune.errors import AutopruneError
 from autoprune.feasibility import check_constraints, format_report, space_report
-from autoprune.front import Front, format_rows, write_front
+from autoprune.front import Front, format_rows, is_full, write_front
 from autoprune.latency import (
     LatencyTable,
     Meter,
@@ -381,8 +381,8 @@ def _search(config: SearchConfig, run_dir: RunDir, marker: dict[str, Any], data:
         feasible(base_model, base.example_input, space, config, RemoteMeter(meter), echo)
         searcher = build_searcher(config, space, run_dir, marker, meter, structure,
                                   curves_key(config, base_path, settings))
-        for row in done:  # a study loaded from the run directory already holds them
-            if not searcher.resumed:
+        if not searcher.resumed:  # a study loaded from the run directory already holds them
+            for row in done:
                 searcher.replay(space_point(row, space), outcome_of_row(row, config))
         budget_reached = run_tune(config, run_dir, base, data, space, searcher, store, settings, remaining, echo,
                                   meter)
@@ -394,7 +394,7 @@ def _search(config: SearchConfig, run_dir: RunDir, marker: dict[str, Any], data:
 
 def counts_as_trial(row: dict[str, Any]) -> bool:
     """Rows that spend the trial budget: full-budget trials (not stage-0 or short evaluations, not skipped ones)."""
-    return row["status"] != "skipped" and row.get("stage") in (None, "full")
+    return row["status"] != "skipped" and is_full(row)
 
 
 def proxy_correlation(rows: list[dict[str, Any]]) -> tuple[float, int] | None:
@@ -456,7 +456,7 @@ def build_searcher(config: SearchConfig, space: SearchSpace, run_dir: RunDir, ma
 def space_point(row: dict[str, Any], space: SearchSpace) -> dict[str, Any]:
     point: dict[str, Any] = {g: row[f"ratio:{g}"] for g in space.groups}
     point["criterion"] = row["criterion"]
-    if row.get("stage") not in (None, "full"):  # a stage-0 or short evaluation of a staged searcher
+    if not is_full(row):  # a stage-0 or short evaluation of a staged searcher
         point[STAGE_KEY] = row["stage"]
         if row.get("epochs") is not None and row["stage"] == "short":
             point[EPOCHS_KEY] = row["epochs"]

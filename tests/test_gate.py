@@ -1,5 +1,7 @@
 """The measurement gate: training steps on a node pause while the latency meter times a model there."""
+import fcntl
 import threading
+import time
 import uuid
 
 from autoprune import gate
@@ -10,6 +12,19 @@ def run_in_thread(fn):
     t = threading.Thread(target=fn, daemon=True)
     t.start()
     return t
+
+
+def wait_until_held(probe: MeasurementGate, timeout: float = 10.0) -> None:
+    """Return once another holder has the turnstile (a non-blocking exclusive lock on it fails)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            fcntl.flock(probe._turnstile, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return
+        fcntl.flock(probe._turnstile, fcntl.LOCK_UN)
+        time.sleep(0.01)
+    raise AssertionError("the measurement never took the turnstile")
 
 
 def test_steps_wait_while_a_measurement_runs():
@@ -36,7 +51,7 @@ def test_a_measurement_waits_for_running_steps_and_new_steps_queue_behind_it():
     step = trial.step()
     step.__enter__()
     m = run_in_thread(measure)
-    m.join(0.3)
+    wait_until_held(MeasurementGate(name))  # the measurement holds the turnstile, waiting for the gate
     assert events == []  # the running step finishes first
     late = run_in_thread(lambda: (other.step().__enter__(), events.append("late step")))
     late.join(0.3)
@@ -50,9 +65,12 @@ def test_no_gate_installed_is_a_no_op_and_install_switches_gates():
     gate.install(None)
     with gate.step():
         pass
-    gate.install("t-a")
+    name, other = f"t-{uuid.uuid4().hex}", f"t-{uuid.uuid4().hex}"
+    gate.install(name)
     first = gate._installed
-    gate.install("t-a")
+    gate.install(name)
     assert gate._installed is first
+    gate.install(other)
+    assert gate._installed is not first and gate._installed.name == other
     gate.install(None)
     assert gate._installed is None

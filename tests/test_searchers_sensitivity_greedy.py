@@ -12,7 +12,6 @@ from autoprune.searchers.sensitivity import (
     PLOT_FILE,
     SENSITIVITY_FILE,
     Knapsack,
-    allocations,
     read_curves,
     spread_order,
 )
@@ -130,7 +129,6 @@ def test_the_knapsack_is_optimal_for_the_additive_model(tmp_path, budget):
     assert allocation.cost == pytest.approx(latency(allocation.ratios)) and allocation.cost <= budget
     assert allocation.score == pytest.approx(brute_force(budget))
     assert Knapsack(curves, "latency_ms").solve(2.5) is None  # below the 3 ms every group at its high reaches
-    assert allocations(curves, [budget, budget], SPACE) == [{**allocation.ratios, "criterion": "l1"}]  # deduplicated
 
 
 def test_budgets_spread_between_the_fastest_allocation_and_the_base():

@@ -9,9 +9,10 @@ from typing import Any, ClassVar
 from autoprune.objectives import DEFAULT_OBJECTIVES, Objective
 from autoprune.space import SearchSpace
 
-STAGE_KEY = "stage"    # how far a suggested point is evaluated: one of STAGES (absent: "full")
-EPOCHS_KEY = "epochs"  # a "short" stage's fine-tuning epochs
-STAGES = ("proxy", "short", "full")  # stage 0: prune + BN recalibration + proxy subset; a short fine-tune; the budget
+# how far a suggested point is evaluated (absent: "full"): "proxy" (stage 0: prune + BN recalibration + proxy
+# subset), "short" (a short fine-tune of EPOCHS_KEY epochs) or "full" (the budget)
+STAGE_KEY = "stage"
+EPOCHS_KEY = "epochs"
 WAIT = "wait"          # ask(): nothing to suggest until running suggestions have been told
 
 

@@ -184,20 +184,6 @@ def fit(knapsack: Knapsack, budget: float, model: Predict | None, space: SearchS
     return best
 
 
-def allocations(curves: Curves, budgets: Sequence[float], space: SearchSpace, metric: str = "latency_ms",
-                model: Predict | None = None) -> list[dict[str, Any]]:
-    """The distinct points allocated for ``budgets`` (of ``metric``, e.g. ms; checked against ``model``, e.g.
-    ``predict_latency``, when given), in order: e.g. to seed NSGA-II's first population
-    (``searcher.seed_from_sensitivity``). Budgets below what the curves reach get no point."""
-    knapsack = Knapsack(curves, metric)
-    points: list[dict[str, Any]] = []
-    for budget in budgets:
-        allocation = fit(knapsack, budget, model, space)
-        if allocation is not None and allocation.point(curves.criterion) not in points:
-            points.append(allocation.point(curves.criterion))
-    return points
-
-
 def spread_order(n: int) -> list[int]:
     """``0 .. n-1`` in an order whose every prefix spreads evenly: both ends, the middle, the quarters, ..."""
     order: list[int] = []
