@@ -1,7 +1,7 @@
 """Search value: does a search beat the hand-made uniform baseline and ModelOpt FastNAS at equal compute?
 
     .venv/bin/python bench/search_value.py [--archs resnet20,vgg11_bn] [--seeds 0,1,2]
-        [--searchers uniform,random,nsga2,tpe,sensitivity,greedy] [--search-minutes 5] [--final-epochs 1]
+        [--searchers uniform,random,nsga2,tpe,sensitivity,greedy,nsga2+sensitivity] [--search-minutes 5] [--final-epochs 1]
         [--train-samples N] [--targets 0.5,0.7] [--fastnas-flops 0.25,0.5] [--no-fastnas] [--out runs/bench-value]
 
 Protocol, per architecture (its base trained once on Fashion-MNIST from ``$AUTOPRUNE_DATA``, minus a stratified,
@@ -45,7 +45,13 @@ from autoprune.results import read_trials
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "search_spaces" / "resnet20_fashionmnist.yaml"
-ALL_SEARCHERS = "uniform,random,nsga2,tpe,sensitivity,greedy"
+ALL_SEARCHERS = "uniform,random,nsga2,tpe,sensitivity,greedy,nsga2+sensitivity"
+
+
+def searcher_overrides(name: str) -> list[str]:
+    """``X+sensitivity``: searcher X with its first population seeded from sensitivity curves."""
+    searcher, _, seed_from = name.partition("+")
+    return [f"searcher.name={searcher}"] + ([f"searcher.seed_from={seed_from}"] if seed_from else [])
 
 
 def machine_cpu_seconds() -> float:
@@ -81,7 +87,8 @@ def run_searcher(arch: str, seed: int, name: str, args: argparse.Namespace, comm
                  out: Path) -> list[dict[str, Any]]:
     run_dir = out / arch / f"seed{seed}" / name
     shutil.rmtree(run_dir, ignore_errors=True)  # every search starts from nothing: equal compute
-    config = load_config(CONFIG, [*common, f"name=value_{arch}_{name}", f"searcher.name={name}",
+    config = load_config(CONFIG, [*common, f"name=value_{arch}_{name.replace('+', '_')}",
+                                  *searcher_overrides(name),
                                   f"searcher.seed={seed}", "trials=1000", "searcher.grid=12",
                                   f"time_budget_s={args.search_minutes * 60}"])
     with Meter() as search:

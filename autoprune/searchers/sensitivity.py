@@ -184,6 +184,20 @@ def fit(knapsack: Knapsack, budget: float, model: Predict | None, space: SearchS
     return best
 
 
+def _memoized(model: Predict | None) -> Predict | None:
+    """``model`` asked once per structure: the bisections of neighbouring budgets revisit the same allocations."""
+    if model is None:
+        return None
+    seen: dict[tuple[tuple[str, int], ...], float] = {}
+
+    def predict(channels: dict[str, int]) -> float:
+        key = tuple(sorted(channels.items()))
+        if key not in seen:
+            seen[key] = float(model(channels))
+        return seen[key]
+    return predict
+
+
 def spread_order(n: int) -> list[int]:
     """``0 .. n-1`` in an order whose every prefix spreads evenly: both ends, the middle, the quarters, ..."""
     order: list[int] = []
@@ -365,7 +379,7 @@ class SensitivitySearcher(Searcher):
     def _allocate(self, curves: Curves) -> list[Allocation]:
         """Distinct allocations for the budgets, refined by midpoints until ``trials`` of them; written out."""
         knapsack = Knapsack(curves, self.metric)
-        model = self.predictors[self.metric]
+        model = _memoized(self.predictors[self.metric])
         base = self._base_cost(curves)
         fastest = knapsack.solve(knapsack.lowest)
         assert fastest is not None  # the knapsack always reaches its own lowest budget
