@@ -1,8 +1,8 @@
 """Search value: does a search beat the hand-made uniform baseline and ModelOpt FastNAS at equal compute?
 
     .venv/bin/python bench/search_value.py [--archs resnet20,vgg11_bn] [--seeds 0,1,2]
-        [--searchers uniform,random,nsga2,tpe,sensitivity,greedy,nsga2+sensitivity] [--search-minutes 5] [--final-epochs 1]
-        [--train-samples N] [--targets 0.5,0.7] [--fastnas-flops 0.25,0.5] [--no-fastnas] [--out runs/bench-value]
+        [--methods uniform,sensitivity,fastnas,nsga2+sensitivity,greedy,nsga2,tpe,random] [--search-minutes 5]
+        [--final-epochs 1] [--train-samples N] [--targets 0.5,0.7] [--fastnas-flops 0.25,0.5] [--out runs/bench-value]
 
 Protocol, per architecture (its base trained once on Fashion-MNIST from ``$AUTOPRUNE_DATA``, minus a stratified,
 seeded 10 % validation split, ``--train-samples`` of the rest when given) and per seed:
@@ -45,7 +45,8 @@ from autoprune.results import read_trials
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "search_spaces" / "resnet20_fashionmnist.yaml"
-ALL_SEARCHERS = "uniform,random,nsga2,tpe,sensitivity,greedy,nsga2+sensitivity"
+# in this order: the JSON is written after each method, so a run stopped early keeps the first ones
+METHODS = "uniform,sensitivity,fastnas,nsga2+sensitivity,greedy,nsga2,tpe,random"
 
 
 def searcher_overrides(name: str) -> list[str]:
@@ -190,7 +191,8 @@ def main() -> int:
     p.add_argument("--data-root", default=os.environ.get("AUTOPRUNE_DATA", str(ROOT.parent / "shared" / "data")))
     p.add_argument("--archs", default="resnet20,vgg11_bn")
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--searchers", default=ALL_SEARCHERS)
+    p.add_argument("--methods", default=METHODS, help="searchers, 'X+sensitivity' (X seeded from sensitivity "
+                   "curves) and 'fastnas' (the peer, with uniform L1 at its MACs)")
     p.add_argument("--search-minutes", type=float, default=5.0, help="wall-clock budget of each search")
     p.add_argument("--finetune-epochs", type=float, default=0.1, help="each trial's KD fine-tune")
     p.add_argument("--final-epochs", type=float, default=1.0, help="finalize's KD fine-tune (and FastNAS's)")
@@ -198,7 +200,6 @@ def main() -> int:
     p.add_argument("--train-samples", type=int, help="train on this many images (default: the whole split)")
     p.add_argument("--targets", default="0.5,0.7", help="latency targets as fractions of the base's (batch 1)")
     p.add_argument("--fastnas-flops", default="0.25,0.5", help="FastNAS's FLOPs targets as fractions of the base's")
-    p.add_argument("--no-fastnas", action="store_true")
     p.add_argument("--out", default=str(ROOT / "runs" / "bench-value"))
     args = p.parse_args()
     args.targets = [float(t) for t in args.targets.split(",")]
@@ -220,11 +221,11 @@ def main() -> int:
         config = load_config(CONFIG, common)  # the base is trained here, so no searcher is charged for it
         ensure_base(config, load_data(data_spec(config)), print)
         for seed in (int(s) for s in args.seeds.split(",")):
-            for name in args.searchers.split(","):
-                rows += run_searcher(arch, seed, name, args, common, out)
-                (out / "search_value.json").write_text(json.dumps(rows, indent=1))
-            if not args.no_fastnas:
-                rows += run_peer(arch, seed, args, base, out)
+            for name in args.methods.split(","):
+                if name == "fastnas":
+                    rows += run_peer(arch, seed, args, base, out)
+                else:
+                    rows += run_searcher(arch, seed, name, args, common, out)
                 (out / "search_value.json").write_text(json.dumps(rows, indent=1))
     print("\n" + summarise(rows))
     plot(rows, out / "search_value.png")
