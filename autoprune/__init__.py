@@ -1,12 +1,12 @@
-"""autoprune: search per-layer structural-pruning policies for PyTorch models."""
-from autoprune.errors import AutopruneError
+"""autoprune: search per-layer structural-pruning policies for PyTorch models.
 
-# Imported here, not lazily: a submodule imported later would replace the function of the same name
-# (``autoprune.export``, ``autoprune.finalize``) with the module.
-from autoprune.export import export, load
-from autoprune.finalize import finalize
-from autoprune.policy import Policy, PrunableGroup, discover
-from autoprune.pruning import prune  # first: policy.py reads the criteria registry from autoprune.pruning
+The package follows the data flow: ``config`` -> ``data`` / ``models`` / ``tasks`` -> ``pruning`` -> ``measure``
+-> ``search`` -> ``deploy``.
+"""
+from autoprune.deploy.export import export, load
+from autoprune.deploy.finalize import finalize
+from autoprune.errors import AutopruneError
+from autoprune.pruning import Policy, PrunableGroup, discover, prune
 
 __all__ = ["AutopruneError", "Policy", "PrunableGroup", "discover", "export", "finalize", "load", "prune"]
 __version__ = "0.1.0"

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from autoprune.errors import AutopruneError
-from autoprune.storage import RunDir
+from autoprune.search.storage import RunDir
 
 EXIT_USAGE = 2
 
@@ -42,11 +42,11 @@ def _data_root(arg: str | None) -> str | None:
 def cmd_train_base(args: argparse.Namespace) -> None:
     import torch
 
-    from autoprune import checkpoint
     from autoprune.data import DataSpec, load_data
-    from autoprune.measure import torch_threads
+    from autoprune.measure.metrics import torch_threads
     from autoprune.models import ModelSpec, build_model
-    from autoprune.train import TrainConfig, evaluate, train
+    from autoprune.pruning import checkpoint
+    from autoprune.tasks.training import TrainConfig, evaluate, train
 
     data = load_data(DataSpec(args.dataset, _data_root(args.data_root), args.val_fraction, args.seed,
                               args.image_size, args.download, args.max_train_samples))
@@ -75,8 +75,8 @@ def cmd_train_base(args: argparse.Namespace) -> None:
 
 
 def cmd_groups(args: argparse.Namespace) -> None:
-    from autoprune import checkpoint
-    from autoprune.policy import Policy, discover
+    from autoprune.pruning import checkpoint
+    from autoprune.pruning.policy import Policy, discover
 
     ckpt = checkpoint.load(args.base)
     model = ckpt.build(args.base)
@@ -90,10 +90,10 @@ def cmd_groups(args: argparse.Namespace) -> None:
 
 
 def cmd_prune(args: argparse.Namespace) -> None:
-    from autoprune import checkpoint
     from autoprune.data import load_data
-    from autoprune.policy import Policy
-    from autoprune.trial import TrialSettings, run_trial
+    from autoprune.pruning import checkpoint
+    from autoprune.pruning.policy import Policy
+    from autoprune.search.trial import TrialSettings, run_trial
 
     timings: dict[str, float] = {}
     start = time.perf_counter()
@@ -137,7 +137,7 @@ def _same_run_dir(a: str, b: str) -> bool:
 
 def cmd_search(args: argparse.Namespace) -> None:
     from autoprune.config import load_config
-    from autoprune.controller import check_resumable, run_search, summary_table
+    from autoprune.search.controller import check_resumable, run_search, summary_table
 
     if isinstance(args.resume, str):  # --resume RUN_DIR (a path or a filesystem URI, like --out)
         if args.out and not _same_run_dir(args.out, args.resume):
@@ -178,20 +178,20 @@ def cmd_search(args: argparse.Namespace) -> None:
 
 def cmd_space(args: argparse.Namespace) -> None:
     from autoprune.config import load_config
-    from autoprune.controller import space_command
+    from autoprune.search.controller import space_command
 
     space_command(load_config(args.config, args.set), lambda m: print(m, flush=True))
 
 
 def cmd_latency_table(args: argparse.Namespace) -> None:
     from autoprune.config import load_config
-    from autoprune.controller import latency_table_command
+    from autoprune.search.controller import latency_table_command
 
     latency_table_command(load_config(args.config, args.set), args.out, lambda m: print(m, flush=True))
 
 
 def cmd_submit(args: argparse.Namespace) -> None:
-    from autoprune import jobs
+    from autoprune.search import jobs
 
     job_id = jobs.submit(args.config, args.address, args.working_dir, args.out, args.set)
     print(job_id)
@@ -200,19 +200,19 @@ def cmd_submit(args: argparse.Namespace) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> None:
-    from autoprune import jobs
+    from autoprune.search import jobs
 
     print(jobs.status(args.job_id, args.address))
 
 
 def cmd_logs(args: argparse.Namespace) -> None:
-    from autoprune import jobs
+    from autoprune.search import jobs
 
     jobs.logs(args.job_id, args.address, args.follow, lambda chunk: print(chunk, end="", flush=True))
 
 
 def cmd_front(args: argparse.Namespace) -> None:
-    from autoprune.front import format_rows, write_front
+    from autoprune.search.front import format_rows, write_front
 
     run_dir = RunDir(args.run_dir)
     if not run_dir.is_dir():
@@ -223,7 +223,7 @@ def cmd_front(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from autoprune.export import export_trial, pick_trial
+    from autoprune.deploy.export import export_trial, pick_trial
 
     run_dir = RunDir(args.run_dir)
     if not run_dir.is_dir():
@@ -237,8 +237,8 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_finalize(args: argparse.Namespace) -> None:
-    from autoprune.export import EXPORT_FILES
-    from autoprune.finalize import finalize
+    from autoprune.deploy.export import EXPORT_FILES
+    from autoprune.deploy.finalize import finalize
 
     start = time.perf_counter()
     m = finalize(args.run_dir, args.pick, args.epochs, args.kd, args.out, echo=lambda line: print(line, flush=True))

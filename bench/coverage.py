@@ -45,7 +45,7 @@ def run_one(name: str, size: int, ratio: float, criterion: str) -> dict[str, Any
     import torch
 
     from autoprune import AutopruneError, Policy, discover, prune
-    from autoprune.measure import count_macs, count_params
+    from autoprune.measure.metrics import count_macs, count_params
     from autoprune.models import ModelSpec, build_model
 
     torch.manual_seed(0)

@@ -7,7 +7,7 @@ Three searches over the same uniform policies (``searcher: uniform``, same base,
   2. concurrency 2 (the other trial fine-tunes while a candidate is timed),
   3. concurrency 2 beside a busy neighbour process (a matrix-multiply loop on one core, started before the
      search and running throughout).
-Each search times its candidates through its latency actor (autoprune/latency.py): base reference timed
+Each search times its candidates through its latency actor (autoprune/measure/latency.py): base reference timed
 alone before the trials, candidates timed interleaved with the base, reported as ratio x reference.
 
 Printed: per policy, its latency_ms in each search and the spread (max / min - 1); the reference base of
@@ -28,8 +28,8 @@ import time
 from pathlib import Path
 
 from autoprune.config import load_config
-from autoprune.controller import run_search
-from autoprune.results import read_trials
+from autoprune.search.controller import run_search
+from autoprune.search.results import read_trials
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "search_spaces" / "resnet20_fashionmnist.yaml"

@@ -13,7 +13,7 @@ Protocol, for each FLOPs target t (a fraction of the base model's FLOPs):
    ModelOpt's default of 32 leaves a 16/32/64-channel CIFAR ResNet almost nothing to search) and the constraint
    ``flops <= t``. Its score function is validation accuracy after batch-norm recalibration: ModelOpt re-estimates
    the BN statistics of every sub-net it scores on its queue of 50 cached training batches, sized to hold the
-   ``bn_batches * batch_size`` images autoprune's adaptive BN uses, then ``autoprune.train.evaluate`` runs on
+   ``bn_batches * batch_size`` images autoprune's adaptive BN uses, then ``autoprune.tasks.training.evaluate`` runs on
    the validation split. FastNAS
    scores each layer's channel choices alone (its sensitivity map), then binary-searches one sensitivity
    threshold to the FLOPs target. ModelOpt 0.47 never shrinks channels that feed a Linear layer (its Linear
@@ -24,12 +24,13 @@ Protocol, for each FLOPs target t (a fraction of the base model's FLOPs):
    ModelOpt exports the winner in place to a plain ``nn.Module`` (checked: no dynamic module is left).
 2. Uniform L1 at equal MACs: ``autoprune.Policy.uniform(groups, r, criterion="l1")`` with the smallest r
    (bisection) whose pruned model has at most FastNAS's MACs; the bisection's seconds are reported the same way.
-3. Both models then go through autoprune's trial recipe (as in ``autoprune.trial.run_trial``): adaptive BN on
-   ``settings.bn_batches`` training batches, fine-tuning with ``autoprune.train.train`` (SGD, cosine,
+3. Both models then go through autoprune's trial recipe (as in ``autoprune.search.trial.run_trial``): adaptive BN on
+   ``settings.bn_batches`` training batches, fine-tuning with ``autoprune.tasks.training.train`` (SGD, cosine,
    ``settings.finetune_epochs``, KD from the unpruned base with ``settings.kd_alpha`` / ``kd_temperature``),
-   validation and test accuracy with ``autoprune.train.evaluate``, MACs with ``autoprune.measure.count_macs``,
-   and latency with one ``autoprune.latency.local_meter`` shared by every row: the base timed alone is the
-   reference, each candidate is timed interleaved with the base, ``speedup = reference / latency_ms``.
+   validation and test accuracy with ``autoprune.tasks.training.evaluate``, MACs with
+   ``autoprune.measure.metrics.count_macs``, and latency with one ``autoprune.measure.latency.local_meter`` shared
+   by every row: the base timed alone is the reference, each candidate is timed interleaved with the base,
+   ``speedup = reference / latency_ms``.
    Every row gets fresh loaders with the same seed, so both see the same batches in the same order.
 """
 from __future__ import annotations
@@ -52,12 +53,12 @@ import torch
 from torch import nn
 
 import autoprune
-from autoprune import checkpoint as checkpoints
 from autoprune.data import ImageData, load_data
-from autoprune.latency import LatencyMeter, local_meter
-from autoprune.measure import count_macs, count_params, serialized_size, torch_threads
-from autoprune.train import TrainConfig, evaluate, recalibrate_bn, train
-from autoprune.trial import TrialSettings
+from autoprune.measure.latency import LatencyMeter, local_meter
+from autoprune.measure.metrics import count_macs, count_params, serialized_size, torch_threads
+from autoprune.pruning import checkpoint as checkpoints
+from autoprune.search.trial import TrialSettings
+from autoprune.tasks.training import TrainConfig, evaluate, recalibrate_bn, train
 
 DEFAULT_SETTINGS = TrialSettings(finetune_epochs=1.0, kd=True)
 BISECTION_STEPS = 16  # ratio resolution 0.95 / 2**16: finer than one channel of any group

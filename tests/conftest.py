@@ -11,8 +11,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))  # toy_models:NAME for the user-factory tests
 torch.set_num_threads(min(2, torch.get_num_threads()))
-# reference latencies are shared across searches on a machine (autoprune/latency.py ReferenceStore): tests keep theirs
-# to themselves, inherited by subprocesses and local Ray workers
+# reference latencies are shared across searches on a machine (autoprune/measure/latency.py ReferenceStore): tests
+# keep theirs to themselves, inherited by subprocesses and local Ray workers
 os.environ["AUTOPRUNE_CACHE_DIR"] = tempfile.mkdtemp(prefix="autoprune-test-cache-")
 
 DATA_ROOT = Path(os.environ.get("AUTOPRUNE_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
@@ -44,7 +44,7 @@ DEFAULT_SPACE = Path(__file__).resolve().parents[1] / "search_spaces" / "resnet2
 def stop_search_midway(run_dir: Path, sets: list[str], after_rows: int, sig: int) -> None:
     """Run ``autoprune search`` in a subprocess and send ``sig`` to its process group once
     ``after_rows`` trials are in ``trials.parquet``."""
-    from autoprune.results import read_trials
+    from autoprune.search.results import read_trials
 
     args = [a for s in sets for a in ("--set", s)]
     proc = subprocess.Popen([sys.executable, "-m", "autoprune.cli", "search", str(DEFAULT_SPACE), *args,

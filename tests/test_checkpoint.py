@@ -1,9 +1,10 @@
 import pytest
 import torch
 
-from autoprune import AutopruneError, Policy, checkpoint, discover, prune
+from autoprune import AutopruneError, Policy, discover, prune
 from autoprune.data import DataSpec
 from autoprune.models import ModelSpec, build_model
+from autoprune.pruning import checkpoint
 
 SHAPE = (1, 28, 28)
 PRE = {"mean": [0.5], "std": [0.25]}
@@ -79,9 +80,10 @@ def test_save_is_atomic_and_leaves_no_temporary_files(tmp_path):
 def test_the_record_of_what_ranked_each_group_survives_a_checkpoint(tmp_path):
     import torch
 
-    from autoprune import Policy, checkpoint, discover, prune
+    from autoprune import Policy, discover, prune
     from autoprune.data import DataSpec
     from autoprune.models import ModelSpec, build_model
+    from autoprune.pruning import checkpoint
 
     spec = ModelSpec("resnet20", 10, 1)
     model = build_model(spec).eval()

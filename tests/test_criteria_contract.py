@@ -6,9 +6,9 @@ import torch
 from conftest import calib_batches
 
 from autoprune import Policy, discover, prune
-from autoprune.graph import build_graph, frozen_layers, named_groups
 from autoprune.models import ModelSpec, build_model
 from autoprune.pruning import REGISTRY, Criterion, Unscorable, make_criterion
+from autoprune.pruning.graph import build_graph, frozen_layers, named_groups
 
 SHAPE = (3, 16, 16)
 PLANTED = 13  # a channel of branchy's 24-channel 'project.0' group: not first, so index order cannot find it

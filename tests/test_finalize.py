@@ -9,12 +9,13 @@ import yaml
 from test_search import search
 
 import autoprune
-from autoprune import AutopruneError, checkpoint
+from autoprune import AutopruneError
 from autoprune.cli import main
 from autoprune.data import load_data
-from autoprune.export import EXPORT_FILES, check_test_accuracy, export_trial, pick_trial, verify_manifest
-from autoprune.results import MARKER, read_trials
-from autoprune.train import evaluate
+from autoprune.deploy.export import EXPORT_FILES, check_test_accuracy, export_trial, pick_trial, verify_manifest
+from autoprune.pruning import checkpoint
+from autoprune.search.results import MARKER, read_trials
+from autoprune.tasks.training import evaluate
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +122,7 @@ def test_test_accuracy_tolerance():
 
 def test_public_export(run, tmp_path):
     # importing the submodule must not replace the function of the same name
-    import autoprune.export
+    import autoprune.deploy.export
 
     assert callable(autoprune.export) and callable(autoprune.finalize)
     metrics = autoprune.export(run, pick="knee", out=tmp_path / "export")

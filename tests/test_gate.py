@@ -4,8 +4,8 @@ import threading
 import time
 import uuid
 
-from autoprune import gate
-from autoprune.gate import MeasurementGate
+from autoprune.measure import gate
+from autoprune.measure.gate import MeasurementGate
 
 
 def run_in_thread(fn):

@@ -11,8 +11,7 @@ from torch import nn
 from autoprune import Policy, discover, prune
 from autoprune.config import Constraint
 from autoprune.errors import AutopruneError
-from autoprune.feasibility import check_constraints, corner_policies
-from autoprune.latency import (
+from autoprune.measure.latency import (
     LatencySpec,
     LatencyTable,
     StructureModel,
@@ -21,9 +20,10 @@ from autoprune.latency import (
     local_meter,
     structure_key,
 )
-from autoprune.measure import Latency
+from autoprune.measure.metrics import Latency
 from autoprune.models import ModelSpec, build_model
 from autoprune.pruning.structural import RECORD_ATTR
+from autoprune.search.feasibility import check_constraints, corner_policies
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPE = (1, 28, 28)
@@ -55,7 +55,7 @@ def fake_timer(times: dict[str, float]):
 
 
 def meter_for(model, monkeypatch, times, table=None):
-    import autoprune.latency as lat
+    import autoprune.measure.latency as lat
 
     timer, calls = fake_timer(times)
     monkeypatch.setattr(lat, "measure_latency", timer)
@@ -74,7 +74,7 @@ def test_candidate_latency_is_its_ratio_to_the_base_times_the_reference(monkeypa
     model = Convs()
     meter, groups, calls = meter_for(model, monkeypatch, {"base": 8.0, "candidate": 10.0})
     assert meter.reference().latency_ms == 8.0
-    import autoprune.latency as lat
+    import autoprune.measure.latency as lat
 
     monkeypatch.setattr(lat, "measure_latency", fake_timer({"base": 20.0, "candidate": 10.0})[0])
     report = meter.measure(model, {"a": 4})
@@ -156,7 +156,7 @@ def test_real_meter_times_a_pruned_resnet_faster_than_its_base():
 
 def test_corners_and_unmeetable_constraints_are_named():
     from autoprune.config import load_config
-    from autoprune.space import SearchSpace
+    from autoprune.search.space import SearchSpace
 
     base = build_model(ModelSpec("resnet20", 10, 1)).eval()
     groups = discover(base, torch.zeros(1, *SHAPE))
@@ -191,7 +191,7 @@ def test_space_command_prints_the_corners_and_refuses_an_unmeetable_constraint(t
 
 def test_a_latency_target_no_node_advertises_is_a_clear_error():
     code = ("import ray; ray.init(address='local', num_cpus=1, include_dashboard=False, resources={'edge_box': 1});"
-            "from autoprune.latency import check_target; check_target('edge_box');"
+            "from autoprune.measure.latency import check_target; check_target('edge_box');"
             "from autoprune.errors import AutopruneError\n"
             "try:\n check_target('phone')\nexcept AutopruneError as e:\n print(e)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -199,7 +199,7 @@ def test_a_latency_target_no_node_advertises_is_a_clear_error():
 
 
 def test_a_resumed_meter_keeps_its_reference_and_cache_and_ignores_other_settings(monkeypatch):
-    import autoprune.latency as lat
+    import autoprune.measure.latency as lat
 
     model = Convs()
     meter, _, _ = meter_for(model, monkeypatch, {"base": 8.0, "candidate": 4.0})
@@ -214,7 +214,7 @@ def test_a_resumed_meter_keeps_its_reference_and_cache_and_ignores_other_setting
 
 
 def test_the_reference_is_the_lowest_median_this_target_has_seen(tmp_path, monkeypatch):
-    import autoprune.latency as lat
+    import autoprune.measure.latency as lat
 
     monkeypatch.setenv("AUTOPRUNE_CACHE_DIR", str(tmp_path))
     model = Convs()

@@ -3,9 +3,9 @@ import io
 import torch
 
 from autoprune import Policy, discover, prune
-from autoprune.measure import MIN_REPEATS, count_macs, count_params, measure_latency, serialized_size
+from autoprune.measure.metrics import MIN_REPEATS, count_macs, count_params, measure_latency, serialized_size
 from autoprune.models import ModelSpec, build_model
-from autoprune.policy import layer_macs
+from autoprune.pruning.policy import layer_macs
 
 SHAPE = (1, 28, 28)
 

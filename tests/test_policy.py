@@ -5,8 +5,8 @@ import torch
 
 from autoprune import AutopruneError, Policy, PrunableGroup, discover
 from autoprune.models import ModelSpec, build_model
-from autoprune.policy import allocate
 from autoprune.pruning import REGISTRY
+from autoprune.pruning.policy import allocate
 
 X = torch.zeros(1, 1, 28, 28)
 

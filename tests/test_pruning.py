@@ -5,7 +5,7 @@ import torch
 from conftest import calib_batches
 
 from autoprune import AutopruneError, Policy, discover, prune
-from autoprune.measure import count_macs, count_params
+from autoprune.measure.metrics import count_macs, count_params
 from autoprune.models import ModelSpec, build_model
 from autoprune.pruning import REGISTRY, PruneRecord, replay
 
@@ -304,8 +304,8 @@ def test_vit_keeps_its_heads_and_prunes_the_same_dims_in_each():
 
 @pytest.mark.parametrize("spec, shape", [(VIT, (3, 32, 32)), (GROUPED, SMALL), (UNEQUAL, SMALL)])
 def test_checkpoint_rebuilds_grouped_attention_and_concat_models(tmp_path, spec, shape):
-    from autoprune import checkpoint
     from autoprune.data import DataSpec
+    from autoprune.pruning import checkpoint
 
     torch.manual_seed(0)
     model = build_model(spec).eval()

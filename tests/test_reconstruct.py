@@ -6,10 +6,10 @@ from torch import nn
 
 from autoprune.errors import AutopruneError
 from autoprune.models import ModelSpec, build_model
-from autoprune.policy import Policy, discover
 from autoprune.pruning import prune
+from autoprune.pruning.policy import Policy, discover
 from autoprune.pruning.reconstruct import reconstruct
-from autoprune.train import recalibrate_bn
+from autoprune.tasks.training import recalibrate_bn
 
 
 class TwoConv(nn.Module):

@@ -3,8 +3,8 @@ import json
 import pytest
 
 from autoprune import AutopruneError
-from autoprune.front import write_front
-from autoprune.results import ResultsStore, read_trials, run_objectives
+from autoprune.search.front import write_front
+from autoprune.search.results import ResultsStore, read_trials, run_objectives
 
 
 def row(i, **kw):
@@ -69,7 +69,7 @@ def test_front_and_plot_follow_the_configured_objectives(tmp_path):
 
 
 def test_knee_follows_the_objectives_and_their_directions():
-    from autoprune.export import knee
+    from autoprune.deploy.export import knee
     from autoprune.objectives import OBJECTIVES
 
     rows = [{"accuracy": 0.9, "macs": 100, "latency_ms": 9.0},
@@ -91,9 +91,9 @@ class FakeTrial:
 
 def test_every_trial_tune_ends_is_recorded_once_with_its_true_status(tmp_path):
     from autoprune.config import load_config
-    from autoprune.space import RatioParam, SearchSpace
-    from autoprune.tune_search import outcome_of
-    from autoprune.tuning import StoreCallback
+    from autoprune.search.space import RatioParam, SearchSpace
+    from autoprune.search.tune_searcher import outcome_of
+    from autoprune.search.tuning import StoreCallback
 
     config = load_config(None, ["objectives=[accuracy, macs]"])
     space = SearchSpace((RatioParam("conv1", 16, 0.0, 0.7, 0.1),), ("l1",))

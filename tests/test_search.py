@@ -10,15 +10,15 @@ import ray
 import torch
 from conftest import stop_search_midway
 
-from autoprune import checkpoint
 from autoprune.config import load_config
-from autoprune.controller import MARKER, run_search
 from autoprune.data import DataSpec
 from autoprune.models import ModelSpec, build_model
 from autoprune.objectives import DEFAULT_OBJECTIVES
-from autoprune.pareto import dominates
-from autoprune.results import read_trials
-from autoprune.searchers.journal import JOURNAL_FILE
+from autoprune.pruning import checkpoint
+from autoprune.search.controller import MARKER, run_search
+from autoprune.search.pareto import dominates
+from autoprune.search.results import read_trials
+from autoprune.search.searchers.journal import JOURNAL_FILE
 
 TINY = ["data.max_train_samples=256", "base.epochs=1", "finetune.epochs=0.5", "finetune.batch_size=64",
         "latency.batch_size=8", "latency.threads=1", "concurrency=2", "resources.cpu=1",
@@ -211,7 +211,7 @@ def test_export_reproduces_the_pruned_model_and_its_test_accuracy(nsga2_run, tmp
     import json
 
     import autoprune
-    from autoprune.export import export_trial, pick_trial
+    from autoprune.deploy.export import export_trial, pick_trial
 
     run = Path(nsga2_run[0].run_dir.path)
     row = pick_trial(run, "knee")
@@ -244,7 +244,7 @@ def test_export_reproduces_the_pruned_model_and_its_test_accuracy(nsga2_run, tmp
 
 def test_export_picks_and_limits(nsga2_run):
     from autoprune import AutopruneError
-    from autoprune.export import pick_trial
+    from autoprune.deploy.export import pick_trial
 
     run = Path(nsga2_run[0].run_dir.path)
     front = read_trials(run, "front.parquet").to_pylist()
@@ -308,7 +308,7 @@ def test_cli_resume_takes_a_filesystem_uri(nsga2_run, tmp_path, capsys):
 
 
 def test_knee_is_the_point_nearest_the_ideal():
-    from autoprune.export import knee
+    from autoprune.deploy.export import knee
 
     rows = [{"accuracy": 0.9, "size_bytes": 100, "latency_ms": 10.0},   # accurate but big and slow
             {"accuracy": 0.85, "size_bytes": 40, "latency_ms": 4.0},   # balanced

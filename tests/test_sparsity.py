@@ -7,9 +7,9 @@ from torch import nn
 
 from autoprune.config import load_config
 from autoprune.errors import AutopruneError
-from autoprune.policy import Policy, discover
 from autoprune.pruning import prune
-from autoprune.train import TrainConfig, small_bn_scales, train
+from autoprune.pruning.policy import Policy, discover
+from autoprune.tasks.training import TrainConfig, small_bn_scales, train
 
 
 def tiny() -> nn.Module:
@@ -81,9 +81,9 @@ def test_config_keys_default_and_validate():
 
 
 def test_ensure_base_trains_saves_and_reuses_the_slimmed_base(tmp_path):
-    from autoprune import checkpoint
-    from autoprune.controller import ensure_base
     from autoprune.data import DataSpec, load_data
+    from autoprune.pruning import checkpoint
+    from autoprune.search.controller import ensure_base
 
     data = load_data(DataSpec(max_train_samples=256))
     base_path = tmp_path / "base.pt"

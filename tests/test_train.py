@@ -5,7 +5,7 @@ import torch
 
 from autoprune import Policy, discover, prune
 from autoprune.models import ModelSpec, build_model
-from autoprune.train import TrainConfig, TrainingDiverged, distillation_loss, evaluate, recalibrate_bn, train
+from autoprune.tasks.training import TrainConfig, TrainingDiverged, distillation_loss, evaluate, recalibrate_bn, train
 
 
 def small_batch(n=32, seed=0):

@@ -1,5 +1,8 @@
-"""Structural pruning: importance criteria and the one-shot / iterative strategies."""
+"""Structural pruning: the dependency graph, policies, importance criteria, the one-shot / iterative strategies,
+least-squares reconstruction, and pruned checkpoints."""
 from autoprune.pruning.criteria import REGISTRY, Criterion, Unscorable, make_criterion
+from autoprune.pruning.policy import Policy, PrunableGroup, discover
 from autoprune.pruning.structural import PruneRecord, prune, replay
 
-__all__ = ["REGISTRY", "Criterion", "PruneRecord", "Unscorable", "make_criterion", "prune", "replay"]
+__all__ = ["REGISTRY", "Criterion", "Policy", "PruneRecord", "PrunableGroup", "Unscorable", "discover",
+           "make_criterion", "prune", "replay"]

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from autoprune.errors import AutopruneError
-from autoprune.graph import build_graph, forward_with_hooks, frozen_layers, named_groups
+from autoprune.pruning.graph import build_graph, forward_with_hooks, frozen_layers, named_groups
 from autoprune.pruning.structural import RECORD_ATTR, PruneRecord
 
 Batch = tuple[torch.Tensor, torch.Tensor]

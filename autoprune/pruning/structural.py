@@ -13,7 +13,8 @@ import torch_pruning as tp
 from torch import nn
 
 from autoprune.errors import AutopruneError
-from autoprune.graph import (
+from autoprune.pruning.criteria import Batch, Criterion, Unscorable, make_criterion
+from autoprune.pruning.graph import (
     GroupLayout,
     build_graph,
     check_forward,
@@ -21,8 +22,7 @@ from autoprune.graph import (
     group_layout,
     named_groups,
 )
-from autoprune.policy import Policy, describe_groups
-from autoprune.pruning.criteria import Batch, Criterion, Unscorable, make_criterion
+from autoprune.pruning.policy import Policy, describe_groups
 
 RECORD_ATTR = "autoprune_record"
 FALLBACK = "l1"  # ranks a group whose criterion has nothing to rank it by; recorded in ``criterion_used``

@@ -1,0 +1,238 @@
+"""Export a chosen trial: policy, weights, a ``torch.export`` program, metrics and a model card.
+
+``autoprune.load(DIR)`` rebuilds the model from the zoo architecture, the recorded pruning history
+and the weights (``torch.load(weights_only=True)``); ``model.pt2`` needs plain torch only:
+``torch.export.load("model.pt2").module()``. ``MANIFEST.sha256`` lists every file's checksum;
+``autoprune.load`` refuses an export that does not match it. ``write_export`` writes these files for
+``export`` and for ``autoprune.finalize``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from autoprune.data import ImageData, load_data
+from autoprune.errors import AutopruneError
+from autoprune.objectives import Objective
+from autoprune.pruning import checkpoint as ckpt_io
+from autoprune.pruning.policy import Policy
+from autoprune.search.results import read_trials, run_objectives
+from autoprune.search.storage import RunDir, as_run_dir
+from autoprune.tasks.training import evaluate
+
+PICKS = ("knee", "max-accuracy", "min-latency", "min-size")
+MODEL_FILE, PROGRAM_FILE, MANIFEST_FILE = "model.pt", "model.pt2", "MANIFEST.sha256"
+EXPORT_FILES = ("policy.json", MODEL_FILE, PROGRAM_FILE, "metrics.json", "README.md", MANIFEST_FILE)
+# how far the written model's test accuracy may be from the recorded one: 0.1 point (a model evaluated on a GPU,
+# in bf16 or with other kernels, can score slightly differently on CPU)
+ACCURACY_TOLERANCE = 0.001
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_manifest(directory: Path) -> None:
+    """``sha256sum``-compatible list of every file in ``directory``."""
+    lines = [f"{_sha256(p)}  {p.name}" for p in sorted(directory.iterdir()) if p.is_file() and p.name != MANIFEST_FILE]
+    (directory / MANIFEST_FILE).write_text("\n".join(lines) + "\n")
+
+
+def verify_manifest(directory: Path) -> None:
+    """Refuse an export whose files do not match its manifest (tampered, truncated or missing)."""
+    manifest = directory / MANIFEST_FILE
+    if not manifest.is_file():
+        raise AutopruneError(f"export '{directory}' has no {MANIFEST_FILE}: refusing to load it")
+    for line in manifest.read_text().splitlines():
+        expected, _, name = line.partition("  ")
+        path = directory / name
+        if not path.is_file():
+            raise AutopruneError(f"export '{directory}': {name} listed in {MANIFEST_FILE} is missing")
+        if _sha256(path) != expected:
+            raise AutopruneError(f"export '{directory}': {name} does not match its checksum in {MANIFEST_FILE} "
+                                 f"(modified or corrupt): refusing to load it")
+
+
+def accuracies_differ(a: float, b: float) -> bool:
+    """Whether two accuracies are more than ``ACCURACY_TOLERANCE`` apart (one test image in 1,000 is not)."""
+    return abs(a - b) > ACCURACY_TOLERANCE + 1e-9
+
+
+def check_test_accuracy(measured: float, recorded: float) -> None:
+    """Refuse a written model whose test accuracy is more than ``ACCURACY_TOLERANCE`` from the recorded one."""
+    if accuracies_differ(measured, recorded):
+        raise AutopruneError(f"the written model gives test accuracy {measured:.4f} on CPU, {recorded:.4f} was "
+                             f"recorded: more than {ACCURACY_TOLERANCE} apart, the model does not match its metrics")
+
+
+def knee(rows: list[dict[str, Any]], objectives: Sequence[Objective]) -> dict[str, Any]:
+    """The front point closest to the ideal point after scaling each objective to [0, 1] over the front."""
+    bounds = [(o, min(r[o.name] for r in rows), max(r[o.name] for r in rows)) for o in objectives]
+
+    def distance(r: dict[str, Any]) -> float:
+        scaled = []
+        for o, lo, hi in bounds:
+            v = (r[o.name] - lo) / (hi - lo) if hi > lo else 0.0
+            scaled.append(1.0 - v if o.maximize else v)  # 0 is ideal for every objective
+        return math.hypot(*scaled)
+
+    return min(rows, key=distance)
+
+
+def pick_trial(run_dir: str | Path | RunDir, pick: str, max_latency_ms: float | None = None,
+               min_accuracy: float | None = None, max_size_mb: float | None = None) -> dict[str, Any]:
+    """Choose a trial of the run: a point of the (filtered) front, or ``trial:ID``."""
+    # imported here: autoprune.search.front imports matplotlib, which ``import autoprune`` should not pay for
+    from autoprune.search.front import compute_front
+
+    rows = read_trials(run_dir).to_pylist()
+    if pick.startswith("trial:"):
+        wanted = pick.split(":", 1)[1]
+        match = [r for r in rows if r["trial_id"] == wanted]
+        if not match:
+            raise AutopruneError(f"--pick {pick}: run '{run_dir}' has no trial '{wanted}'")
+        if match[0]["status"] != "ok":
+            raise AutopruneError(f"--pick {pick}: that trial did not finish "
+                                 f"({match[0]['status']}: {match[0]['error']})")
+        return match[0]
+    if pick not in PICKS:
+        raise AutopruneError(f"--pick must be one of {', '.join(PICKS)} or trial:ID, got '{pick}'")
+    objectives = run_objectives(run_dir)
+    front = compute_front(rows, objectives).rows
+    if max_latency_ms is not None:
+        front = [r for r in front if r["latency_ms"] <= max_latency_ms]
+    if min_accuracy is not None:
+        front = [r for r in front if r["accuracy"] >= min_accuracy]
+    if max_size_mb is not None:
+        front = [r for r in front if r["size_bytes"] <= max_size_mb * 1e6]
+    if not front:
+        raise AutopruneError(f"no Pareto-front trial of '{run_dir}' meets the requested limits")
+    if pick == "knee":
+        return knee(front, objectives)
+    key, sign = {"max-accuracy": ("accuracy", -1), "min-latency": ("latency_ms", 1),
+                 "min-size": ("size_bytes", 1)}[pick]
+    return min(front, key=lambda r: sign * r[key])
+
+
+def export(run_dir: str | Path | RunDir, pick: str = "knee", out: str | Path = "export", *,
+           max_latency_ms: float | None = None, min_accuracy: float | None = None,
+           max_size_mb: float | None = None) -> dict[str, Any]:
+    """Export the trial ``pick`` chooses (see ``pick_trial``) from ``run_dir`` into ``out``; return its metrics."""
+    run = as_run_dir(run_dir)
+    if not run.is_dir():
+        raise AutopruneError(f"run directory '{run_dir}' does not exist")
+    return export_trial(run, pick_trial(run, pick, max_latency_ms, min_accuracy, max_size_mb), out)
+
+
+def export_trial(run_dir: str | Path | RunDir, row: dict[str, Any], out: str | Path) -> dict[str, Any]:
+    """Write the export of ``row`` (its trial checkpoint) into ``out`` and return its metrics."""
+    run = as_run_dir(run_dir)
+    if not row.get("checkpoint") or not run.exists(row["checkpoint"]):
+        raise AutopruneError(f"trial {row['trial_id']} has no checkpoint at "
+                             f"'{run.display(row.get('checkpoint') or '')}'")
+    with run.local_path(row["checkpoint"]) as source:
+        ckpt = ckpt_io.load(source)
+    if ckpt.record is None:
+        raise AutopruneError(f"trial {row['trial_id']}'s checkpoint holds no pruned model")
+    policy = Policy.from_dict(ckpt.record.policy)
+    base = {k: row[f"base_{k}"] for k in ("accuracy", "test_accuracy", "size_bytes", "latency_ms", "params", "macs")}
+    metrics = {"trial_id": row["trial_id"], "model": ckpt.model_spec.arch, "test_accuracy": row["test_accuracy"],
+               "val_accuracy": row["accuracy"], "latency_ms": row["latency_ms"],
+               "latency_iqr_ms": row["latency_iqr_ms"], "size_bytes": row["size_bytes"], "params": row["params"],
+               "macs": row["macs"], "input_shape": ["batch", *ckpt.input_shape], "preprocess": ckpt.preprocess,
+               "base": base}
+    card = model_card(f"Pruned {ckpt.model_spec.arch} (trial {row['trial_id']})",
+                      f"Structurally pruned with autoprune: channels physically removed by the per-layer policy in\n"
+                      f"`policy.json` (criterion `{policy.criterion}`), then fine-tuned during the search "
+                      f"(`autoprune finalize` fine-tunes it fully).",
+                      [("base", base), ("pruned", {**metrics, "accuracy": row["accuracy"]})],
+                      "Latency was measured by the search's latency meter, base and pruned interleaved in one process.",
+                      metrics)
+    write_export(Path(out), ckpt, policy, metrics, card, load_data(ckpt.data_spec))
+    return metrics
+
+
+def write_export(out: Path, ckpt: ckpt_io.Checkpoint, policy: Policy, metrics: dict[str, Any], card: str,
+                 data: ImageData) -> None:
+    """Write ``EXPORT_FILES`` into ``out`` (replaced atomically) once the written model, rebuilt from
+    ``model.pt``, gives ``metrics['test_accuracy']`` on the test split within ``ACCURACY_TOLERANCE``."""
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        policy.save(tmp / "policy.json")
+        ckpt_io.save(ckpt, tmp / MODEL_FILE)
+        model = ckpt_io.load(tmp / MODEL_FILE).build(tmp / MODEL_FILE)
+        check_test_accuracy(evaluate(model, data.loader("test", 256)), metrics["test_accuracy"])
+        example = torch.randn(2, *ckpt.input_shape)
+        batch = torch.export.Dim("batch", min=1, max=65536)
+        program = torch.export.export(model.eval(), (example,), dynamic_shapes=({0: batch},))
+        torch.export.save(program, tmp / PROGRAM_FILE)
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        (tmp / "README.md").write_text(card)
+        write_manifest(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+
+
+CARD_ROWS = (("test accuracy", "test_accuracy", "{:.4f}"), ("validation accuracy", "accuracy", "{:.4f}"),
+             ("parameters", "params", "{:,}"), ("size (bytes)", "size_bytes", "{:,}"), ("MACs", "macs", "{:,}"),
+             ("latency (ms, median)", "latency_ms", "{:.3f}"))
+
+
+def model_card(title: str, about: str, columns: Sequence[tuple[str, dict[str, Any]]], notes: str,
+               metrics: dict[str, Any]) -> str:
+    """The export's README.md: ``about``, a table of ``columns`` (the first is the base), ``notes``, usage."""
+    lines = ["| metric | " + " | ".join(name for name, _ in columns) + " |", "| --- |" + " ---: |" * len(columns)]
+    for label, key, fmt in CARD_ROWS:
+        lines.append(f"| {label} | " + " | ".join(fmt.format(c[key]) if c.get(key) is not None else "-"
+                                                  for _, c in columns) + " |")
+    base_ms = columns[0][1]["latency_ms"]  # a column measured against another reference states its "speedup"
+    lines.append("| speedup (base latency / latency) | " + " | ".join(
+        f"{c.get('speedup', base_ms / c['latency_ms']):.2f}x" for _, c in columns) + " |")
+    pre = metrics["preprocess"]
+    return f"""# {title}
+
+{about}
+
+{chr(10).join(lines)}
+
+{notes}
+
+## Use
+
+Inputs: shape `{metrics['input_shape']}` (any batch size), pixels scaled to [0, 1], then normalised with
+mean `{[round(x, 4) for x in pre['mean']]}` and std `{[round(x, 4) for x in pre['std']]}`.
+
+```python
+import torch
+model = torch.export.load("model.pt2").module()      # plain torch, no autoprune needed
+# or: import autoprune; model = autoprune.load(".")  # nn.Module rebuilt from model.pt (weights_only)
+```
+"""
+
+
+def load(directory: str | Path) -> nn.Module:
+    """Rebuild an exported model from ``DIR/model.pt`` (``weights_only=True``) after checking ``MANIFEST.sha256``."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise AutopruneError(f"export directory '{directory}' does not exist")
+    verify_manifest(directory)
+    path = directory / MODEL_FILE
+    return ckpt_io.load(path).build(path)

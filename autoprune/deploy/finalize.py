@@ -1,0 +1,151 @@
+"""Finalize a chosen trial: prune the base to its policy again, fine-tune with the full budget, export it.
+
+A search fine-tunes every candidate briefly, enough to rank them; the model to ship deserves the full budget.
+``finalize`` reads the run's ``config.yaml`` and the chosen trial's policy (its ``ratio:<group>`` columns and
+criterion), prunes the run's base checkpoint to it with the same criterion, ``round_to``, calibration data and
+seed the trial used, fine-tunes it for ``finetune.final_epochs`` epochs (distilling from the base by default),
+evaluates the test split once, measures latency again in-process, and writes everything ``export`` writes.
+``metrics.json`` keeps the trial's search-time figures (``search``) next to the final ones (``final``).
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from autoprune.deploy.export import accuracies_differ, model_card, pick_trial, write_export
+from autoprune.errors import AutopruneError
+from autoprune.pruning import checkpoint as ckpt_io
+from autoprune.search.results import read_marker
+from autoprune.search.storage import RunDir, as_run_dir
+
+if TYPE_CHECKING:
+    from autoprune.config import SearchConfig
+    from autoprune.data import ImageData
+    from autoprune.measure.latency import LatencySpec
+    from autoprune.search.trial import TrialResult, TrialSettings
+
+Echo = Callable[[str], None]
+SEARCH_KEYS = ("accuracy", "test_accuracy", "latency_ms", "latency_iqr_ms", "size_bytes", "params", "macs")
+
+
+def run_config(run: RunDir) -> SearchConfig:
+    """The run's ``config.yaml``, loaded as ``--resume`` loads it (keys added since take their defaults)."""
+    from autoprune.config import load_config
+
+    if not run.exists("config.yaml"):
+        raise AutopruneError(f"run '{run}' has no config.yaml")
+    with run.local_path("config.yaml") as saved:
+        return load_config(saved)
+
+
+def finalize(run_dir: str | Path | RunDir, pick: str = "knee", epochs: float | None = None, kd: bool = True,
+             out: str | Path = "final", *, echo: Echo = print) -> dict[str, Any]:
+    """Re-prune the base to the policy of the trial ``pick`` chooses (as ``export``), fine-tune it for ``epochs``
+    (default: the run's ``finetune.final_epochs``) with distillation from the base unless ``kd`` is False, and
+    write the export files into ``out``. Returns the contents of ``metrics.json``."""
+    # imported here: ``import autoprune`` imports this module and stays light (controller brings matplotlib)
+    from autoprune.data import load_data
+    from autoprune.measure.latency import local_meter
+    from autoprune.pruning.policy import discover
+    from autoprune.search.controller import data_spec, default_base_path, slim_base, space_point, trial_settings
+    from autoprune.search.space import SearchSpace
+    from autoprune.search.trial import run_trial
+
+    start = time.perf_counter()
+    run = as_run_dir(run_dir)
+    if not run.is_dir():
+        raise AutopruneError(f"run directory '{run_dir}' does not exist")
+    read_marker(run)  # only directories autoprune created
+    row = pick_trial(run, pick)
+    config = run_config(run)
+    epochs = config["finetune.final_epochs"] if epochs is None else float(epochs)
+    if epochs < 0:
+        raise AutopruneError(f"--epochs must be >= 0, got {epochs}")
+    base_path = Path(config["base.checkpoint"] or default_base_path(config))
+    if not base_path.is_file():
+        raise AutopruneError(f"base checkpoint '{base_path}' of run '{run}' does not exist: finalize prunes the base "
+                             f"the run searched (config key 'base.checkpoint')")
+    base = ckpt_io.load(base_path)
+    if base.model_spec.arch != config["model"]:
+        raise AutopruneError(f"base checkpoint '{base_path}' holds '{base.model_spec.arch}', but run '{run}' searched "
+                             f"'{config['model']}'")
+    data = load_data(data_spec(config))
+    base, base_path = slim_base(config, data, base, base_path, echo)  # the base the search pruned
+    base_model = base.build(base_path)
+    groups = discover(base_model, base.example_input, ignore=config["space.ignore"])
+    space = SearchSpace.from_config(config, groups)
+    missing = [g for g in space.groups if row.get(f"ratio:{g}") is None]
+    if missing:
+        raise AutopruneError(f"trial {row['trial_id']} has no ratio for group '{missing[0]}' of base '{base_path}': "
+                             f"not the base the run searched")
+    policy = space.policy(space_point(row, space))
+    searched = trial_settings(config)
+    # fine-tune on every core this process may use; time latency as the search did (its threads and batch)
+    settings = replace(searched, finetune_epochs=epochs, kd=kd, threads=max(searched.threads, _cores()))
+    spec = searched.latency_spec(data.input_shape)
+    meter = local_meter(base_model, base.example_input, groups, spec,
+                        shared_reference=config["latency.shared_reference"])
+    echo(f"finalizing trial {row['trial_id']} ({pick}) of {run}: criterion '{policy.criterion}', fine-tuning "
+         f"{_epochs(epochs)}{' with KD from the base' if kd else ''} on {settings.device} "
+         f"(the search fine-tuned {_epochs(config['finetune.epochs'])})")
+    loaded = round(time.perf_counter() - start, 3)
+    result = run_trial(base_model, data, policy, settings, meter=meter,
+                       on_epoch=lambda e, m, *_: echo(f"  fine-tune epoch {e}: val_accuracy {m['val_accuracy']:.4f}"))
+    if accuracies_differ(result.base["test_accuracy"], row["base_test_accuracy"]):
+        echo(f"note: base '{base_path}' gives test accuracy {result.base['test_accuracy']:.4f}, the search's base "
+             f"gave {row['base_test_accuracy']:.4f}: it may not be the base the run searched")
+    metrics = final_metrics(row, pick, run, config, data, result, settings, spec)
+    ckpt = ckpt_io.from_model(result.model, base.model_spec, data.spec, data.input_shape, data.preprocess(),
+                              result.pruned)
+    metrics["seconds"] = {"load": loaded, **result.seconds}
+    write_export(Path(out), ckpt, policy, metrics, finalized_card(metrics, policy.criterion), data)
+    return metrics
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _epochs(n: float) -> str:
+    return f"{n:g} epoch" + ("" if n == 1 else "s")
+
+
+def final_metrics(row: dict[str, Any], pick: str, run: RunDir, config: SearchConfig, data: ImageData,
+                  result: TrialResult, settings: TrialSettings, spec: LatencySpec) -> dict[str, Any]:
+    """``metrics.json``: export's keys (the final model's figures, the base measured again), ``search`` (the
+    trial's row), ``final`` (after the full fine-tune), ``finetune`` (the settings it used) and ``latency``
+    (how base and final latency were timed)."""
+    base, pruned = result.base, result.pruned
+    final = {**pruned, "speedup": base["latency_ms"] / pruned["latency_ms"]}  # every figure run_trial measured
+    search = {"trial_id": row["trial_id"], "criterion": row["criterion"], **{k: row[k] for k in SEARCH_KEYS},
+              "speedup": row["base_latency_ms"] / row["latency_ms"], "finetune_epochs": config["finetune.epochs"],
+              "kd": config["finetune.kd"]}
+    return {"trial_id": row["trial_id"], "model": config["model"], "pick": pick, "run_dir": str(run),
+            "test_accuracy": pruned["test_accuracy"], "val_accuracy": pruned["val_accuracy"],
+            **{k: pruned[k] for k in ("latency_ms", "latency_iqr_ms", "size_bytes", "params", "macs")},
+            "input_shape": ["batch", *data.input_shape], "preprocess": data.preprocess(),
+            "base": {"accuracy": base["val_accuracy"],
+                     **{k: base[k] for k in ("test_accuracy", "size_bytes", "latency_ms", "params", "macs")}},
+            "search": search, "final": final, "finetune": settings.to_dict(), "latency": asdict(spec)}
+
+
+def finalized_card(m: dict[str, Any], criterion: str) -> str:
+    """The model card: base, the trial at search time, and the finalized model side by side."""
+    s, f, ft, lat = m["search"], m["final"], m["finetune"], m["latency"]
+    kd = f"distilling from the base (alpha {ft['kd_alpha']}, T {ft['kd_temperature']})" if ft["kd"] else "without KD"
+    return model_card(
+        f"Pruned {m['model']} (trial {m['trial_id']}, finalized)",
+        f"Structurally pruned with autoprune: channels physically removed by the per-layer policy in `policy.json`\n"
+        f"(criterion `{criterion}`), chosen by the search (`{m['pick']}`), then pruned again from the base and\n"
+        f"fine-tuned for {_epochs(ft['finetune_epochs'])} {kd}, lr {ft['lr']}, seed {ft['seed']}, on {ft['device']}.\n"
+        f"The search had fine-tuned it for {_epochs(s['finetune_epochs'])}{' with KD' if s['kd'] else ''}.",
+        [("base", m["base"]), (f"search ({_epochs(s['finetune_epochs'])})", s),
+         (f"final ({_epochs(ft['finetune_epochs'])})", {**f, "accuracy": f["val_accuracy"]})],
+        "Validation accuracy selected the trial; the test split was evaluated once per model. Search-time latency\n"
+        "comes from the search's latency meter; base and final latency were measured again in one process,\n"
+        f"base and pruned interleaved (batch {lat['batch_size']}, {lat['threads']} thread(s), {lat['device']}).",
+        m)

@@ -1,0 +1,536 @@
+"""Latency that compares across trials: one measurement path per target, apart from training.
+
+Trials never time themselves. A search starts one ``LatencyMeter`` per target: a Ray actor, placed on the
+node that advertises the custom resource ``latency.target`` when one is named. The meter times the base
+model alone once, before any trial runs (the reference). Afterwards it times each candidate interleaved
+with the base, round by round, and reports ``median(candidate_i / base_i) x reference``: load that slows
+both models alike cancels in the ratio, so a candidate timed while other trials fine-tune on the same
+cores gets the figure it would get on an idle machine. The actor runs one measurement at a time, and
+results are cached by structure (channel counts per group): latency does not depend on the weights, so a
+structure is timed once, right after pruning, and never again.
+
+The meter also predicts a structure's latency before anything is pruned: from a per-layer lookup table
+built on the target (``autoprune latency-table``, NetAdapt-style) when one is given, else from the MACs
+the structure keeps; either feature is mapped to milliseconds by a least-squares line through every
+structure measured so far (the base first). Each measurement records the prediction made just before it,
+so a run reports its predicted-vs-measured error.
+"""
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ContextManager, Mapping, Protocol
+
+import torch
+from torch import nn
+
+from autoprune.errors import AutopruneError
+from autoprune.measure.gate import MeasurementGate
+from autoprune.measure.metrics import MIN_REPEATS, measure_latency
+from autoprune.pruning.graph import forward_with_hooks
+from autoprune.pruning.policy import PrunableGroup
+
+Channels = Mapping[str, int]
+
+
+def structure_key(channels: Channels) -> str:
+    """The cache key of a pruned structure: its channel count per group, order-independent."""
+    return json.dumps({k: int(v) for k, v in sorted(channels.items())}, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class LatencySpec:
+    """How a target times models: input shape, batch, torch threads, device, repeats."""
+
+    input_shape: tuple[int, ...]
+    batch_size: int = 1            # batch 1: on CPU larger batches are memory-bound and their ratios drift with load
+    threads: int = 1
+    device: str = "cpu"
+    repeats: int = 100
+    warmup: int = 10
+    reference_repeats: int = 300
+    max_rounds: int = 600          # candidate timing goes on, in chunks of ``repeats``, until precise or this many
+
+
+@dataclass(frozen=True)
+class LatencyReport:
+    """One structure's latency on the target, as comparable across trials as the target allows."""
+
+    latency_ms: float      # ratio x reference: what the front compares
+    iqr_ms: float          # interquartile range of the per-round ratios, x reference
+    ratio: float           # median over rounds of candidate / base, timed back to back
+    raw_ms: float          # the candidate's median in this measurement (under whatever load there was)
+    raw_base_ms: float     # the base's median in the same rounds
+    reference_ms: float    # the base timed alone before the search
+    predicted_ms: float    # the meter's prediction just before measuring
+    cached: bool = False   # the structure had been timed before: no new measurement
+
+    def metrics(self) -> dict[str, Any]:
+        """Columns for trials.parquet."""
+        return {"latency_ms": self.latency_ms, "latency_iqr_ms": self.iqr_ms, "latency_ratio": self.ratio,
+                "latency_raw_ms": self.raw_ms, "latency_raw_base_ms": self.raw_base_ms,
+                "latency_predicted_ms": self.predicted_ms, "latency_cached": self.cached}
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """A Conv/Linear layer and the groups that shrink its outputs and its inputs."""
+
+    name: str
+    kind: str                     # "conv" or "linear"
+    in_channels: int
+    out_channels: int
+    conv_groups: int
+    kernel: tuple[int, ...]
+    stride: tuple[int, ...]
+    padding: tuple[int, ...]
+    dilation: tuple[int, ...]
+    input_hw: tuple[int, ...]     # spatial size of the layer's input for one sample (empty for Linear on vectors)
+    macs: int
+    out_group: str | None
+    in_groups: tuple[str, ...]
+
+    @property
+    def depthwise(self) -> bool:
+        return self.kind == "conv" and self.conv_groups == self.in_channels == self.out_channels > 1
+
+    def config(self, fin: float, fout: float) -> tuple[Any, ...]:
+        """A hashable description of the layer with the given kept fractions: equal layers share timings."""
+        return (self.kind, self.in_channels, self.out_channels, self.conv_groups, self.kernel, self.stride,
+                self.padding, self.dilation, self.input_hw, round(fin, 4), round(fout, 4))
+
+
+class StructureModel:
+    """Which groups shrink which layers: turns a structure (channels per group) into per-layer fractions."""
+
+    def __init__(self, layers: list[LayerInfo], group_channels: dict[str, int]) -> None:
+        self.layers = layers
+        self.group_channels = group_channels
+
+    @classmethod
+    def from_model(cls, model: nn.Module, example_input: torch.Tensor, groups: list[PrunableGroup]) -> "StructureModel":
+        out_group = {m: g.name for g in groups for m in g.producers}
+        in_groups: dict[str, list[str]] = {}
+        for g in groups:
+            for m in g.members:
+                if m not in g.producers:
+                    in_groups.setdefault(m, []).append(g.name)
+        names = {m: n for n, m in model.named_modules()}
+        layers: list[LayerInfo] = []
+
+        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            name, x = names[module], inputs[0]
+            groups_in, group_out = tuple(in_groups.get(name, ())), out_group.get(name)
+            if isinstance(module, nn.Linear):
+                macs = output[:1].numel() * module.in_features
+                layers.append(LayerInfo(name, "linear", module.in_features, module.out_features, 1, (), (), (), (),
+                                        tuple(x.shape[1:-1]), macs, group_out, groups_in))
+            elif isinstance(module, nn.modules.conv._ConvNd):
+                macs = output[:1].numel() * (module.in_channels // module.groups) * math.prod(module.kernel_size)
+                padding = () if isinstance(module.padding, str) else tuple(module.padding)
+                layers.append(LayerInfo(name, "conv", module.in_channels, module.out_channels, module.groups,
+                                        tuple(module.kernel_size), tuple(module.stride), padding,
+                                        tuple(module.dilation), tuple(x.shape[2:]), macs, group_out, groups_in))
+
+        forward_with_hooks(model, example_input[:1], hook, (nn.Conv1d, nn.Conv2d, nn.Linear))
+        unique = {layer.name: layer for layer in layers}  # a layer called twice counts once per call in MACs
+        return cls(list(unique.values()), {g.name: g.channels for g in groups})
+
+    def fractions(self, channels: Channels) -> list[tuple[LayerInfo, float, float]]:
+        """Each layer with the fraction of its input and output channels the structure keeps."""
+        frac = {g: channels.get(g, n) / n for g, n in self.group_channels.items()}
+        out = []
+        for layer in self.layers:
+            fout = frac.get(layer.out_group, 1.0) if layer.out_group else 1.0
+            fin = statistics.fmean(frac[g] for g in layer.in_groups) if layer.in_groups else 1.0
+            if layer.depthwise:
+                fin = fout
+            out.append((layer, fin, fout))
+        return out
+
+    def macs(self, channels: Channels) -> float:
+        """MACs of the structure, from the base layers' MACs scaled by their kept fractions."""
+        total = 0.0
+        for layer, fin, fout in self.fractions(channels):
+            total += layer.macs * fout * (1.0 if layer.depthwise else fin)
+        return total
+
+
+def _standalone(layer: LayerInfo, fin: float, fout: float) -> tuple[nn.Module, tuple[int, ...]]:
+    """A fresh layer shaped like ``layer`` with the given kept fractions, and its input shape (no batch)."""
+    def kept(n: int, f: float, multiple: int = 1) -> int:
+        return max(multiple, round(n * f / multiple) * multiple)
+
+    if layer.kind == "linear":
+        cin, cout = kept(layer.in_channels, fin), kept(layer.out_channels, fout)
+        return nn.Linear(cin, cout), (*layer.input_hw, cin)
+    if layer.depthwise:
+        c = kept(layer.out_channels, fout)
+        cin, cout, groups = c, c, c
+    else:
+        groups = layer.conv_groups
+        cin, cout = kept(layer.in_channels, fin, groups), kept(layer.out_channels, fout, groups)
+    conv_type = nn.Conv1d if len(layer.kernel) == 1 else nn.Conv2d
+    padding: Any = layer.padding if layer.padding else "same"
+    module = conv_type(cin, cout, layer.kernel, layer.stride, padding, layer.dilation, groups)  # type: ignore[arg-type]
+    return module, (cin, *layer.input_hw)
+
+
+def _median_ms(module: nn.Module, input_shape: tuple[int, ...], spec: LatencySpec, repeats: int) -> float:
+    return measure_latency({"m": module}, input_shape, batch_size=spec.batch_size, threads=spec.threads,
+                           device=spec.device, warmup=3, repeats=repeats)["m"].median_ms
+
+
+@dataclass
+class LatencyTable:
+    """NetAdapt's per-layer lookup table: every layer's latency at a grid of kept input/output fractions."""
+
+    fractions: list[float]
+    entries: dict[str, list[list[float]]]          # layer -> [input fraction index][output fraction index] ms
+    spec: dict[str, Any] = field(default_factory=dict)
+    built_on: str = ""
+
+    def lookup(self, layer: str, fin: float, fout: float) -> float:
+        """Bilinear interpolation over the grid (clamped to its ends)."""
+        grid = self.entries[layer]
+        (i0, i1, ti), (j0, j1, tj) = self._bracket(fin), self._bracket(fout)
+        top = grid[i0][j0] * (1 - tj) + grid[i0][j1] * tj
+        bottom = grid[i1][j0] * (1 - tj) + grid[i1][j1] * tj
+        return top * (1 - ti) + bottom * ti
+
+    def _bracket(self, f: float) -> tuple[int, int, float]:
+        fr = self.fractions
+        if f <= fr[0]:
+            return 0, 0, 0.0
+        for k in range(len(fr) - 1):
+            if f <= fr[k + 1]:
+                return k, k + 1, (f - fr[k]) / (fr[k + 1] - fr[k])
+        return len(fr) - 1, len(fr) - 1, 0.0
+
+    def total(self, structure: StructureModel, channels: Channels) -> float:
+        """The sum of the per-layer latencies of a structure (NetAdapt's estimate)."""
+        missing = [layer.name for layer in structure.layers if layer.name not in self.entries]
+        if missing:
+            raise AutopruneError(f"latency table has no entry for layer '{missing[0]}': rebuild it for this model")
+        return sum(self.lookup(layer.name, fin, fout) for layer, fin, fout in structure.fractions(channels))
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "LatencyTable":
+        p = Path(path)
+        if not p.is_file():
+            raise AutopruneError(f"config key 'latency.table': file '{p}' does not exist "
+                                 f"(build it with 'autoprune latency-table CONFIG --out {p}')")
+        try:
+            d = json.loads(p.read_text())
+            return cls(list(d["fractions"]), dict(d["entries"]), dict(d.get("spec", {})), str(d.get("built_on", "")))
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise AutopruneError(f"config key 'latency.table': '{p}' is not a latency table: {e}") from None
+
+
+def build_table(structure: StructureModel, spec: LatencySpec, fractions: list[float], repeats: int = 15) -> LatencyTable:
+    """Time every layer alone at every (input, output) fraction pair; identical layer shapes are timed once."""
+    fractions = sorted(set(round(f, 4) for f in fractions) | {1.0})
+    timed: dict[tuple[Any, ...], float] = {}
+    entries: dict[str, list[list[float]]] = {}
+    for layer in structure.layers:
+        grid = []
+        for fin in fractions:
+            row = []
+            for fout in fractions:
+                f_in = fout if layer.depthwise else (fin if layer.in_groups else 1.0)
+                f_out = fout if layer.out_group else 1.0
+                key = layer.config(f_in, f_out)
+                if key not in timed:
+                    module, shape = _standalone(layer, f_in, f_out)
+                    timed[key] = _median_ms(module, shape, spec, repeats)
+                row.append(timed[key])
+            grid.append(row)
+        entries[layer.name] = grid
+    import socket
+
+    return LatencyTable(fractions, entries, asdict(spec), f"{socket.gethostname()} {time.strftime('%Y-%m-%dT%H:%M:%S')}")
+
+
+class ReferenceStore:
+    """Each target's reference base latencies, kept across searches in a directory on the target
+    (``$AUTOPRUNE_CACHE_DIR/latency``, default ``~/.cache/autoprune/latency``): one JSON file per signature
+    (base layer shapes, timing settings, host). A search's reference is the lowest median measured so far:
+    a quiet measurement is what describes the model, and every search on that target then shares it."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory).expanduser()
+
+    @classmethod
+    def default(cls) -> "ReferenceStore":
+        import os
+
+        return cls(Path(os.environ.get("AUTOPRUNE_CACHE_DIR", "~/.cache/autoprune")) / "latency")
+
+    def settle(self, signature: str, measured: LatencyReport) -> LatencyReport:
+        """The reference to use: ``measured`` if it is the lowest seen (then stored), else the stored one."""
+        path = self.directory / f"{signature}.json"
+        try:
+            stored = LatencyReport(**json.loads(path.read_text())["reference"])
+        except (OSError, ValueError, KeyError, TypeError):
+            stored = None
+        if stored is not None and stored.latency_ms <= measured.latency_ms:
+            return stored
+        self.directory.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{time.time_ns()}.tmp")
+        tmp.write_text(json.dumps({"reference": asdict(measured), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}))
+        tmp.replace(path)
+        return measured
+
+
+class Meter(Protocol):
+    """What a trial needs from a latency target."""
+
+    def reference(self) -> LatencyReport: ...
+
+    def measure(self, candidate: nn.Module, channels: Channels) -> LatencyReport: ...
+
+
+def _fit_line(points: list[tuple[float, float]]) -> tuple[float, float]:
+    """Least-squares ``y = a + b x``; through the origin and the first point when there are too few points
+    or the fit would make latency fall as the feature grows."""
+    x0, y0 = points[0]
+    proportional = (0.0, y0 / x0 if x0 > 0 else 0.0)
+    if len(points) < 3:
+        return proportional
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    if sxx <= 0:
+        return proportional
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
+    a = my - b * mx
+    return (a, b) if b > 0 else proportional
+
+
+class LatencyMeter:
+    """Times candidates against one base model on one target; cached by structure. Run it as a Ray actor
+    (``start_meter``) so every trial of a search shares it, or in-process for a single candidate."""
+
+    def __init__(self, base: nn.Module, spec: LatencySpec, structure: StructureModel,
+                 table: LatencyTable | None = None, shared_reference: bool = False, gate: str | None = None) -> None:
+        self.spec = spec
+        self.gate = MeasurementGate(gate) if gate else None  # pauses training steps on this node while timing
+        self.store = ReferenceStore.default() if shared_reference else None  # where the meter runs: the target
+        self.base = base.to(spec.device).eval()
+        self.structure = structure
+        self.table = table
+        self._reference: LatencyReport | None = None
+        self._measured_reference: float | None = None  # this meter's own timing of the base (the store may know a lower)
+        self._cache: dict[str, LatencyReport] = {}
+        self._observed: list[tuple[float, float]] = []   # (feature, latency_ms), the base first
+        self._errors: list[float] = []                   # relative prediction errors of measured structures
+        self._hits = 0
+
+    def _feature(self, channels: Channels) -> float:
+        if self.table is not None:
+            return self.table.total(self.structure, channels)
+        return self.structure.macs(channels)
+
+    def reference(self) -> LatencyReport:
+        """The base model timed alone (once, the first time it is asked for). With a reference store, the
+        lowest median this target has measured for this base and these settings (the least disturbed)."""
+        if self._reference is None:
+            repeats = max(self.spec.reference_repeats, MIN_REPEATS)
+            with self._exclusive():
+                lat = measure_latency({"base": self.base}, self.spec.input_shape, batch_size=self.spec.batch_size,
+                                      threads=self.spec.threads, device=self.spec.device, warmup=self.spec.warmup,
+                                      repeats=repeats)["base"]
+            measured = LatencyReport(lat.median_ms, lat.iqr_ms, 1.0, lat.median_ms, lat.median_ms, lat.median_ms,
+                                     lat.median_ms)
+            self._measured_reference = measured.latency_ms
+            self._reference = self.store.settle(self._signature(), measured) if self.store else measured
+            self._observed.insert(0, (self._feature(self.structure.group_channels), self._reference.latency_ms))
+        return self._reference
+
+    def _signature(self) -> str:
+        """What the reference depends on: the base's layer shapes, the timing settings and the host."""
+        import hashlib
+        import socket
+
+        layers = [layer.config(1.0, 1.0) for layer in self.structure.layers]
+        text = json.dumps([type(self.base).__name__, layers, asdict(self.spec), socket.gethostname()], default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+    def predict(self, channels: Channels) -> float:
+        """Predicted latency (ms) of a structure, before it is pruned or measured."""
+        self.reference()
+        a, b = _fit_line(self._observed)
+        return a + b * self._feature(channels)
+
+    def lookup(self, channels: Channels) -> LatencyReport | None:
+        """The cached report of a structure timed before, or None."""
+        hit = self._cache.get(structure_key(channels))
+        if hit is None:
+            return None
+        self._hits += 1
+        return LatencyReport(**{**asdict(hit), "cached": True})
+
+    def measure(self, candidate: nn.Module, channels: Channels) -> LatencyReport:
+        """Time ``candidate`` interleaved with the base; a structure timed before is answered from the cache."""
+        cached = self.lookup(channels)
+        if cached is not None:
+            return cached
+        reference = self.reference()
+        predicted = self.predict(channels)
+        if dict(channels) == self.structure.group_channels:  # the base's own structure: ratio 1 by definition
+            report = LatencyReport(**{**asdict(reference), "predicted_ms": predicted})
+        else:
+            ratios, lat = self._ratios(candidate.to(self.spec.device).eval())
+            q1, _, q3 = statistics.quantiles(ratios, n=4)
+            ratio = statistics.median(ratios)
+            report = LatencyReport(ratio * reference.latency_ms, (q3 - q1) * reference.latency_ms, ratio,
+                                   lat["candidate"], lat["base"], reference.latency_ms, predicted)
+        self._cache[structure_key(channels)] = report
+        self._observed.append((self._feature(channels), report.latency_ms))
+        self._errors.append(abs(predicted - report.latency_ms) / report.latency_ms)
+        return report
+
+    def _exclusive(self) -> ContextManager[None]:
+        return self.gate.measuring() if self.gate is not None else nullcontext()
+
+    def _ratios(self, candidate: nn.Module) -> tuple[list[float], dict[str, float]]:
+        """Per-round candidate / base ratios, timed back to back, in chunks of ``spec.repeats`` rounds until the
+        median ratio is known to +-1.5 % (95 %; a robust standard error) or ``spec.max_rounds`` are spent."""
+        ratios: list[float] = []
+        medians: dict[str, list[float]] = {"base": [], "candidate": []}
+        while True:
+            with self._exclusive():
+                lat = measure_latency({"base": self.base, "candidate": candidate}, self.spec.input_shape,
+                                      batch_size=self.spec.batch_size, threads=self.spec.threads,
+                                      device=self.spec.device, warmup=self.spec.warmup if not ratios else 2,
+                                      repeats=self.spec.repeats)
+            ratios += [c / b for c, b in zip(lat["candidate"].samples_ms, lat["base"].samples_ms)]
+            for name in medians:
+                medians[name].append(lat[name].median_ms)
+            q1, median, q3 = statistics.quantiles(ratios, n=4)
+            half_width = 1.96 * 1.2533 * (q3 - q1) / 1.349 / math.sqrt(len(ratios))
+            if half_width <= 0.015 * median or len(ratios) >= self.spec.max_rounds:
+                return ratios, {name: statistics.median(v) for name, v in medians.items()}
+
+    def state(self) -> dict[str, Any]:
+        """The reference and every timed structure, to persist in the run directory (``latency.json``)."""
+        return {"spec": asdict(self.spec), "reference": asdict(self._reference) if self._reference else None,
+                "measured_reference_ms": self._measured_reference, "cache": {k: asdict(v) for k, v in self._cache.items()}}
+
+    def restore(self, state: dict[str, Any]) -> bool:
+        """Continue from a saved ``state`` (a resumed search keeps its reference and its cache, so its figures
+        stay comparable with those taken before); ignored, returning False, when it was taken with other
+        settings."""
+        if state.get("spec") != json.loads(json.dumps(asdict(self.spec))) or not state.get("reference"):
+            return False
+        self._reference = LatencyReport(**state["reference"])
+        self._cache = {k: LatencyReport(**v) for k, v in state["cache"].items()}
+        self._observed = [(self._feature(self.structure.group_channels), self._reference.latency_ms)]
+        self._observed += [(self._feature(json.loads(k)), v.latency_ms) for k, v in self._cache.items()]
+        return True
+
+    def summary(self) -> dict[str, Any]:
+        """What the meter did: structures timed, cache hits, the reference, and the prediction error."""
+        ref = self._reference.latency_ms if self._reference else None
+        mape = statistics.fmean(self._errors) if self._errors else None
+        return {"measured": len(self._cache), "cache_hits": self._hits, "reference_ms": ref,
+                "measured_reference_ms": self._measured_reference,
+                "prediction_mape": mape, "predictor": "lookup table" if self.table is not None else "MACs",
+                "node": _node_id(), "device": self.spec.device, "threads": self.spec.threads}
+
+
+def _node_id() -> str | None:
+    """The Ray node this process runs on (None outside Ray)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+
+
+def node_resources(node_id: str | None) -> dict[str, float]:
+    """The resources a node of the connected Ray cluster advertises."""
+    import ray
+
+    return next((dict(n["Resources"]) for n in ray.nodes() if n["NodeID"] == node_id), {})
+
+
+def _cpu_copy(model: nn.Module) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(model).cpu()
+
+
+class RemoteMeter:
+    """A trial's view of the search's latency actor: one round trip per question."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+
+    def reference(self) -> LatencyReport:
+        import ray
+
+        return ray.get(self.handle.reference.remote())
+
+    def measure(self, candidate: nn.Module, channels: Channels) -> LatencyReport:
+        import ray
+
+        cached = ray.get(self.handle.lookup.remote(dict(channels)))
+        if cached is not None:
+            return cached
+        return ray.get(self.handle.measure.remote(_cpu_copy(candidate), dict(channels)))
+
+
+def check_target(target: str | None) -> None:
+    """A named target must be a custom resource some node of the connected Ray cluster advertises."""
+    import ray
+
+    if target and ray.cluster_resources().get(target, 0) <= 0:
+        raise AutopruneError(f"config key 'latency.target': no node of the Ray cluster advertises the resource "
+                             f"'{target}' (start one with: ray start --resources='{{\"{target}\": 1}}')")
+
+
+def start_meter(base: nn.Module, spec: LatencySpec, structure: StructureModel, table: LatencyTable | None,
+                target: str | None, state: dict[str, Any] | None = None,
+                shared_reference: bool = True, gate: str | None = None) -> tuple[Any, bool]:
+    """Start the search's latency actor (on the node advertising ``target`` when one is named, else on the
+    head node, which outlives any worker; hard affinity: Ray's soft affinity placed it on workers), restore
+    a saved ``state`` if it fits, else time the reference, before any trial runs. Returns the handle and
+    whether the state was restored."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    check_target(target)
+    options: dict[str, Any] = {"num_cpus": 0, "max_concurrency": 1}
+    if target:
+        options["resources"] = {target: 1}
+    else:  # on a cluster the head, where no trial trains
+        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(_head_node_id(), soft=False)
+    handle: Any = ray.remote(LatencyMeter).options(**options).remote(_cpu_copy(base), spec, structure, table,
+                                                                     shared_reference, gate)
+    restored = bool(state) and bool(ray.get(handle.restore.remote(state)))
+    ray.get(handle.reference.remote())
+    return handle, restored
+
+
+def _head_node_id() -> str:
+    """The live head node's id."""
+    import ray
+
+    for node in ray.nodes():
+        if node.get("Alive") and "node:__internal_head__" in node.get("Resources", {}):
+            return str(node["NodeID"])
+    raise AutopruneError("the Ray cluster has no live head node to run the latency actor on")
+
+
+def local_meter(base: nn.Module, example_input: torch.Tensor, groups: list[PrunableGroup], spec: LatencySpec,
+                table: LatencyTable | None = None, shared_reference: bool = True) -> LatencyMeter:
+    """An in-process meter (single candidates, ``autoprune space``)."""
+    return LatencyMeter(_cpu_copy(base), spec, StructureModel.from_model(base, example_input, groups), table,
+                        shared_reference)

@@ -1,0 +1,475 @@
+"""The search controller: base model → search space → searcher → Ray Tune trials → results store → front.
+
+``run_search`` is what ``autoprune search`` runs: locally (Ray starts in-process), under ``ray job
+submit`` or in KubeRay (``ray.init()`` picks up ``RAY_ADDRESS``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from autoprune.config import SearchConfig, violations
+from autoprune.data import DataSpec, ImageData, load_data
+from autoprune.errors import AutopruneError
+from autoprune.measure.latency import (
+    LatencyTable,
+    Meter,
+    RemoteMeter,
+    StructureModel,
+    build_table,
+    check_target,
+    local_meter,
+    node_resources,
+    start_meter,
+)
+from autoprune.objectives import values_of
+from autoprune.pruning import checkpoint as ckpt_io
+from autoprune.pruning.policy import discover
+from autoprune.search.feasibility import check_constraints, format_report, space_report
+from autoprune.search.front import Front, format_rows, is_full, write_front
+from autoprune.search.results import MARKER, ResultsStore, read_marker, run_objectives
+from autoprune.search.searchers import Outcome, Searcher, make_searcher
+from autoprune.search.searchers.base import EPOCHS_KEY, STAGE_KEY
+from autoprune.search.searchers.journal import JOURNAL_FILE, StudyJournal
+from autoprune.search.searchers.optuna_base import OptunaSearcher
+from autoprune.search.searchers.seeded import SensitivitySeeded
+from autoprune.search.searchers.sensitivity import SensitivitySearcher
+from autoprune.search.searchers.staged import StagedSearcher
+from autoprune.search.space import SearchSpace
+from autoprune.search.storage import RunDir, as_run_dir
+from autoprune.search.trial import TrialSettings
+
+MARKER_VERSION = 2  # 2: objectives and the Optuna study (name, journal file) recorded
+Echo = Callable[[str], None]
+LATENCY_FILE = "latency.json"  # the latency actor's reference and timed structures, so --resume continues them
+
+
+@dataclass
+class SearchSummary:
+    run_dir: RunDir
+    finished: int          # fine-tuned trials that finished (stage-0 evaluations not counted)
+    failed: int
+    front: Front
+    stage0: int = 0        # stage-0 (proxy) evaluations that finished
+    budget_reached: bool = False  # time_budget_s ended the search
+
+
+def default_base_path(config: SearchConfig) -> Path:
+    slug = re.sub(r"[^A-Za-z0-9]+", "_", f"{config['model']}_{config['data.dataset']}").strip("_")
+    return Path("runs") / "bases" / f"{slug}.pt"
+
+
+def data_spec(config: SearchConfig) -> DataSpec:
+    root = config["data.root"] or os.environ.get("AUTOPRUNE_DATA")
+    return DataSpec(config["data.dataset"], root, config["data.val_fraction"], config["data.seed"],
+                    config["data.image_size"], max_train_samples=config["data.max_train_samples"])
+
+
+def ensure_base(config: SearchConfig, data: ImageData, echo: Echo) -> tuple[ckpt_io.Checkpoint, Path]:
+    """Load the base checkpoint, training (and saving) it first when it does not exist yet.
+
+    With ``base.sparsity_l1`` > 0 the search's base is its sparsity-trained copy (``slim_base``).
+    """
+    import torch
+
+    from autoprune.models import ModelSpec, build_model
+    from autoprune.tasks.training import TrainConfig, evaluate, train
+
+    path = Path(config["base.checkpoint"] or default_base_path(config))
+    if path.exists():
+        base = ckpt_io.load(path)
+        if base.model_spec.arch != config["model"]:
+            raise AutopruneError(f"base checkpoint '{path}' holds '{base.model_spec.arch}', "
+                                 f"but the config's model is '{config['model']}'")
+        return slim_base(config, data, base, path, echo)
+    spec = ModelSpec(config["model"], data.num_classes, data.input_shape[0])
+    echo(f"base checkpoint {path} not found: training {spec.arch} for {config['base.epochs']} epochs")
+    torch.manual_seed(config["data.seed"])
+    model = build_model(spec)
+    loader = data.loader("train", config["base.batch_size"], shuffle=True, augment=True)
+    start = time.perf_counter()
+    train(model, loader, TrainConfig(epochs=config["base.epochs"], lr=config["base.lr"], seed=config["data.seed"]),
+          on_epoch=lambda epoch, loss: echo(f"  base epoch {epoch}: loss {loss:.4f}"))
+    metrics = {"val_accuracy": evaluate(model, data.loader("val", 256)),
+               "test_accuracy": evaluate(model, data.loader("test", 256)),
+               "train_seconds": round(time.perf_counter() - start, 1)}
+    base = ckpt_io.from_model(model, spec, data.spec, data.input_shape, data.preprocess(), metrics)
+    ckpt_io.save(base, path)
+    echo(f"saved base {path}: val_accuracy {metrics['val_accuracy']:.4f}")
+    return slim_base(config, data, base, path, echo)
+
+
+def slim_base(config: SearchConfig, data: ImageData, base: ckpt_io.Checkpoint, path: Path,
+              echo: Echo) -> tuple[ckpt_io.Checkpoint, Path]:
+    """Network slimming's sparsity training of the base, when ``base.sparsity_l1`` > 0 (else the base as it is).
+
+    The base is fine-tuned for ``base.sparsity_epochs`` at ``base.lr * 0.1`` with an L1 penalty of
+    ``base.sparsity_l1`` on its batch-norm scales, so that ``bn_scale`` separates the channels it can
+    drop; the result is saved beside the base as ``<base>.slim-<l1>-<epochs>ep.pt`` and reused while it
+    is newer than the base.
+    """
+    from autoprune.tasks.training import TrainConfig, evaluate, small_bn_scales, train
+
+    l1, epochs = config["base.sparsity_l1"], config["base.sparsity_epochs"]
+    if l1 <= 0:
+        return base, path
+    slim_path = path.with_name(f"{path.stem}.slim-{l1:g}-{epochs:g}ep{path.suffix}")
+    if slim_path.exists() and slim_path.stat().st_mtime >= path.stat().st_mtime:
+        echo(f"base: {slim_path}, sparsity-trained with L1 {l1:g} on batch-norm scales (reused)")
+        return ckpt_io.load(slim_path), slim_path
+    model = base.build(path)
+    before = small_bn_scales(model)
+    echo(f"sparsity training: {path} for {epochs:g} epochs with L1 {l1:g} on batch-norm scales, "
+         f"lr {config['base.lr'] * 0.1:g}")
+    start = time.perf_counter()
+    loader = data.loader("train", config["base.batch_size"], shuffle=True, augment=True, seed=config["data.seed"])
+    train(model, loader, TrainConfig(epochs=epochs, lr=config["base.lr"] * 0.1, seed=config["data.seed"],
+                                     sparsity_l1=l1),
+          on_epoch=lambda epoch, loss: echo(f"  sparsity epoch {epoch}: loss {loss:.4f}"))
+    metrics = {"val_accuracy": evaluate(model, data.loader("val", 256)),
+               "test_accuracy": evaluate(model, data.loader("test", 256)),
+               "train_seconds": round(time.perf_counter() - start, 1), "sparsity_l1": l1,
+               "sparsity_epochs": epochs, "sparsity_trained_from": str(path)}
+    slim = ckpt_io.from_model(model, base.model_spec, base.data_spec, base.input_shape, base.preprocess, metrics)
+    ckpt_io.save(slim, slim_path)
+    echo(f"saved {slim_path}: val_accuracy {metrics['val_accuracy']:.4f} (base "
+         f"{base.metrics.get('val_accuracy', float('nan')):.4f}), batch-norm scales below 1e-2: "
+         f"{before:.0%} -> {small_bn_scales(model):.0%}; the search prunes it")
+    return slim, slim_path
+
+
+def structure_base(config: SearchConfig, data: ImageData, echo: Echo) -> Any:
+    """The base model when only its structure matters (MACs, size, latency): the checkpoint when there is one,
+    else the untrained architecture, which has the same structure and needs no training."""
+    from autoprune.models import ModelSpec, build_model
+
+    path = Path(config["base.checkpoint"] or default_base_path(config))
+    if path.exists():
+        return ckpt_io.load(path).build(path)
+    echo(f"base checkpoint {path} not found: using the untrained {config['model']} (same structure)")
+    return build_model(ModelSpec(config["model"], data.num_classes, data.input_shape[0])).eval()
+
+
+def space_command(config: SearchConfig, echo: Echo) -> None:
+    """``autoprune space``: the space's corners measured in-process; an unmeetable constraint is an error."""
+    import torch
+
+    data = load_data(data_spec(config))
+    model = structure_base(config, data, echo)
+    example = torch.zeros(1, *data.input_shape)
+    groups = discover(model, example, ignore=config["space.ignore"])
+    space = SearchSpace.from_config(config, groups)
+    settings = trial_settings(config)
+    table = LatencyTable.load(config["latency.table"]) if config["latency.table"] else None
+    meter = local_meter(model, example, groups, settings.latency_spec(data.input_shape), table,
+                        config["latency.shared_reference"])
+    echo(f"{config['model']}: {len(groups)} prunable groups, ratios "
+         f"{min(p.low for p in space.params)}..{max(p.high for p in space.params)}, {settings.threads} thread(s), "
+         f"device {settings.device}")
+    feasible(model, example, space, config, meter, echo)
+
+
+def latency_table_command(config: SearchConfig, out: str, echo: Echo) -> None:
+    """``autoprune latency-table``: time every layer at the space's ratios on the target; write JSON to ``out``."""
+    import torch
+
+    data = load_data(data_spec(config))
+    model = structure_base(config, data, echo)
+    example = torch.zeros(1, *data.input_shape)
+    groups = discover(model, example, ignore=config["space.ignore"])
+    space = SearchSpace.from_config(config, groups)
+    fractions = sorted({round(1.0 - r, 4) for p in space.params for r in p.grid()})
+    structure = StructureModel.from_model(model, example, groups)
+    spec = trial_settings(config).latency_spec(data.input_shape)
+    start = time.perf_counter()
+    if config["latency.target"]:
+        import ray
+
+        from autoprune.search.tuning import init_ray
+
+        init_ray(1)
+        check_target(config["latency.target"])
+        task = ray.remote(build_table).options(num_cpus=0, resources={config["latency.target"]: 1})
+        table = ray.get(task.remote(structure, spec, fractions))
+    else:
+        table = build_table(structure, spec, fractions)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(table.to_json() + "\n")
+    echo(f"latency table: {len(structure.layers)} layers x {len(fractions)}x{len(fractions)} kept fractions, "
+         f"built on {table.built_on} in {time.perf_counter() - start:.1f} s -> {out}\n"
+         f"use it with: --set latency.table={out}")
+
+
+def trial_settings(config: SearchConfig) -> TrialSettings:
+    import torch
+
+    gpu = config["resources.gpu"] > 0 and torch.cuda.is_available()
+    device = config["latency.device"]
+    device = ("cuda" if gpu else "cpu") if device == "auto" else device
+    threads = max(1, int(config["resources.cpu"]))
+    return TrialSettings(finetune_epochs=config["finetune.epochs"], lr=config["finetune.lr"], kd=config["finetune.kd"],
+                         kd_alpha=config["finetune.kd_alpha"], kd_temperature=config["finetune.kd_temperature"],
+                         steps=config["finetune.steps"], batch_size=config["finetune.batch_size"],
+                         latency_batch_size=config["latency.batch_size"], latency_repeats=config["latency.repeats"],
+                         latency_reference_repeats=config["latency.reference_repeats"],
+                         proxy_samples=config["searcher.proxy_samples"], reconstruct=config["space.reconstruct"],
+                         threads=config["latency.threads"] or threads, device=device, seed=config["searcher.seed"])
+
+
+def start_latency_meter(config: SearchConfig, run_dir: RunDir, base_model: Any, input_shape: tuple[int, ...],
+                        structure: StructureModel, settings: TrialSettings, echo: Echo) -> Any:
+    """The search's latency actor on ``latency.target`` (the head node when null), continuing the run
+    directory's ``latency.json`` (reference and timed structures) when it was taken with the same settings."""
+    table = LatencyTable.load(config["latency.table"]) if config["latency.table"] else None
+    spec = settings.latency_spec(input_shape)
+    state = json.loads(run_dir.read_text(LATENCY_FILE)) if run_dir.exists(LATENCY_FILE) else None
+    meter, restored = start_meter(base_model, spec, structure, table, config["latency.target"], state,
+                                  config["latency.shared_reference"], settings.gate)
+    if state is not None:
+        echo(f"latency: continuing {LATENCY_FILE} (same reference and cache)" if restored else
+             f"latency: {LATENCY_FILE} was timed with other settings: timing afresh")
+    return meter
+
+
+def save_latency_state(run_dir: RunDir, meter: Any, echo: Echo) -> None:
+    """Write the actor's reference and cache to ``latency.json``; a dead actor is reported, not raised (this runs
+    while the search stops, whatever stopped it)."""
+    import ray
+
+    try:
+        state = ray.get(meter.state.remote())
+    except ray.exceptions.RayError as e:
+        echo(f"latency: {LATENCY_FILE} not updated, the latency actor is gone: {str(e).splitlines()[0]}")
+        return
+    run_dir.write_text(LATENCY_FILE, json.dumps(state) + "\n")
+
+
+def feasible(base_model: Any, example_input: Any, space: SearchSpace, config: SearchConfig, meter: Meter,
+             echo: Echo) -> None:
+    """Print what the space can reach; refuse a constraint it cannot meet before any trial runs."""
+    rows = space_report(base_model, example_input, space, meter)
+    echo(f"search space (latency at batch {config['latency.batch_size']}):\n{format_report(rows)}")
+    check_constraints(rows, config.constraints)
+
+
+def latency_summary(summary: dict[str, Any]) -> str:
+    mape = summary["prediction_mape"]
+    custom = sorted(k for k in node_resources(summary["node"]) if k not in ("CPU", "GPU", "memory", "object_store_memory")
+                    and not k.startswith("node:") and not k.startswith("accelerator_type"))
+    return (f"latency: {summary['measured']} structures timed, {summary['cache_hits']} answered from the cache, on "
+            f"node {str(summary['node'])[:12]} (resources: {', '.join(custom) or 'none custom'}; {summary['device']}, "
+            f"{summary['threads']} thread(s)); reference base {summary['reference_ms']:.3f} ms (timed this run: "
+            f"{summary['measured_reference_ms'] or float('nan'):.3f} ms); {summary['predictor']} "
+            f"predictor error " + (f"{100 * mape:.1f} % (mean absolute, predicted before measuring)"
+                                   if mape is not None else "n/a"))
+
+
+def check_resumable(run_dir: str | Path | RunDir) -> None:
+    """Tune's state is a pickle: resume only directories autoprune created (they hold the marker file)."""
+    run = as_run_dir(run_dir)
+    if not run.exists(MARKER):
+        raise AutopruneError(f"--resume: '{run}' is not an autoprune run directory (no {MARKER})")
+
+
+def prepare_run_dir(run: RunDir, config: SearchConfig, resume: bool) -> dict[str, Any]:
+    """A new run directory gets ``config.yaml`` and the marker; a resumed one is checked. Returns the marker.
+
+    The marker, ``autoprune-run.json``, records the objectives (a resumed search keeps them) and the Optuna
+    study (``study``: its name in ``journal``, ``optuna.journal``; only Optuna-backed searchers write it).
+    """
+    names = [o.name for o in config.objectives]
+    if resume:
+        check_resumable(run)
+        marker = read_marker(run)
+        searched = [o.name for o in run_objectives(run)]
+        if searched != names:
+            raise AutopruneError(f"config key 'objectives': run '{run}' searched {searched}, not {names}; a resumed "
+                                 f"search keeps its objectives")
+        if marker.get("version", 1) < 2:  # its trials are replayed into a new study in the run directory
+            marker = {**marker, "version": MARKER_VERSION, "objectives": names, "study": config["name"],
+                      "journal": JOURNAL_FILE}
+            run.write_text(MARKER, json.dumps(marker) + "\n")
+        return marker
+    if not run.is_empty():
+        raise AutopruneError(f"run directory '{run}' is not empty: pass --resume to continue it, or another --out")
+    run.write_text("config.yaml", config.to_yaml())
+    marker = {"format": "autoprune-run", "version": MARKER_VERSION, "config": config.path,
+              "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "objectives": names, "study": config["name"],
+              "journal": JOURNAL_FILE}
+    run.write_text(MARKER, json.dumps(marker) + "\n")
+    return marker
+
+
+def run_search(config: SearchConfig, run_dir: str | Path | RunDir, *, resume: bool = False,
+               echo: Echo = print) -> SearchSummary:
+    """Run (or resume) the search described by ``config`` into ``run_dir`` (a path or a filesystem URI)."""
+    run_dir = as_run_dir(run_dir)
+    marker = prepare_run_dir(run_dir, config, resume)
+    data = load_data(data_spec(config))
+    base, base_path = ensure_base(config, data, echo)
+    base_model = base.build(base_path)
+    groups = discover(base_model, base.example_input, ignore=config["space.ignore"])
+    space = SearchSpace.from_config(config, groups)
+    store = ResultsStore(run_dir, space.groups)
+    done = store.rows  # finished, failed, or stopped early by the scheduler (interrupted ones are not recorded)
+    evaluated = [r for r in done if counts_as_trial(r)]
+    remaining = config["trials"] - len(evaluated)
+    echo(f"search '{config['name']}': {len(space.params)} groups, searcher {config['searcher.name']}, "
+         f"{remaining} trials to run ({len(evaluated)} already finished), {config['concurrency']} at a time "
+         f"-> {run_dir}")
+    budget_reached = False
+    if remaining > 0:
+        absolute, base_path = config.with_absolute_paths(), base_path.resolve()  # resolved before the cwd changes
+        with stable_working_directory(run_dir):
+            budget_reached = _search(absolute, run_dir, marker, data, base, base_path, base_model, groups, space,
+                                     store, done, remaining, echo)
+        if budget_reached:
+            echo(f"time budget of {config['time_budget_s']:g} s reached (time_budget_s): trials still running were "
+                 f"stopped and not recorded; --resume continues the search with a new budget")
+    correlation = proxy_correlation(store.rows)
+    if correlation is not None:
+        echo(f"stage-0 proxy vs fine-tuned accuracy: Spearman {correlation[0]:.2f} over {correlation[1]} trials")
+    front = write_front(run_dir) if store.rows else Front([], 0.0, None)
+    finished = sum(r["status"] == "ok" and counts_as_trial(r) for r in store.rows)
+    stage0 = sum(r["status"] == "ok" and r.get("stage") == "proxy" for r in store.rows)
+    if finished and not front.rows:
+        echo("no trial met every constraint: the front is empty")
+    return SearchSummary(run_dir, finished, sum(r["status"] == "failed" for r in store.rows), front, stage0,
+                         budget_reached)
+
+
+@contextmanager
+def stable_working_directory(run_dir: RunDir) -> Iterator[None]:
+    """Run from a directory that stays: inside a Ray Job the driver's working directory is a runtime-env copy
+    that Ray may garbage-collect once the driver connects, and Tune, Optuna and pathlib ask for the cwd."""
+    try:
+        previous: str | None = os.getcwd()
+    except FileNotFoundError:
+        previous = None
+    os.chdir(run_dir.path if run_dir.is_local else tempfile.gettempdir())
+    try:
+        yield
+    finally:
+        if previous and os.path.isdir(previous):
+            os.chdir(previous)
+
+
+def _search(config: SearchConfig, run_dir: RunDir, marker: dict[str, Any], data: ImageData, base: Any,
+            base_path: Path, base_model: Any, groups: list[Any], space: SearchSpace, store: ResultsStore,
+            done: list[dict[str, Any]], remaining: int, echo: Echo) -> bool:
+    """Ray up, the latency actor and the feasibility check, the searcher (replayed), then the Tune trials.
+    Returns whether the time budget ended them."""
+    import ray
+
+    from autoprune.search.tuning import init_ray, run_tune
+
+    init_ray(max(os.cpu_count() or 1, config["concurrency"] * config["resources.cpu"]))
+    gate_name = "run-" + hashlib.sha256(run_dir.uri.encode()).hexdigest()[:16]
+    settings = dataclasses.replace(trial_settings(config), gate=gate_name)
+    structure = StructureModel.from_model(base_model, base.example_input, groups)
+    meter = start_latency_meter(config, run_dir, base_model, data.input_shape, structure, settings, echo)
+    try:
+        feasible(base_model, base.example_input, space, config, RemoteMeter(meter), echo)
+        searcher = build_searcher(config, space, run_dir, marker, meter, structure,
+                                  curves_key(config, base_path, settings))
+        if not searcher.resumed:  # a study loaded from the run directory already holds them
+            for row in done:
+                searcher.replay(space_point(row, space), outcome_of_row(row, config))
+        budget_reached = run_tune(config, run_dir, base, data, space, searcher, store, settings, remaining, echo,
+                                  meter)
+    finally:
+        save_latency_state(run_dir, meter, echo)
+    echo(latency_summary(ray.get(meter.summary.remote())))
+    return budget_reached
+
+
+def counts_as_trial(row: dict[str, Any]) -> bool:
+    """Rows that spend the trial budget: full-budget trials (not stage-0 or short evaluations, not skipped ones)."""
+    return row["status"] != "skipped" and is_full(row)
+
+
+def proxy_correlation(rows: list[dict[str, Any]]) -> tuple[float, int] | None:
+    """Spearman rank correlation of the stage-0 proxy with the fine-tuned accuracy over finished full trials."""
+    from scipy.stats import spearmanr
+
+    pairs = [(r["proxy_accuracy"], r["accuracy"]) for r in rows if r["status"] == "ok" and counts_as_trial(r)
+             and r.get("proxy_accuracy") is not None]
+    if len(pairs) < 3 or len({p for p, _ in pairs}) < 2 or len({a for _, a in pairs}) < 2:
+        return None
+    return float(spearmanr([p for p, _ in pairs], [a for _, a in pairs]).statistic), len(pairs)
+
+
+def curves_key(config: SearchConfig, base_path: Path, settings: TrialSettings) -> str:
+    """What a sensitivity searcher's stage-0 curves depend on (beyond the space): the base's bytes, the data, the
+    proxy and the latency settings. Equal keys share curves across run directories."""
+    digest = hashlib.sha256(base_path.read_bytes())
+    digest.update(json.dumps([config["data"], settings.proxy_samples, settings.reconstruct, settings.bn_batches,
+                              settings.latency_batch_size, settings.threads, settings.device, config["latency.target"],
+                              settings.seed], sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:20]
+
+
+def build_searcher(config: SearchConfig, space: SearchSpace, run_dir: RunDir, marker: dict[str, Any],
+                   meter: Any, structure: StructureModel, cache_key: str) -> Searcher:
+    """The configured searcher; Optuna-backed ones staged when ``searcher.proxy_trials`` > 0 and seeded with
+    sensitivity allocations when ``searcher.seed_from`` is ``sensitivity``."""
+    import ray
+
+    from autoprune.search.feasibility import STATIC
+
+    reference = ray.get(meter.reference.remote()).latency_ms
+
+    def predict_latency(channels: dict[str, int]) -> float:
+        return float(ray.get(meter.predict.remote(channels)))
+
+    searcher = make_searcher(config["searcher.name"], space, seed=config["searcher.seed"],
+                             warm_start=config["searcher.warm_start"], population=config["searcher.population"],
+                             startup_trials=config["searcher.startup_trials"], grid=config["searcher.grid"],
+                             objectives=config.objectives, study=StudyJournal(run_dir, marker["study"]),
+                             run_dir=run_dir, short_epochs=config["searcher.short_epochs"],
+                             greedy_step=config["searcher.greedy_step"], base_latency_ms=reference,
+                             constraints=config.constraints, trials=config["trials"], cache_key=cache_key,
+                             predict_latency=predict_latency, predict_macs=structure.macs)
+    then: Searcher = searcher
+    if config["searcher.proxy_trials"] > 0 and isinstance(searcher, OptunaSearcher):
+        structural = frozenset(c.text for c in config.constraints if c.metric in STATIC)
+        then = StagedSearcher(searcher, config["searcher.proxy_trials"], structural)
+    seeds = config["searcher.population"] - config["searcher.warm_start"]
+    if config["searcher.seed_from"] == "sensitivity" and seeds > 0:
+        sensitivity = SensitivitySearcher(space, seed=config["searcher.seed"], objectives=config.objectives,
+                                          run_dir=run_dir, base_latency_ms=reference, constraints=config.constraints,
+                                          trials=seeds, cache_key=cache_key, predict_latency=predict_latency,
+                                          predict_macs=structure.macs)
+        return SensitivitySeeded(sensitivity, searcher, then)
+    return then
+
+
+def space_point(row: dict[str, Any], space: SearchSpace) -> dict[str, Any]:
+    point: dict[str, Any] = {g: row[f"ratio:{g}"] for g in space.groups}
+    point["criterion"] = row["criterion"]
+    if not is_full(row):  # a stage-0 or short evaluation of a staged searcher
+        point[STAGE_KEY] = row["stage"]
+        if row.get("epochs") is not None and row["stage"] == "short":
+            point[EPOCHS_KEY] = row["epochs"]
+    return point
+
+
+def outcome_of_row(row: dict[str, Any], config: SearchConfig) -> Outcome:
+    if row["status"] != "ok":
+        return Outcome("stopped" if row["status"] == "stopped" else "failed")
+    return Outcome("ok", values_of(row, config.objectives), violations(config.constraints, row))
+
+
+def summary_table(run_dir: RunDir) -> str:
+    from autoprune.search.results import FRONT_FILE, read_trials
+
+    return format_rows(read_trials(run_dir, FRONT_FILE).to_pylist())

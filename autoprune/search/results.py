@@ -1,0 +1,110 @@
+"""The results store: one Parquet row per finished trial, rewritten atomically on every append.
+
+Also the run directory's marker, ``autoprune-run.json``, which says what the run searched (its objectives)
+and where its Optuna study lives.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from autoprune.errors import AutopruneError
+from autoprune.objectives import DEFAULT_OBJECTIVES, Objective, parse_objectives
+from autoprune.search.storage import RunDir, as_run_dir
+
+MARKER = "autoprune-run.json"
+TRIALS_FILE = "trials.parquet"
+FRONT_FILE = "front.parquet"
+METRIC_COLUMNS = ["accuracy", "test_accuracy", "params", "size_bytes", "macs", "latency_ms", "latency_iqr_ms"]
+BASE_COLUMNS = [f"base_{c}" for c in METRIC_COLUMNS]
+SECONDS_COLUMNS = ["seconds_prune", "seconds_finetune", "seconds_measure"]
+FIXED_COLUMNS = ["trial_id", "status", "error", "searcher", "criterion", "criterion_used"]
+# how the latency figure came about (autoprune/measure/latency.py): the ratio to the base timed back to back, the raw
+# timings under whatever load there was, the prediction made before measuring, and whether it came from the cache
+LATENCY_COLUMNS = ["latency_ratio", "latency_raw_ms", "latency_raw_base_ms", "latency_predicted_ms", "latency_cached"]
+# staged evaluation: the stage a row was evaluated at (proxy: prune + BN recalibration only; short; full), the
+# fine-tuning epochs it got, and its stage-0 accuracy on the fixed proxy subset (for every stage, so the proxy's
+# rank correlation with the fine-tuned accuracy can be reported). For a proxy row, accuracy is that proxy.
+STAGE_COLUMNS = ["stage", "epochs", "proxy_accuracy"]
+TAIL_COLUMNS = ["feasible", *STAGE_COLUMNS, *METRIC_COLUMNS, *BASE_COLUMNS, *LATENCY_COLUMNS, *SECONDS_COLUMNS, "host",
+                "checkpoint", "resumed_from_epoch", "finished_at"]
+STRING_COLUMNS = {"trial_id", "status", "error", "searcher", "criterion", "criterion_used", "host", "checkpoint",
+                  "finished_at", "stage"}
+INT_COLUMNS = {"params", "size_bytes", "macs", "base_params", "base_size_bytes", "base_macs", "resumed_from_epoch"}
+
+
+def schema(groups: Iterable[str]) -> pa.Schema:
+    """Fixed columns, one ``ratio:<group>`` column per group, then metrics, base values and timings."""
+    fields = []
+    for name in [*FIXED_COLUMNS, *[f"ratio:{g}" for g in groups], *TAIL_COLUMNS]:
+        if name in STRING_COLUMNS:
+            t = pa.string()
+        elif name in ("feasible", "latency_cached"):
+            t = pa.bool_()
+        elif name in INT_COLUMNS:
+            t = pa.int64()
+        else:
+            t = pa.float64()
+        fields.append(pa.field(name, t))
+    return pa.schema(fields)
+
+
+class ResultsStore:
+    """``RUN_DIR/trials.parquet``: every finished trial, each exactly once (keyed by ``trial_id``)."""
+
+    def __init__(self, run_dir: str | Path | RunDir, groups: list[str]) -> None:
+        self.run = as_run_dir(run_dir)
+        self.schema = schema(groups)
+        existing = read_trials(self.run).to_pylist() if self.run.exists(TRIALS_FILE) else []
+        self._rows: dict[str, dict[str, Any]] = {r["trial_id"]: r for r in existing}
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        return list(self._rows.values())
+
+    def __contains__(self, trial_id: str) -> bool:
+        return trial_id in self._rows
+
+    def append(self, row: dict[str, Any]) -> None:
+        """Add (or replace) one trial's row and rewrite the file atomically."""
+        self._rows[row["trial_id"]] = {name: row.get(name) for name in self.schema.names}
+        self.run.write_table(TRIALS_FILE, pa.Table.from_pylist(self.rows, schema=self.schema))
+
+
+def read_trials(run_dir: str | Path | RunDir, name: str = TRIALS_FILE) -> pa.Table:
+    run = as_run_dir(run_dir)
+    if not run.exists(name):
+        raise AutopruneError(f"no results in '{run}': {run.display(name)} does not exist (run 'autoprune search' first)")
+    try:
+        return run.read_table(name)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise AutopruneError(f"results file '{run.display(name)}' is unreadable: {e}") from None
+
+
+def read_marker(run_dir: str | Path | RunDir) -> dict[str, Any]:
+    """The run directory's ``autoprune-run.json``; only directories autoprune created have one."""
+    run = as_run_dir(run_dir)
+    if not run.exists(MARKER):
+        raise AutopruneError(f"'{run}' is not an autoprune run directory (no {MARKER})")
+    try:
+        marker = json.loads(run.read_text(MARKER))
+    except (ValueError, OSError) as e:
+        raise AutopruneError(f"{run.display(MARKER)} is unreadable: {e}") from None
+    if not isinstance(marker, dict) or marker.get("format") != "autoprune-run":
+        raise AutopruneError(f"{run.display(MARKER)} is not an autoprune run marker")
+    return marker
+
+
+def run_objectives(run_dir: str | Path | RunDir) -> tuple[Objective, ...]:
+    """The objectives the run searched over, as recorded in its marker.
+
+    Version 1 markers predate configurable objectives: those runs always searched the default three.
+    """
+    marker = read_marker(run_dir)
+    if marker.get("version", 1) < 2:
+        return DEFAULT_OBJECTIVES
+    return parse_objectives(marker["objectives"], f"{MARKER} objectives")

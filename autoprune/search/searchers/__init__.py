@@ -1,0 +1,35 @@
+"""Searchers that propose per-layer sparsity policies; ``make_searcher(name, space, ...)`` builds one."""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from autoprune.errors import AutopruneError
+from autoprune.search.searchers.base import Outcome, Searcher
+
+# name -> "module:class"; imported on demand so Optuna loads only when a search runs.
+SEARCHERS = {
+    "nsga2": "autoprune.search.searchers.nsga2:NSGA2Searcher",
+    "tpe": "autoprune.search.searchers.tpe:TPESearcher",
+    "gp": "autoprune.search.searchers.gp:GPSearcher",
+    "random": "autoprune.search.searchers.random:RandomSearcher",
+    "uniform": "autoprune.search.searchers.uniform:UniformSearcher",
+    "sensitivity": "autoprune.search.searchers.sensitivity:SensitivitySearcher",
+    "greedy": "autoprune.search.searchers.greedy:GreedySearcher",
+}
+
+
+def make_searcher(name: str, space: Any, **kwargs: Any) -> Searcher:
+    """Instantiate the searcher called ``name`` over ``space``.
+
+    ``kwargs``: ``seed``, ``warm_start``, ``objectives`` (``autoprune.objectives.Objective``s, in order) and
+    settings such as ``population``; ``study`` (a ``StudyJournal``) keeps an Optuna-backed searcher's study
+    in the run directory, where a resumed search loads it (searchers without a study ignore it).
+    """
+    if name not in SEARCHERS:
+        raise AutopruneError(f"unknown searcher '{name}': use one of {', '.join(SEARCHERS)}")
+    module, _, cls = SEARCHERS[name].partition(":")
+    return getattr(importlib.import_module(module), cls)(space, **kwargs)
+
+
+__all__ = ["SEARCHERS", "Outcome", "Searcher", "make_searcher"]

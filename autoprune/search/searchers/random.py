@@ -1,0 +1,11 @@
+"""Random search: every ratio drawn independently from its grid."""
+import optuna
+
+from autoprune.search.searchers.optuna_base import OptunaSearcher
+
+
+class RandomSearcher(OptunaSearcher):
+    name = "random"
+
+    def make_sampler(self, seed: int) -> optuna.samplers.BaseSampler:
+        return optuna.samplers.RandomSampler(seed=seed)

@@ -1,0 +1,75 @@
+"""The search space: a ratio grid per prunable group plus the criteria to choose from."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from autoprune.config import SearchConfig
+from autoprune.errors import AutopruneError
+from autoprune.pruning.policy import Policy, PrunableGroup
+
+CRITERION_KEY = "criterion"
+
+
+@dataclass(frozen=True)
+class RatioParam:
+    """The pruning ratio of one group: ``low, low + step, ..., <= high``."""
+
+    group: str
+    channels: int
+    low: float
+    high: float
+    step: float
+
+    def grid(self) -> list[float]:
+        n = int(math.floor((self.high - self.low) / self.step + 1e-9))  # never past high
+        return [round(self.low + i * self.step, 10) for i in range(n + 1)]
+
+    def snap(self, ratio: float) -> float:
+        """The grid value closest to ``ratio``."""
+        return min(self.grid(), key=lambda r: abs(r - ratio))
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    params: tuple[RatioParam, ...]
+    criteria: tuple[str, ...]
+    round_to: int = 1
+    ignore: tuple[str, ...] = ()
+
+    @classmethod
+    def from_config(cls, config: SearchConfig, groups: list[PrunableGroup]) -> "SearchSpace":
+        """One parameter per discovered group, with the config's default range or its per-group override."""
+        names = {g.name for g in groups}
+        for name in config["space.groups"]:
+            if name not in names:
+                raise AutopruneError(f"config key 'space.groups.{name}': the model has no prunable group '{name}' "
+                                     f"(see 'autoprune groups')")
+        default = config["space.ratio"]
+        params = []
+        for g in groups:
+            r = {**default, **config["space.groups"].get(g.name, {})}
+            params.append(RatioParam(g.name, g.channels, float(r["low"]), float(r["high"]), float(r["step"])))
+        return cls(tuple(params), tuple(config["space.criteria"]), config["space.round_to"],
+                   tuple(config["space.ignore"]))
+
+    @property
+    def groups(self) -> list[str]:
+        return [p.group for p in self.params]
+
+    def policy(self, point: dict[str, Any]) -> Policy:
+        """The policy a point of the space stands for."""
+        ratios = {p.group: float(point[p.group]) for p in self.params}
+        return Policy(ratios, point.get(CRITERION_KEY, self.criteria[0]), self.round_to, list(self.ignore))
+
+    def uniform_point(self, ratio: float, criterion: str | None = None) -> dict[str, Any]:
+        """Every group at (the grid value nearest to) ``ratio``: the manual baseline."""
+        point: dict[str, Any] = {p.group: p.snap(ratio) for p in self.params}
+        point[CRITERION_KEY] = criterion or self.criteria[0]
+        return point
+
+    def uniform_ratios(self, count: int) -> list[float]:
+        """``count`` evenly spread ratios in (lowest low, highest high]: the lower end is the base model itself."""
+        low, high = min(p.low for p in self.params), max(p.high for p in self.params)
+        return [round(low + (high - low) * (i + 1) / count, 10) for i in range(count)]
