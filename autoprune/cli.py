@@ -94,6 +94,7 @@ def cmd_prune(args: argparse.Namespace) -> None:
     from autoprune.pruning import checkpoint
     from autoprune.pruning.policy import Policy
     from autoprune.search.trial import TrialSettings, run_trial
+    from autoprune.tasks.classification import ClassificationTask, Recipe
 
     timings: dict[str, float] = {}
     start = time.perf_counter()
@@ -105,13 +106,14 @@ def cmd_prune(args: argparse.Namespace) -> None:
         data_spec = type(data_spec)(**{**data_spec.to_dict(), "root": _data_root(args.data_root)})
     data = load_data(data_spec)
     timings["load"] = round(time.perf_counter() - start, 3)
-    settings = TrialSettings(finetune_epochs=args.finetune_epochs, lr=args.lr, kd=args.kd, steps=args.steps,
-                             batch_size=args.batch_size, latency_batch_size=args.latency_batch_size,
-                             threads=args.threads, device=resolve_device(args.device), seed=args.seed)
+    settings = TrialSettings(finetune_epochs=args.finetune_epochs, kd=args.kd, steps=args.steps,
+                             latency_batch_size=args.latency_batch_size, threads=args.threads,
+                             device=resolve_device(args.device), seed=args.seed)
+    task = ClassificationTask(data, Recipe(lr=args.lr, batch_size=args.batch_size, seed=args.seed))
     print(f"pruning {base.model_spec.arch} with criterion '{policy.criterion}' "
           f"({'iterative, %d steps' % args.steps if args.steps > 1 else 'one-shot'}), "
           f"fine-tuning {args.finetune_epochs} epochs{' with KD' if args.kd else ''}")
-    result = run_trial(model, data, policy, settings,
+    result = run_trial(model, task, policy, settings,
                        on_epoch=lambda e, m, *_: print(f"  fine-tune epoch {e}: val_accuracy {m['val_accuracy']:.4f}",
                                                   flush=True))
     timings.update(result.seconds)
@@ -123,7 +125,8 @@ def cmd_prune(args: argparse.Namespace) -> None:
     checkpoint.save(ckpt, out / "pruned.pt")
     policy.save(out / "policy.json")
     timings["save"] = round(time.perf_counter() - with_save, 3)
-    report = {**result.to_dict(), "seconds": timings, "policy": policy.to_dict(), "settings": settings.to_dict()}
+    report = {**result.to_dict(), "seconds": timings, "policy": policy.to_dict(),
+              "settings": {**settings.to_dict(), **task.describe()}}
     (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
     print(format_comparison(report))
     print(f"wrote {out / 'pruned.pt'}, {out / 'metrics.json'}, {out / 'policy.json'}")

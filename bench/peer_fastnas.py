@@ -58,9 +58,11 @@ from autoprune.measure.latency import LatencyMeter, local_meter
 from autoprune.measure.metrics import count_macs, count_params, serialized_size, torch_threads
 from autoprune.pruning import checkpoint as checkpoints
 from autoprune.search.trial import TrialSettings
-from autoprune.tasks.training import TrainConfig, evaluate, recalibrate_bn, train
+from autoprune.tasks.classification import CALIBRATION_BATCH, ClassificationTask, Recipe
+from autoprune.tasks.training import evaluate, recalibrate_bn
 
 DEFAULT_SETTINGS = TrialSettings(finetune_epochs=1.0, kd=True)
+DEFAULT_RECIPE = Recipe()
 BISECTION_STEPS = 16  # ratio resolution 0.95 / 2**16: finer than one channel of any group
 
 
@@ -89,7 +91,7 @@ def fastnas_search(base: nn.Module, data: ImageData, flops_fraction: float, sett
 
     ModelOpt recalibrates batch norm before scoring a sub-net only once its queue of cached training batches is
     full (``MODELOPT_QUEUE_MAXLEN``, 50); with fewer it warns and scores on stale statistics. So the queue gets
-    exactly 50 batches, sized to hold the ``bn_batches * batch_size`` images autoprune's adaptive BN uses, and a
+    exactly 50 batches, sized to hold the ``bn_batches`` calibration batches autoprune's adaptive BN uses, and a
     "queue not filled" warning is an error here.
     """
     import modelopt.torch.prune as mtp
@@ -98,11 +100,11 @@ def fastnas_search(base: nn.Module, data: ImageData, flops_fraction: float, sett
 
     device = torch.device(settings.device)
     model = copy.deepcopy(base).to(device).eval()
-    calib_batch = min(math.ceil(settings.bn_batches * settings.batch_size / MODELOPT_QUEUE_MAXLEN),
+    calib_batch = min(math.ceil(settings.bn_batches * CALIBRATION_BATCH / MODELOPT_QUEUE_MAXLEN),
                       len(data.train) // MODELOPT_QUEUE_MAXLEN)
     if calib_batch < 1:
         raise ValueError(f"FastNAS needs at least {MODELOPT_QUEUE_MAXLEN} training images for BN recalibration")
-    calib_loader = data.loader("train", calib_batch, shuffle=True, augment=True, seed=settings.seed, device=device)
+    calib_loader = data.loader("train", calib_batch, shuffle=True, seed=settings.seed, device=device)
     val_loader = data.loader("val", 256, device=device)
     checkpoint.unlink(missing_ok=True)
     torch.manual_seed(settings.seed)
@@ -146,44 +148,42 @@ def uniform_at_macs(base: nn.Module, example: torch.Tensor, max_macs: int,
                          "uniform_ratio": hi}
 
 
-def finetune_and_measure(model: nn.Module, base: nn.Module, data: ImageData, settings: TrialSettings,
+def finetune_and_measure(model: nn.Module, base: nn.Module, task: ClassificationTask, settings: TrialSettings,
                          meter: LatencyMeter) -> dict[str, Any]:
     """autoprune's trial recipe after pruning: measure, adaptive BN, fine-tune (KD from ``base``), evaluate."""
     device = torch.device(settings.device)
-    input_shape = data.input_shape
+    input_shape = task.data.input_shape
     channels = layer_channels(model)
     latency = meter.measure(model, channels)
     row: dict[str, Any] = {"macs": count_macs(model, input_shape), "params": count_params(model),
                            "size_bytes": serialized_size(model), "latency_ms": latency.latency_ms,
                            "latency_iqr_ms": latency.iqr_ms, "channels": channels,
                            "speedup": meter.reference().latency_ms / latency.latency_ms}
-    train_loader = data.loader("train", settings.batch_size, shuffle=True, augment=True, seed=settings.seed,
-                               device=device)
-    val_loader = data.loader("val", 256, device=device)
     model.to(device)
-    recalibrate_bn(model, train_loader, settings.bn_batches, device)
-    row["val_accuracy_after_bn_recalibration"] = evaluate(model, val_loader, device)
-    config = TrainConfig(epochs=settings.finetune_epochs, lr=settings.lr, seed=settings.seed,
-                         kd_alpha=settings.kd_alpha if settings.kd else 0.0, kd_temperature=settings.kd_temperature)
+    batches = [(x.to(device), y.to(device)) for x, y in task.calibration(settings.bn_batches, seed=settings.seed + 1)]
+    recalibrate_bn(model, batches, settings.bn_batches, device)
+    row["val_accuracy_after_bn_recalibration"] = task.evaluate(model, "val")
     wall = time.perf_counter()
     if settings.finetune_epochs > 0:
-        train(model, train_loader, config, teacher=base if settings.kd else None, device=device)
+        task.finetune(model, settings.finetune_epochs, teacher=base if settings.kd else None)
     row["finetune_seconds"] = time.perf_counter() - wall
-    row["val_accuracy"] = evaluate(model, val_loader, device)
-    row["test_accuracy"] = evaluate(model, data.loader("test", 256, device=device), device)
+    row["val_accuracy"] = task.evaluate(model, "val")
+    row["test_accuracy"] = task.evaluate(model, "test")
     return row
 
 
 def run_fastnas(base: str | Path | checkpoints.Checkpoint, targets: Sequence[float] = (0.5, 0.33), *,
-                data: ImageData | None = None, settings: TrialSettings = DEFAULT_SETTINGS, divisor: int = 4,
+                data: ImageData | None = None, settings: TrialSettings = DEFAULT_SETTINGS,
+                recipe: Recipe = DEFAULT_RECIPE, divisor: int = 4,
                 uniform: bool = True, workdir: str | Path | None = None, verbose: bool = False,
                 on_row: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """FastNAS (and uniform L1 at FastNAS's MACs) for each FLOPs target, fine-tuned and measured like autoprune.
 
     ``base`` is an autoprune base checkpoint (path or loaded); ``data`` defaults to the checkpoint's data spec.
-    ``settings`` carries the fine-tuning recipe (epochs, lr, KD, seed, BN batches, batch size), the latency
-    spec (batch, threads, repeats) and the device, as for autoprune's trials. ModelOpt's search checkpoints go
-    to ``workdir`` (a temporary directory when None). ``on_row(row)`` is called as each row is done.
+    ``settings`` carries the fine-tuning epochs, KD, seed, BN batches, the latency spec (batch, threads, repeats)
+    and the device, ``recipe`` the classification task's lr, batch size and KD weights, as for autoprune's trials.
+    ModelOpt's search checkpoints go to ``workdir`` (a temporary directory when None). ``on_row(row)`` is called as
+    each row is done.
 
     Returns ``{"base": {...}, "settings": {...}, "divisor": int, "rows": [...]}``. ``base`` has ``macs``,
     ``params``, ``size_bytes``, ``latency_ms`` (the meter's reference), ``val_accuracy`` and ``test_accuracy``.
@@ -196,6 +196,7 @@ def run_fastnas(base: str | Path | checkpoints.Checkpoint, targets: Sequence[flo
     """
     ckpt = checkpoints.load(base) if isinstance(base, (str, Path)) else base
     data = data if data is not None else load_data(ckpt.data_spec)
+    task = ClassificationTask(data, recipe)
     device = torch.device(settings.device)
     input_shape = tuple(data.input_shape)
     rows: list[dict[str, Any]] = []
@@ -212,7 +213,7 @@ def run_fastnas(base: str | Path | checkpoints.Checkpoint, targets: Sequence[flo
 
         def finish(method: str, target: float, pruned: nn.Module, extra: dict[str, Any]) -> dict[str, Any]:
             row = {"method": method, "flops_target": target, **extra,
-                   **finetune_and_measure(pruned, model, data, settings, meter)}
+                   **finetune_and_measure(pruned, model, task, settings, meter)}
             row.update(macs_ratio=row["macs"] / base_row["macs"], params_ratio=row["params"] / base_row["params"])
             rows.append(row)
             if on_row is not None:
@@ -229,7 +230,7 @@ def run_fastnas(base: str | Path | checkpoints.Checkpoint, targets: Sequence[flo
             if uniform:
                 pruned, cost = uniform_at_macs(model, example, row["macs"], input_shape)
                 finish("uniform_l1", target, pruned, cost)
-    return {"base": base_row, "settings": settings.to_dict(), "divisor": divisor, "rows": rows}
+    return {"base": base_row, "settings": {**settings.to_dict(), **task.describe()}, "divisor": divisor, "rows": rows}
 
 
 HEADER = (f"{'method':<11} {'FLOPs':>5} {'search s':>8} {'cpu s':>7} {'MACs M':>7} {'xMACs':>6} {'params k':>8} "
@@ -250,7 +251,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("base", help="autoprune base checkpoint (autoprune train-base ... --out BASE.pt)")
     p.add_argument("--targets", type=float, nargs="+", default=[0.5, 0.33], help="FLOPs as fractions of the base")
     p.add_argument("--epochs", type=float, default=1.0, help="KD fine-tuning epochs per model")
-    p.add_argument("--lr", type=float, default=DEFAULT_SETTINGS.lr)
+    p.add_argument("--lr", type=float, default=Recipe().lr)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--divisor", type=int, default=4, help="FastNAS channel / feature divisor")
     p.add_argument("--threads", type=int, default=1, help="torch threads (search, fine-tuning and latency)")
@@ -262,10 +263,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.divisor < 1 or not math.isfinite(args.epochs) or args.epochs < 0:
         p.error("--divisor must be >= 1 and --epochs >= 0")
-    settings = TrialSettings(finetune_epochs=args.epochs, lr=args.lr, kd=True, threads=args.threads,
-                             device=args.device, seed=args.seed)
+    settings = TrialSettings(finetune_epochs=args.epochs, kd=True, threads=args.threads, device=args.device,
+                             seed=args.seed)
     print(HEADER, flush=True)
-    result = run_fastnas(args.base, args.targets, settings=settings, divisor=args.divisor, uniform=not args.no_uniform,
+    result = run_fastnas(args.base, args.targets, settings=settings, recipe=Recipe(lr=args.lr, seed=args.seed),
+                         divisor=args.divisor, uniform=not args.no_uniform,
                          workdir=args.workdir, verbose=args.verbose, on_row=lambda r: print(format_row(r), flush=True))
     b = result["base"]
     print(f"{'base':<11} {1:>5.2f} {'-':>8} {'-':>7} {b['macs'] / 1e6:>7.2f} {1:>6.3f} {b['params'] / 1e3:>8.1f} "

@@ -122,14 +122,15 @@ def run_peer(arch: str, seed: int, args: argparse.Namespace, base: Path, out: Pa
     sys.path.insert(0, str(ROOT / "bench"))
     from peer_fastnas import run_fastnas
 
-    from autoprune.search.controller import trial_settings
+    from autoprune.search.controller import recipe, trial_settings
 
     config = load_config(CONFIG, [*arch_overrides(arch), f"base.checkpoint={base}", f"searcher.seed={seed}"])
     settings = replace(trial_settings(config), finetune_epochs=args.final_epochs, kd=True, seed=seed,
                        threads=len(os.sched_getaffinity(0)))
     results = []
     for flops in args.fastnas_flops:
-        report = run_fastnas(base, [flops], settings=settings, uniform=True, workdir=out / arch / f"seed{seed}" / "fastnas")
+        report = run_fastnas(base, [flops], settings=settings, recipe=replace(recipe(config), seed=seed), uniform=True,
+                             workdir=out / arch / f"seed{seed}" / "fastnas")
         for row in report["rows"]:  # FastNAS, then uniform L1 at FastNAS's MACs
             method = "fastnas" if row["method"] == "fastnas" else "uniform@fastnas"
             results.append({"arch": arch, "seed": seed, "method": method, "target": flops,

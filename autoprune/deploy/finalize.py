@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from autoprune.config import SearchConfig
     from autoprune.data import ImageData
     from autoprune.measure.latency import LatencySpec
-    from autoprune.search.trial import TrialResult, TrialSettings
+    from autoprune.search.trial import TrialResult
 
 Echo = Callable[[str], None]
 SEARCH_KEYS = ("accuracy", "test_accuracy", "latency_ms", "latency_iqr_ms", "size_bytes", "params", "macs")
@@ -51,7 +51,14 @@ def finalize(run_dir: str | Path | RunDir, pick: str = "knee", epochs: float | N
     from autoprune.data import load_data
     from autoprune.measure.latency import local_meter
     from autoprune.pruning.policy import discover
-    from autoprune.search.controller import data_spec, default_base_path, slim_base, space_point, trial_settings
+    from autoprune.search.controller import (
+        build_task,
+        data_spec,
+        default_base_path,
+        slim_base,
+        space_point,
+        trial_settings,
+    )
     from autoprune.search.space import SearchSpace
     from autoprune.search.trial import run_trial
 
@@ -93,12 +100,13 @@ def finalize(run_dir: str | Path | RunDir, pick: str = "knee", epochs: float | N
          f"{_epochs(epochs)}{' with KD from the base' if kd else ''} on {settings.device} "
          f"(the search fine-tuned {_epochs(config['finetune.epochs'])})")
     loaded = round(time.perf_counter() - start, 3)
-    result = run_trial(base_model, data, policy, settings, meter=meter,
+    task = build_task(config, data)
+    result = run_trial(base_model, task, policy, settings, meter=meter,
                        on_epoch=lambda e, m, *_: echo(f"  fine-tune epoch {e}: val_accuracy {m['val_accuracy']:.4f}"))
     if accuracies_differ(result.base["test_accuracy"], row["base_test_accuracy"]):
         echo(f"note: base '{base_path}' gives test accuracy {result.base['test_accuracy']:.4f}, the search's base "
              f"gave {row['base_test_accuracy']:.4f}: it may not be the base the run searched")
-    metrics = final_metrics(row, pick, run, config, data, result, settings, spec)
+    metrics = final_metrics(row, pick, run, config, data, result, {**settings.to_dict(), **task.describe()}, spec)
     ckpt = ckpt_io.from_model(result.model, base.model_spec, data.spec, data.input_shape, data.preprocess(),
                               result.pruned)
     metrics["seconds"] = {"load": loaded, **result.seconds}
@@ -115,9 +123,9 @@ def _epochs(n: float) -> str:
 
 
 def final_metrics(row: dict[str, Any], pick: str, run: RunDir, config: SearchConfig, data: ImageData,
-                  result: TrialResult, settings: TrialSettings, spec: LatencySpec) -> dict[str, Any]:
+                  result: TrialResult, finetune: dict[str, Any], spec: LatencySpec) -> dict[str, Any]:
     """``metrics.json``: export's keys (the final model's figures, the base measured again), ``search`` (the
-    trial's row), ``final`` (after the full fine-tune), ``finetune`` (the settings it used) and ``latency``
+    trial's row), ``final`` (after the full fine-tune), ``finetune`` (the trial settings and the recipe) and ``latency``
     (how base and final latency were timed)."""
     base, pruned = result.base, result.pruned
     final = {**pruned, "speedup": base["latency_ms"] / pruned["latency_ms"]}  # every figure run_trial measured
@@ -130,7 +138,7 @@ def final_metrics(row: dict[str, Any], pick: str, run: RunDir, config: SearchCon
             "input_shape": ["batch", *data.input_shape], "preprocess": data.preprocess(),
             "base": {"accuracy": base["val_accuracy"],
                      **{k: base[k] for k in ("test_accuracy", "size_bytes", "latency_ms", "params", "macs")}},
-            "search": search, "final": final, "finetune": settings.to_dict(), "latency": asdict(spec)}
+            "search": search, "final": final, "finetune": finetune, "latency": asdict(spec)}
 
 
 def finalized_card(m: dict[str, Any], criterion: str) -> str:

@@ -47,6 +47,8 @@ from autoprune.search.searchers.staged import StagedSearcher
 from autoprune.search.space import SearchSpace
 from autoprune.search.storage import RunDir, as_run_dir
 from autoprune.search.trial import TrialSettings
+from autoprune.tasks.base import Task
+from autoprune.tasks.classification import ClassificationTask, Recipe
 
 MARKER_VERSION = 2  # 2: objectives and the Optuna study (name, journal file) recorded
 Echo = Callable[[str], None]
@@ -216,13 +218,24 @@ def trial_settings(config: SearchConfig) -> TrialSettings:
     device = config["latency.device"]
     device = ("cuda" if gpu else "cpu") if device == "auto" else device
     threads = max(1, int(config["resources.cpu"]))
-    return TrialSettings(finetune_epochs=config["finetune.epochs"], lr=config["finetune.lr"], kd=config["finetune.kd"],
-                         kd_alpha=config["finetune.kd_alpha"], kd_temperature=config["finetune.kd_temperature"],
-                         steps=config["finetune.steps"], batch_size=config["finetune.batch_size"],
-                         latency_batch_size=config["latency.batch_size"], latency_repeats=config["latency.repeats"],
+    return TrialSettings(finetune_epochs=config["finetune.epochs"], kd=config["finetune.kd"],
+                         steps=config["finetune.steps"], latency_batch_size=config["latency.batch_size"],
+                         latency_repeats=config["latency.repeats"],
                          latency_reference_repeats=config["latency.reference_repeats"],
-                         proxy_samples=config["searcher.proxy_samples"], reconstruct=config["space.reconstruct"],
-                         threads=config["latency.threads"] or threads, device=device, seed=config["searcher.seed"])
+                         reconstruct=config["space.reconstruct"], threads=config["latency.threads"] or threads,
+                         device=device, seed=config["searcher.seed"])
+
+
+def recipe(config: SearchConfig) -> Recipe:
+    """The classification task's fine-tuning recipe from the config's ``finetune`` keys."""
+    return Recipe(lr=config["finetune.lr"], batch_size=config["finetune.batch_size"],
+                  kd_alpha=config["finetune.kd_alpha"], kd_temperature=config["finetune.kd_temperature"],
+                  seed=config["searcher.seed"], proxy_samples=config["searcher.proxy_samples"])
+
+
+def build_task(config: SearchConfig, data: ImageData) -> Task:
+    """The task every candidate of the search is fine-tuned and evaluated on."""
+    return ClassificationTask(data, recipe(config))
 
 
 def start_latency_meter(config: SearchConfig, run_dir: RunDir, base_model: Any, input_shape: tuple[int, ...],
@@ -330,8 +343,8 @@ def run_search(config: SearchConfig, run_dir: str | Path | RunDir, *, resume: bo
     if remaining > 0:
         absolute, base_path = config.with_absolute_paths(), base_path.resolve()  # resolved before the cwd changes
         with stable_working_directory(run_dir):
-            budget_reached = _search(absolute, run_dir, marker, data, base, base_path, base_model, groups, space,
-                                     store, done, remaining, echo)
+            budget_reached = _search(absolute, run_dir, marker, build_task(absolute, data), base, base_path,
+                                     base_model, groups, space, store, done, remaining, echo)
         if budget_reached:
             echo(f"time budget of {config['time_budget_s']:g} s reached (time_budget_s): trials still running were "
                  f"stopped and not recorded; --resume continues the search with a new budget")
@@ -363,7 +376,7 @@ def stable_working_directory(run_dir: RunDir) -> Iterator[None]:
             os.chdir(previous)
 
 
-def _search(config: SearchConfig, run_dir: RunDir, marker: dict[str, Any], data: ImageData, base: Any,
+def _search(config: SearchConfig, run_dir: RunDir, marker: dict[str, Any], task: Task, base: Any,
             base_path: Path, base_model: Any, groups: list[Any], space: SearchSpace, store: ResultsStore,
             done: list[dict[str, Any]], remaining: int, echo: Echo) -> bool:
     """Ray up, the latency actor and the feasibility check, the searcher (replayed), then the Tune trials.
@@ -376,7 +389,7 @@ def _search(config: SearchConfig, run_dir: RunDir, marker: dict[str, Any], data:
     gate_name = "run-" + hashlib.sha256(run_dir.uri.encode()).hexdigest()[:16]
     settings = dataclasses.replace(trial_settings(config), gate=gate_name)
     structure = StructureModel.from_model(base_model, base.example_input, groups)
-    meter = start_latency_meter(config, run_dir, base_model, data.input_shape, structure, settings, echo)
+    meter = start_latency_meter(config, run_dir, base_model, base.input_shape, structure, settings, echo)
     try:
         feasible(base_model, base.example_input, space, config, RemoteMeter(meter), echo)
         searcher = build_searcher(config, space, run_dir, marker, meter, structure,
@@ -384,7 +397,7 @@ def _search(config: SearchConfig, run_dir: RunDir, marker: dict[str, Any], data:
         if not searcher.resumed:  # a study loaded from the run directory already holds them
             for row in done:
                 searcher.replay(space_point(row, space), outcome_of_row(row, config))
-        budget_reached = run_tune(config, run_dir, base, data, space, searcher, store, settings, remaining, echo,
+        budget_reached = run_tune(config, run_dir, base, task, space, searcher, store, settings, remaining, echo,
                                   meter)
     finally:
         save_latency_state(run_dir, meter, echo)
@@ -412,7 +425,7 @@ def curves_key(config: SearchConfig, base_path: Path, settings: TrialSettings) -
     """What a sensitivity searcher's stage-0 curves depend on (beyond the space): the base's bytes, the data, the
     proxy and the latency settings. Equal keys share curves across run directories."""
     digest = hashlib.sha256(base_path.read_bytes())
-    digest.update(json.dumps([config["data"], settings.proxy_samples, settings.reconstruct, settings.bn_batches,
+    digest.update(json.dumps([config["data"], config["searcher.proxy_samples"], settings.reconstruct, settings.bn_batches,
                               settings.latency_batch_size, settings.threads, settings.device, config["latency.target"],
                               settings.seed], sort_keys=True, default=str).encode())
     return digest.hexdigest()[:20]

@@ -1,6 +1,6 @@
 """The Ray Tune trainable: one policy per trial, pruned, fine-tuned and measured on the worker.
 
-The base checkpoint and the data reach the worker through Ray's object store (``tune.with_parameters``),
+The base checkpoint and the task (with its data) reach the worker through Ray's object store (``tune.with_parameters``),
 not from disk. Validation accuracy is reported after every fine-tuning epoch together with every
 objective, the final report carries ``final=True`` and the pruned checkpoint. A trial that raises (NaN
 loss, out of memory, a pruning error) reports ``status='failed'`` with the error: the search goes on.
@@ -17,13 +17,13 @@ from typing import Any
 import torch
 from ray import tune
 
-from autoprune.data import ImageData
 from autoprune.measure import gate
 from autoprune.measure.latency import RemoteMeter
 from autoprune.pruning import checkpoint as ckpt_io
 from autoprune.search.searchers.base import EPOCHS_KEY, stage_of
 from autoprune.search.space import SearchSpace
 from autoprune.search.trial import Resume, TrialResult, TrialSettings, run_proxy, run_trial
+from autoprune.tasks.base import Task
 
 PRUNED_FILE = "pruned.pt"
 PROGRESS_FILE = "progress.pt"  # fine-tuning step, optimizer and schedule state: a resumed trial continues them
@@ -59,7 +59,7 @@ def _restore() -> Resume | None:
     return Resume(model, m["base"], m["pruned"], int(m["epochs_done"]), dict(m.get("seconds", {})), progress)
 
 
-def policy_trial(config: dict[str, Any], *, base: ckpt_io.Checkpoint, data: ImageData, space: SearchSpace,
+def policy_trial(config: dict[str, Any], *, base: ckpt_io.Checkpoint, task: Task, space: SearchSpace,
                  settings: TrialSettings, meter: Any = None) -> None:
     """Run one candidate; ``config['point']`` is the searcher's point of ``space``.
 
@@ -81,11 +81,11 @@ def policy_trial(config: dict[str, Any], *, base: ckpt_io.Checkpoint, data: Imag
 
         stage, remote = stage_of(config["point"]), RemoteMeter(meter) if meter is not None else None
         if stage == "proxy":
-            result = run_proxy(base.build(), data, policy, settings, meter=remote)
+            result = run_proxy(base.build(), task, policy, settings, meter=remote)
         else:
             if stage == "short":
                 settings = dataclasses.replace(settings, finetune_epochs=float(config["point"][EPOCHS_KEY]))
-            result = run_trial(base.build(), data, policy, settings, on_epoch=on_epoch, resume=resume, meter=remote)
+            result = run_trial(base.build(), task, policy, settings, on_epoch=on_epoch, resume=resume, meter=remote)
     except Exception as e:  # recorded as a failed trial; the search continues
         message = str(e).strip().splitlines()[0] if str(e).strip() else ""
         tune.report({"status": "failed", "error": f"{type(e).__name__}: {message}"[:500], "final": True,

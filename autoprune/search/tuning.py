@@ -18,7 +18,6 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 from ray import tune  # noqa: E402
 
 from autoprune.config import SearchConfig, violations  # noqa: E402
-from autoprune.data import ImageData  # noqa: E402
 from autoprune.search.front import compute_front, format_rows  # noqa: E402
 from autoprune.search.results import ResultsStore  # noqa: E402
 from autoprune.search.screening import LatencyScreen, Verdict  # noqa: E402
@@ -27,6 +26,7 @@ from autoprune.search.space import SearchSpace  # noqa: E402
 from autoprune.search.storage import RunDir  # noqa: E402
 from autoprune.search.trainable import PRUNED_FILE  # noqa: E402
 from autoprune.search.trial import TrialSettings  # noqa: E402
+from autoprune.tasks.base import Task  # noqa: E402
 
 
 def _quiet_tune() -> None:
@@ -49,7 +49,7 @@ def init_ray(cpus: float) -> None:
                  configure_logging=False)
 
 
-def run_tune(config: SearchConfig, run_dir: RunDir, base: Any, data: ImageData, space: SearchSpace,
+def run_tune(config: SearchConfig, run_dir: RunDir, base: Any, task: Task, space: SearchSpace,
              searcher: Searcher, store: ResultsStore, settings: TrialSettings, trials: int, echo,
              meter: Any) -> bool:
     """Run ``trials`` trials on Ray Tune; every trial times its candidate on the search's latency actor ``meter``.
@@ -60,7 +60,7 @@ def run_tune(config: SearchConfig, run_dir: RunDir, base: Any, data: ImageData, 
     constraints = config.constraints
     _quiet_tune()
     trainable = tune.with_resources(
-        tune.with_parameters(policy_trial, base=base, data=data, space=space, settings=settings, meter=meter),
+        tune.with_parameters(policy_trial, base=base, task=task, space=space, settings=settings, meter=meter),
         {"cpu": config["resources.cpu"], "gpu": config["resources.gpu"]},
     )
     screen = latency_screen(config, space, meter)
