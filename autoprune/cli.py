@@ -216,13 +216,14 @@ def cmd_logs(args: argparse.Namespace) -> None:
 
 def cmd_front(args: argparse.Namespace) -> None:
     from autoprune.search.front import format_rows, write_front
+    from autoprune.search.results import run_metric
 
     run_dir = RunDir(args.run_dir)
     if not run_dir.is_dir():
         raise AutopruneError(f"run directory '{args.run_dir}' does not exist")
     front = write_front(run_dir)
     print(f"Pareto front of {run_dir}: {len(front.rows)} trials, hypervolume {front.hypervolume:.4f} (vs base)")
-    print(format_rows(front.rows))
+    print(format_rows(front.rows, run_metric(run_dir).name))
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -231,10 +232,11 @@ def cmd_export(args: argparse.Namespace) -> None:
     run_dir = RunDir(args.run_dir)
     if not run_dir.is_dir():
         raise AutopruneError(f"run directory '{args.run_dir}' does not exist")
-    row = pick_trial(run_dir, args.pick, args.max_latency_ms, args.min_accuracy, args.max_size_mb)
+    row = pick_trial(run_dir, args.pick, args.max_latency_ms, args.metric_bound, args.max_size_mb)
     m = export_trial(run_dir, row, args.out)
-    print(f"exported trial {m['trial_id']} ({args.pick}) to {args.out}: test_accuracy {m['test_accuracy']:.4f} "
-          f"(base {m['base']['test_accuracy']:.4f}), latency {m['latency_ms']:.3f} ms "
+    test = f"test_{m['metric']}"
+    print(f"exported trial {m['trial_id']} ({args.pick}) to {args.out}: {test} {m[test]:.4f} "
+          f"(base {m['base'][test]:.4f}), latency {m['latency_ms']:.3f} ms "
           f"(base {m['base']['latency_ms']:.3f}), {m['params']:,} params (base {m['base']['params']:,})")
     print("files: policy.json, model.pt, model.pt2, metrics.json, README.md, MANIFEST.sha256")
 
@@ -247,7 +249,8 @@ def cmd_finalize(args: argparse.Namespace) -> None:
     m = finalize(args.run_dir, args.pick, args.epochs, args.kd, args.out, echo=lambda line: print(line, flush=True))
     b, f = m["base"], m["final"]
     print(f"finalized trial {m['trial_id']} ({args.pick}) in {time.perf_counter() - start:.0f} s -> {args.out}")
-    print(f"test accuracy {f['test_accuracy']:.4f} (base {b['test_accuracy']:.4f}), latency {f['latency_ms']:.3f} ms "
+    test = f"test_{m['metric']}"
+    print(f"test {m['metric']} {f[test]:.4f} (base {b[test]:.4f}), latency {f['latency_ms']:.3f} ms "
           f"(base {b['latency_ms']:.3f} ms), speedup {f['speedup']:.2f}x")
     print(f"files: {', '.join(EXPORT_FILES)}; model card: {Path(args.out) / 'README.md'}")
 
@@ -334,9 +337,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="export a trial of a run: policy, weights, torch.export program, card")
     p.add_argument("run_dir")
-    p.add_argument("--pick", default="knee", help="knee, max-accuracy, min-latency, min-size or trial:ID")
+    p.add_argument("--pick", default="knee", help="knee, best (metric), min-latency, min-size or trial:ID")
     p.add_argument("--max-latency-ms", type=float)
-    p.add_argument("--min-accuracy", type=float, help="validation accuracy, as a fraction")
+    p.add_argument("--metric-bound", type=float, help="the validation metric at least this (at most, for a metric "
+                   "to minimise), e.g. 0.85 for accuracy")
     p.add_argument("--max-size-mb", type=float)
     p.add_argument("--out", required=True, help="export directory")
     p.set_defaults(func=cmd_export)
@@ -344,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("finalize", help="prune the base to a trial's policy again, fine-tune it fully with "
                                         "distillation and export it")
     p.add_argument("run_dir")
-    p.add_argument("--pick", default="knee", help="knee, max-accuracy, min-latency, min-size or trial:ID")
+    p.add_argument("--pick", default="knee", help="knee, best (metric), min-latency, min-size or trial:ID")
     p.add_argument("--epochs", type=float, help="fine-tuning epochs (default: the run's finetune.final_epochs)")
     p.add_argument("--kd", action=argparse.BooleanOptionalAction, default=True,
                    help="distil from the base while fine-tuning (default: on)")

@@ -16,18 +16,14 @@ from typing import Any
 import yaml
 
 from autoprune.errors import AutopruneError
-from autoprune.objectives import (
-    DEFAULT_OBJECTIVES,
-    OBJECTIVES,
-    Objective,
-    parse_objectives,
-)
-
-CONSTRAINABLE = tuple(OBJECTIVES)  # every metric that can be an objective; accuracy is validation, never test
+from autoprune.objectives import COSTS, Objective, metric_objective, parse_objectives
 
 DEFAULTS: dict[str, Any] = {
     "name": "search",
     "model": "resnet20",
+    # the task's figure of merit: what evaluate returns, its direction (max or min); objectives and constraints
+    # name it, the front, tables and model cards show it
+    "metric": {"name": "accuracy", "mode": "max"},
     "data": {"dataset": "embedded", "root": None, "val_fraction": 0.1, "seed": 0, "image_size": 32,
              "max_train_samples": None},
     # sparsity_l1 > 0: fine-tune the base for sparsity_epochs with an L1 penalty on batch-norm scales (network
@@ -39,7 +35,8 @@ DEFAULTS: dict[str, Any] = {
     # final_epochs: what 'autoprune finalize' fine-tunes the chosen policy for (epochs: each trial's budget)
     "finetune": {"epochs": 1.0, "lr": 0.02, "kd": True, "kd_alpha": 0.5, "kd_temperature": 4.0, "steps": 1,
                  "batch_size": 128, "final_epochs": 8.0},
-    "objectives": [o.name for o in DEFAULT_OBJECTIVES],  # two or three of autoprune.objectives.OBJECTIVES
+    # two or three of the metric and autoprune.objectives.COSTS; null: [<metric>, size_bytes, latency_ms]
+    "objectives": None,
     "constraints": [],
     # staged evaluation: proxy_trials stage-0 candidates (prune + BN recalibration, accuracy on the first
     # proxy_samples validation images) before the fine-tuned ones (nsga2/tpe/gp/random; 0: fine-tune every
@@ -62,8 +59,9 @@ DEFAULTS: dict[str, Any] = {
                 "target": None, "table": None, "screen_margin": 0.15, "shared_reference": True},
     "max_failures": 1,
 }
-NULLABLE = {"time_budget_s": float, "data.root": str, "data.max_train_samples": int, "base.checkpoint": str,
-            "latency.threads": int, "latency.target": str, "latency.table": str, "latency.screen_margin": float}
+NULLABLE = {"objectives": list, "time_budget_s": float, "data.root": str, "data.max_train_samples": int,
+            "base.checkpoint": str, "latency.threads": int, "latency.target": str, "latency.table": str,
+            "latency.screen_margin": float}
 SEEDABLE = ("nsga2", "tpe", "gp", "random")  # searchers that start from warm-start points (Optuna-backed)
 PATH_KEYS = ("data.root", "base.checkpoint", "latency.table")
 FREE_FORM = {"space.groups"}  # mapping of group name -> {low, high, step}
@@ -86,14 +84,15 @@ class Constraint:
     delta: float = 0.0
 
     @classmethod
-    def parse(cls, text: str, key: str) -> "Constraint":
+    def parse(cls, text: str, key: str, metric: str = "accuracy") -> "Constraint":
+        """``metric``: the task's metric, constrainable besides the costs (on validation, never test)."""
         m = _CONSTRAINT.match(str(text))
         if not m:
             raise AutopruneError(f"{key}: cannot parse constraint '{text}' (e.g. 'latency_ms <= 2.0', "
-                                 f"'accuracy >= base - 0.01')")
-        if m["metric"] not in CONSTRAINABLE:
+                                 f"'{metric} >= base - 0.01')")
+        if m["metric"] not in (metric, *COSTS):
             raise AutopruneError(f"{key}: unknown metric '{m['metric']}' in constraint '{text}': use one of "
-                                 f"{', '.join(CONSTRAINABLE)}")
+                                 f"{', '.join((metric, *COSTS))}")
         if m["base"]:
             return cls(str(text), m["metric"], m["op"], None, m["sign"], float(m["delta"] or 0.0))
         return cls(str(text), m["metric"], m["op"], float(m["value"]))
@@ -112,7 +111,8 @@ class Constraint:
 
 def violations(constraints: list[Constraint], metrics: dict[str, Any]) -> dict[str, float]:
     """Each constraint's violation for a trial whose ``metrics`` carry ``base_<metric>`` values too."""
-    base = {m: float(metrics[f"base_{m}"]) for m in CONSTRAINABLE if metrics.get(f"base_{m}") is not None}
+    base = {c.metric: float(metrics[f"base_{c.metric}"]) for c in constraints
+            if metrics.get(f"base_{c.metric}") is not None}
     return {c.text: c.violation(metrics, base) for c in constraints}
 
 
@@ -130,12 +130,18 @@ class SearchConfig:
         return node
 
     @property
+    def metric(self) -> Objective:
+        """The task's metric, as an objective."""
+        return metric_objective(self.raw["metric"]["name"], self.raw["metric"]["mode"])
+
+    @property
     def objectives(self) -> tuple[Objective, ...]:
-        return parse_objectives(self.raw["objectives"])
+        return parse_objectives(self.raw["objectives"], metric=self.metric)
 
     @property
     def constraints(self) -> list[Constraint]:
-        return [Constraint.parse(c, f"constraints[{i}]") for i, c in enumerate(self.raw["constraints"])]
+        return [Constraint.parse(c, f"constraints[{i}]", self.metric.name)
+                for i, c in enumerate(self.raw["constraints"])]
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.raw, sort_keys=False)
@@ -267,6 +273,7 @@ def _validate(c: SearchConfig) -> None:
             raise AutopruneError(f"config key '{key}' must be >= 0, got {c[key]}")
     if c["resources.cpu"] <= 0 or c["resources.gpu"] < 0:
         raise AutopruneError("config key 'resources': cpu must be > 0 and gpu >= 0")
+    c.metric  # noqa: B018  (a name and a direction, or an error naming them)
     c.objectives  # noqa: B018  (parse now, naming the key)
     if c["searcher.seed_from"] not in ("uniform", "sensitivity"):
         raise AutopruneError(f"config key 'searcher.seed_from' must be uniform or sensitivity, "

@@ -1,10 +1,10 @@
 """The objectives a search optimises, defined once; the config key ``objectives`` picks two or three of them.
 
 An objective is a metric every finished trial reports under its ``name`` (and the base model's value as
-``base_<name>``) with a direction. The Pareto front, its hypervolume, Optuna's directions, the values told
-to a searcher, the knee picked by ``export`` and ``pareto.png`` all follow the configured list, in its order.
-Code paths use ``Objective`` objects, never metric names, so a user-named metric (e.g. ``psnr``, maximised)
-is one more ``Objective``.
+``base_<name>``) with a direction: the task's metric (``accuracy`` for classification; a user's ``psnr`` or
+``error``, with its own direction) and the costs, each minimised. The Pareto front, its hypervolume, Optuna's
+directions, the values told to a searcher, the knee picked by ``export`` and ``pareto.png`` all follow the
+configured list, in its order. Code paths use ``Objective`` objects, never metric names.
 """
 from __future__ import annotations
 
@@ -47,29 +47,67 @@ class Objective:
         return 0.0 if self.maximize else 1.0
 
 
-OBJECTIVES: dict[str, Objective] = {o.name: o for o in (
-    Objective("accuracy", "maximize", "validation accuracy"),
+ACCURACY = Objective("accuracy", "maximize", "validation accuracy")
+COSTS: dict[str, Objective] = {o.name: o for o in (
     Objective("size_bytes", "minimize", "size (KB)", 1 / 1024),
     Objective("latency_ms", "minimize", "latency (ms)"),
     Objective("macs", "minimize", "MACs (M)", 1e-6),
     Objective("params", "minimize", "parameters (K)", 1e-3),
 )}
-DEFAULT_OBJECTIVES = (OBJECTIVES["accuracy"], OBJECTIVES["size_bytes"], OBJECTIVES["latency_ms"])
+OBJECTIVES: dict[str, Objective] = {ACCURACY.name: ACCURACY, **COSTS}  # with the classification task's metric
+DEFAULT_COSTS = ("size_bytes", "latency_ms")
+DEFAULT_OBJECTIVES = (ACCURACY, COSTS["size_bytes"], COSTS["latency_ms"])
 
 
-def parse_objectives(names: Any, key: str = "objectives") -> tuple[Objective, ...]:
-    """The objectives named by the config key ``key``: two or three distinct names of ``OBJECTIVES``."""
+MODES = ("max", "min")
+# results columns a metric may not shadow (autoprune/search/results.py)
+RESERVED = ("trial_id", "status", "error", "searcher", "criterion", "criterion_used", "feasible", "stage", "epochs",
+            "host", "checkpoint", "resumed_from_epoch", "finished_at", "loss", "metric")
+
+
+def check_metric(name: Any, mode: Any) -> None:
+    """A task metric needs an identifier for a name, not a cost's, and a direction, ``max`` or ``min``."""
+    if not isinstance(name, str) or not name.isidentifier():
+        raise AutopruneError(f"metric name {name!r} must be an identifier (letters, digits, _)")
+    if name in COSTS:
+        raise AutopruneError(f"metric name '{name}' is a cost autoprune measures itself, not a task metric")
+    if name in RESERVED or name.startswith(("base_", "test_", "proxy_", "val_", "seconds_", "latency_")):
+        raise AutopruneError(f"metric name '{name}' is taken by the results (reserved: {', '.join(RESERVED)} and "
+                             f"the prefixes base_, test_, proxy_, val_, seconds_, latency_)")
+    if mode not in MODES:
+        raise AutopruneError(f"metric '{name}': mode must be 'max' or 'min', got {mode!r}")
+
+
+def metric_objective(name: str, mode: str) -> Objective:
+    """The task's metric as an objective: ``mode`` ``max`` or ``min``."""
+    check_metric(name, mode)
+    if (name, mode) == (ACCURACY.name, "max"):
+        return ACCURACY
+    return Objective(name, "maximize" if mode == "max" else "minimize", f"validation {name}")
+
+
+def score_of(objectives: Sequence[Objective]) -> Objective | None:
+    """The task's metric among ``objectives`` (the one that is not a cost), if it is one of them."""
+    return next((o for o in objectives if o.name not in COSTS), None)
+
+
+def parse_objectives(names: Any, key: str = "objectives", metric: Objective = ACCURACY) -> tuple[Objective, ...]:
+    """The objectives named by the config key ``key``: two or three distinct names among the task's ``metric`` and
+    ``COSTS``; None: the metric, size and latency."""
+    if names is None:
+        return (metric, *(COSTS[n] for n in DEFAULT_COSTS))
     if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
         raise AutopruneError(f"config key '{key}' must be a list of metric names, got {names!r}")
-    unknown = [n for n in names if n not in OBJECTIVES]
+    known = {metric.name: metric, **COSTS}
+    unknown = [n for n in names if n not in known]
     if unknown:
         raise AutopruneError(f"config key '{key}': unknown objective '{unknown[0]}', use two or three of "
-                             f"{', '.join(OBJECTIVES)}")
+                             f"{', '.join(known)}")
     if len(set(names)) != len(names):
         raise AutopruneError(f"config key '{key}' names an objective twice: {list(names)}")
     if not 2 <= len(names) <= 3:
         raise AutopruneError(f"config key '{key}' must name two or three objectives, got {len(names)}: {list(names)}")
-    return tuple(OBJECTIVES[n] for n in names)
+    return tuple(known[n] for n in names)
 
 
 def values_of(row: Mapping[str, Any], objectives: Sequence[Objective], prefix: str = "") -> tuple[float, ...]:

@@ -41,6 +41,12 @@ def test_defaults_and_overrides(tmp_path):
     ("objectives: [accuracy, accuracy]\n", "config key 'objectives' names an objective twice"),
     ("objectives: [accuracy, flops]\n", "config key 'objectives': unknown objective 'flops'"),
     ("scheduler: hyperband\n", "config key 'scheduler'"),
+    ("metric: {name: psnr, mode: up}\n", "metric 'psnr': mode must be 'max' or 'min', got 'up'"),
+    ("metric: {name: top-1}\n", "metric name 'top-1' must be an identifier"),
+    ("metric: {name: latency_ms, mode: min}\n", "metric name 'latency_ms' is a cost autoprune measures itself"),
+    ("metric: {name: psnr}\nobjectives: [accuracy, macs]\n", "unknown objective 'accuracy', use two or three of psnr"),
+    ("metric: {name: psnr}\nconstraints: ['accuracy >= 0.5']\n", "unknown metric 'accuracy' in constraint"),
+    ("metric: {name: error, mode: min}\n", "metric name 'error' is taken by the results"),
     ("trials: [1,\n", "is not valid YAML at line"),
     ("- a\n- b\n", "must be a mapping"),
 ])
@@ -77,3 +83,13 @@ def test_objectives_are_configurable():
     assert [o.name for o in load_config(None).objectives] == ["accuracy", "size_bytes", "latency_ms"]
     c = load_config(None, ["objectives=[macs, accuracy]"])
     assert [(o.name, o.direction) for o in c.objectives] == [("macs", "minimize"), ("accuracy", "maximize")]
+
+
+def test_the_metric_names_the_first_objective_and_may_be_constrained():
+    c = load_config(None, ["metric={name: wer, mode: min}", "constraints=['wer <= base + 0.02']"])
+    assert [(o.name, o.direction) for o in c.objectives] == [("wer", "minimize"), ("size_bytes", "minimize"),
+                                                             ("latency_ms", "minimize")]
+    (limit,) = c.constraints
+    assert violations([limit], {"wer": 0.13, "base_wer": 0.10}) == {limit.text: pytest.approx(0.01)}
+    psnr = load_config(None, ["metric.name=psnr", "objectives=[psnr, macs]"])
+    assert [(o.name, o.direction) for o in psnr.objectives] == [("psnr", "maximize"), ("macs", "minimize")]

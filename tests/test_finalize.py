@@ -12,7 +12,7 @@ import autoprune
 from autoprune import AutopruneError
 from autoprune.cli import main
 from autoprune.data import load_data
-from autoprune.deploy.export import EXPORT_FILES, check_test_accuracy, export_trial, pick_trial, verify_manifest
+from autoprune.deploy.export import EXPORT_FILES, check_test_metric, export_trial, pick_trial, verify_manifest
 from autoprune.pruning import checkpoint
 from autoprune.search.results import MARKER, read_trials
 from autoprune.tasks.training import evaluate
@@ -110,14 +110,17 @@ def test_finalize_errors_are_one_line(run, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def test_test_accuracy_tolerance():
-    check_test_accuracy(0.800, 0.800)
-    check_test_accuracy(0.701, 0.700)  # one test image in 1,000: within 0.1 point, despite float rounding
-    check_test_accuracy(0.8, 0.8009)
+def test_test_metric_tolerance():
+    check_test_metric("accuracy", 0.800, 0.800)
+    check_test_metric("accuracy", 0.701, 0.700)  # one test image in 1,000: within 0.1 point, despite float rounding
+    check_test_metric("accuracy", 0.8, 0.8009)
     with pytest.raises(AutopruneError, match=r"test accuracy 0\.8000 on CPU, 0\.8011 was recorded"):
-        check_test_accuracy(0.8, 0.8011)
-    with pytest.raises(AutopruneError, match="more than 0.001 apart"):
-        check_test_accuracy(0.9, 0.8)
+        check_test_metric("accuracy", 0.8, 0.8011)
+    with pytest.raises(AutopruneError, match="does not match its metrics"):
+        check_test_metric("accuracy", 0.9, 0.8)
+    check_test_metric("psnr", 30.02, 30.0)  # 0.1 % of the value for metrics above 1
+    with pytest.raises(AutopruneError, match=r"test psnr 30\.0400"):
+        check_test_metric("psnr", 30.04, 30.0)
 
 
 def test_public_export(run, tmp_path):

@@ -119,3 +119,22 @@ def test_every_trial_tune_ends_is_recorded_once_with_its_true_status(tmp_path):
             for r, e in ((epoch_one, True), (epoch_one, False), ({"status": "failed", "final": True}, False),
                          (final, False))]
     assert [o.state for o in told] == ["failed", "stopped", "failed", "ok"] and told[3].values == (0.8, 400.0)
+
+
+def test_a_named_metric_to_minimise_gets_its_columns_its_front_and_best_pick(tmp_path):
+    from autoprune.deploy.export import pick_trial
+
+    write_marker(tmp_path, version=2, metric={"name": "wer", "mode": "min"}, objectives=["wer", "macs"])
+    assert [(o.name, o.direction) for o in run_objectives(tmp_path)] == [("wer", "minimize"), ("macs", "minimize")]
+    store = ResultsStore(tmp_path, ["conv1"], metric="wer")
+    for col in ("wer", "test_wer", "proxy_wer", "base_wer", "base_test_wer"):
+        assert col in store.schema.names, col
+    assert "accuracy" not in store.schema.names
+    base = {"base_wer": 0.1, "base_macs": 1000, "base_size_bytes": 100, "base_latency_ms": 1.0}
+    store.append(row(1, wer=0.12, macs=800, **base))
+    store.append(row(2, wer=0.20, macs=400, **base))
+    store.append(row(3, wer=0.25, macs=900, **base))  # dominated: a higher word error rate and more MACs than t1
+    front = write_front(tmp_path)
+    assert sorted(r["trial_id"] for r in front.rows) == ["t1", "t2"]
+    assert pick_trial(tmp_path, "best")["trial_id"] == "t1"  # the lowest word error rate
+    assert pick_trial(tmp_path, "knee", metric_bound=0.15)["trial_id"] == "t1"  # wer at most 0.15

@@ -248,7 +248,7 @@ def test_export_picks_and_limits(nsga2_run):
 
     run = Path(nsga2_run[0].run_dir.path)
     front = read_trials(run, "front.parquet").to_pylist()
-    assert pick_trial(run, "max-accuracy")["accuracy"] == max(r["accuracy"] for r in front)
+    assert pick_trial(run, "best")["accuracy"] == max(r["accuracy"] for r in front)
     assert pick_trial(run, "min-latency")["latency_ms"] == min(r["latency_ms"] for r in front)
     assert pick_trial(run, "min-size")["size_bytes"] == min(r["size_bytes"] for r in front)
     any_id = read_trials(run).to_pylist()[0]["trial_id"]
@@ -289,7 +289,7 @@ def test_run_directory_behind_a_filesystem_uri(tmp_path, base_path):
     assert {"trials.parquet", "front.parquet", "pareto.png", "config.yaml", MARKER} <= {p.name for p in local.iterdir()}
     assert read_trials(uri).num_rows == 2
     assert main(["front", uri]) == 0
-    assert main(["export", uri, "--pick", "max-accuracy", "--out", str(tmp_path / "exp")]) == 0
+    assert main(["export", uri, "--pick", "best", "--out", str(tmp_path / "exp")]) == 0
     assert (tmp_path / "exp" / "model.pt2").is_file()
     assert main(["search", "--resume", uri, "--set", "trials=3"]) == 0  # the CLI resumes a URI as well
     assert read_trials(uri).num_rows == 3

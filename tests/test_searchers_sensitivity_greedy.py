@@ -5,7 +5,7 @@ import json
 import pytest
 
 from autoprune.config import Constraint
-from autoprune.objectives import OBJECTIVES
+from autoprune.objectives import OBJECTIVES, metric_objective
 from autoprune.search.searchers import make_searcher
 from autoprune.search.searchers.base import EPOCHS_KEY, STAGE_KEY, WAIT, Outcome, stage_of
 from autoprune.search.searchers.sensitivity import (
@@ -384,3 +384,37 @@ def test_seed_from_sensitivity_with_staged_evaluation_replays_each_row_to_its_ow
         again.replay(point, evaluate(point))
     sid, point = again.ask()
     assert stage_of(point) == "full" and groups_of(point) == groups_of(full[0][1])
+
+
+# ---- a task metric to minimise ----------------------------------------------------------------------------------------
+
+ERROR = metric_objective("wer", "min")
+
+
+def as_error(outcome):
+    """The same outcome with a word error rate, 1 - accuracy, in place of accuracy."""
+    return Outcome(outcome.state, (1.0 - outcome.values[0], *outcome.values[1:]), outcome.violations)
+
+
+def drive(name, objectives, convert, **settings):
+    """Drive a searcher to the end with exact evaluations; the points it fine-tuned in full, in order."""
+    s = make(name, objectives=objectives, **settings)
+    fulls = []
+    while True:
+        asked, stop = drain(s)
+        for sid, point in asked:
+            fulls += [groups_of(point)] if stage_of(point) == "full" else []
+            s.tell(sid, convert(evaluate(point)))
+        if stop is None:
+            return fulls, s
+
+
+@pytest.mark.parametrize("name, settings", [("sensitivity", {"trials": 4}), ("greedy", {"greedy_step": 0.1})])
+def test_a_metric_to_minimise_is_searched_as_its_mirror_to_maximise(tmp_path, name, settings):
+    maximised, _ = drive(name, OBJ, lambda o: o, **settings)
+    minimised, s = drive(name, (ERROR, *OBJ[1:]), as_error, **settings)
+    assert minimised == maximised and len(minimised) >= 3
+    if name == "sensitivity":
+        assert s.curves.score == "wer" and not s.curves.maximize
+        allocation = Knapsack(s.curves, "latency_ms").solve(0.6 * BASE_MS)
+        assert allocation.score == pytest.approx(1.0 - brute_force(0.6 * BASE_MS))

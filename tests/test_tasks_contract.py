@@ -9,7 +9,8 @@ from toy_tasks import Denoiser, DenoisingTask
 from autoprune.data import DataSpec, load_data
 from autoprune.errors import AutopruneError
 from autoprune.models import ModelSpec, build_model
-from autoprune.tasks.base import MODES, SPLITS, Metric, Task
+from autoprune.objectives import MODES
+from autoprune.tasks.base import SPLITS, Metric, Task
 from autoprune.tasks.classification import ClassificationTask, Recipe
 
 
@@ -131,4 +132,6 @@ def test_metric_rejects_a_bad_mode_and_name():
         Metric("psnr", "up")
     with pytest.raises(AutopruneError, match="must be an identifier"):
         Metric("top-1")
+    with pytest.raises(AutopruneError, match="is a cost autoprune measures itself"):
+        Metric("latency_ms", "min")
     assert Metric("mse", "min").better(0.1, 0.2) and Metric("psnr", "max").better(30.0, 20.0)

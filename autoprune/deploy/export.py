@@ -19,21 +19,20 @@ from typing import Any
 import torch
 from torch import nn
 
-from autoprune.data import ImageData, load_data
 from autoprune.errors import AutopruneError
 from autoprune.objectives import Objective
 from autoprune.pruning import checkpoint as ckpt_io
 from autoprune.pruning.policy import Policy
-from autoprune.search.results import read_trials, run_objectives
+from autoprune.search.results import read_trials, run_metric, run_objectives
 from autoprune.search.storage import RunDir, as_run_dir
-from autoprune.tasks.training import evaluate
+from autoprune.tasks.base import Task
 
-PICKS = ("knee", "max-accuracy", "min-latency", "min-size")
+PICKS = ("knee", "best", "min-latency", "min-size")  # best: the best validation metric
 MODEL_FILE, PROGRAM_FILE, MANIFEST_FILE = "model.pt", "model.pt2", "MANIFEST.sha256"
 EXPORT_FILES = ("policy.json", MODEL_FILE, PROGRAM_FILE, "metrics.json", "README.md", MANIFEST_FILE)
-# how far the written model's test accuracy may be from the recorded one: 0.1 point (a model evaluated on a GPU,
-# in bf16 or with other kernels, can score slightly differently on CPU)
-ACCURACY_TOLERANCE = 0.001
+# how far the written model's test metric may be from the recorded one: 0.1 % of it, and at least 0.001 (0.1 point
+# of accuracy; a model evaluated on a GPU, in bf16 or with other kernels, can score slightly differently on CPU)
+TOLERANCE = 0.001
 
 
 def _sha256(path: Path) -> str:
@@ -65,16 +64,16 @@ def verify_manifest(directory: Path) -> None:
                                  f"(modified or corrupt): refusing to load it")
 
 
-def accuracies_differ(a: float, b: float) -> bool:
-    """Whether two accuracies are more than ``ACCURACY_TOLERANCE`` apart (one test image in 1,000 is not)."""
-    return abs(a - b) > ACCURACY_TOLERANCE + 1e-9
+def metrics_differ(a: float, b: float) -> bool:
+    """Whether two values of a metric are further apart than ``TOLERANCE`` allows (one test image in 1,000 is not)."""
+    return abs(a - b) > TOLERANCE * max(1.0, abs(b)) + 1e-9
 
 
-def check_test_accuracy(measured: float, recorded: float) -> None:
-    """Refuse a written model whose test accuracy is more than ``ACCURACY_TOLERANCE`` from the recorded one."""
-    if accuracies_differ(measured, recorded):
-        raise AutopruneError(f"the written model gives test accuracy {measured:.4f} on CPU, {recorded:.4f} was "
-                             f"recorded: more than {ACCURACY_TOLERANCE} apart, the model does not match its metrics")
+def check_test_metric(name: str, measured: float, recorded: float) -> None:
+    """Refuse a written model whose test metric is further from the recorded one than ``TOLERANCE`` allows."""
+    if metrics_differ(measured, recorded):
+        raise AutopruneError(f"the written model gives test {name} {measured:.4f} on CPU, {recorded:.4f} was "
+                             f"recorded: the model does not match its metrics")
 
 
 def knee(rows: list[dict[str, Any]], objectives: Sequence[Objective]) -> dict[str, Any]:
@@ -92,8 +91,9 @@ def knee(rows: list[dict[str, Any]], objectives: Sequence[Objective]) -> dict[st
 
 
 def pick_trial(run_dir: str | Path | RunDir, pick: str, max_latency_ms: float | None = None,
-               min_accuracy: float | None = None, max_size_mb: float | None = None) -> dict[str, Any]:
-    """Choose a trial of the run: a point of the (filtered) front, or ``trial:ID``."""
+               metric_bound: float | None = None, max_size_mb: float | None = None) -> dict[str, Any]:
+    """Choose a trial of the run: a point of the (filtered) front, or ``trial:ID``. ``metric_bound``: the
+    validation metric at least this (at most, for a metric to minimise)."""
     # imported here: autoprune.search.front imports matplotlib, which ``import autoprune`` should not pay for
     from autoprune.search.front import compute_front
 
@@ -113,27 +113,28 @@ def pick_trial(run_dir: str | Path | RunDir, pick: str, max_latency_ms: float | 
     front = compute_front(rows, objectives).rows
     if max_latency_ms is not None:
         front = [r for r in front if r["latency_ms"] <= max_latency_ms]
-    if min_accuracy is not None:
-        front = [r for r in front if r["accuracy"] >= min_accuracy]
+    metric = run_metric(run_dir)
+    if metric_bound is not None:
+        front = [r for r in front if metric.loss(r[metric.name]) <= metric.loss(metric_bound)]
     if max_size_mb is not None:
         front = [r for r in front if r["size_bytes"] <= max_size_mb * 1e6]
     if not front:
         raise AutopruneError(f"no Pareto-front trial of '{run_dir}' meets the requested limits")
     if pick == "knee":
         return knee(front, objectives)
-    key, sign = {"max-accuracy": ("accuracy", -1), "min-latency": ("latency_ms", 1),
-                 "min-size": ("size_bytes", 1)}[pick]
-    return min(front, key=lambda r: sign * r[key])
+    if pick == "best":
+        return min(front, key=lambda r: metric.loss(r[metric.name]))
+    return min(front, key=lambda r: r[{"min-latency": "latency_ms", "min-size": "size_bytes"}[pick]])
 
 
 def export(run_dir: str | Path | RunDir, pick: str = "knee", out: str | Path = "export", *,
-           max_latency_ms: float | None = None, min_accuracy: float | None = None,
+           max_latency_ms: float | None = None, metric_bound: float | None = None,
            max_size_mb: float | None = None) -> dict[str, Any]:
     """Export the trial ``pick`` chooses (see ``pick_trial``) from ``run_dir`` into ``out``; return its metrics."""
     run = as_run_dir(run_dir)
     if not run.is_dir():
         raise AutopruneError(f"run directory '{run_dir}' does not exist")
-    return export_trial(run, pick_trial(run, pick, max_latency_ms, min_accuracy, max_size_mb), out)
+    return export_trial(run, pick_trial(run, pick, max_latency_ms, metric_bound, max_size_mb), out)
 
 
 def export_trial(run_dir: str | Path | RunDir, row: dict[str, Any], out: str | Path) -> dict[str, Any]:
@@ -147,27 +148,37 @@ def export_trial(run_dir: str | Path | RunDir, row: dict[str, Any], out: str | P
     if ckpt.record is None:
         raise AutopruneError(f"trial {row['trial_id']}'s checkpoint holds no pruned model")
     policy = Policy.from_dict(ckpt.record.policy)
-    base = {k: row[f"base_{k}"] for k in ("accuracy", "test_accuracy", "size_bytes", "latency_ms", "params", "macs")}
-    metrics = {"trial_id": row["trial_id"], "model": ckpt.model_spec.arch, "test_accuracy": row["test_accuracy"],
-               "val_accuracy": row["accuracy"], "latency_ms": row["latency_ms"],
-               "latency_iqr_ms": row["latency_iqr_ms"], "size_bytes": row["size_bytes"], "params": row["params"],
-               "macs": row["macs"], "input_shape": ["batch", *ckpt.input_shape], "preprocess": ckpt.preprocess,
-               "base": base}
+    m = run_metric(run).name
+    base = {k: row[f"base_{k}"] for k in (m, f"test_{m}", "size_bytes", "latency_ms", "params", "macs")}
+    metrics = {"trial_id": row["trial_id"], "model": ckpt.model_spec.arch, "metric": m, f"test_{m}": row[f"test_{m}"],
+               f"val_{m}": row[m], "latency_ms": row["latency_ms"], "latency_iqr_ms": row["latency_iqr_ms"],
+               "size_bytes": row["size_bytes"], "params": row["params"], "macs": row["macs"],
+               "input_shape": ["batch", *ckpt.input_shape], "preprocess": ckpt.preprocess, "base": base}
     card = model_card(f"Pruned {ckpt.model_spec.arch} (trial {row['trial_id']})",
                       f"Structurally pruned with autoprune: channels physically removed by the per-layer policy in\n"
                       f"`policy.json` (criterion `{policy.criterion}`), then fine-tuned during the search "
                       f"(`autoprune finalize` fine-tunes it fully).",
-                      [("base", base), ("pruned", {**metrics, "accuracy": row["accuracy"]})],
+                      [("base", base), ("pruned", {**metrics, m: row[m]})],
                       "Latency was measured by the search's latency meter, base and pruned interleaved in one process.",
                       metrics)
-    write_export(Path(out), ckpt, policy, metrics, card, load_data(ckpt.data_spec))
+    write_export(Path(out), ckpt, policy, metrics, card, run_task(run))
     return metrics
 
 
+def run_task(run: RunDir) -> Task:
+    """The task the run searched with (from its ``config.yaml``): exports are checked with it."""
+    from autoprune.data import load_data
+    from autoprune.deploy.finalize import run_config
+    from autoprune.search.controller import build_task, data_spec
+
+    config = run_config(run)
+    return build_task(config, load_data(data_spec(config)))
+
+
 def write_export(out: Path, ckpt: ckpt_io.Checkpoint, policy: Policy, metrics: dict[str, Any], card: str,
-                 data: ImageData) -> None:
+                 task: Task) -> None:
     """Write ``EXPORT_FILES`` into ``out`` (replaced atomically) once the written model, rebuilt from
-    ``model.pt``, gives ``metrics['test_accuracy']`` on the test split within ``ACCURACY_TOLERANCE``."""
+    ``model.pt``, gives ``metrics['test_<metric>']`` on the task's test split within ``TOLERANCE``."""
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -175,7 +186,8 @@ def write_export(out: Path, ckpt: ckpt_io.Checkpoint, policy: Policy, metrics: d
         policy.save(tmp / "policy.json")
         ckpt_io.save(ckpt, tmp / MODEL_FILE)
         model = ckpt_io.load(tmp / MODEL_FILE).build(tmp / MODEL_FILE)
-        check_test_accuracy(evaluate(model, data.loader("test", 256)), metrics["test_accuracy"])
+        name = metrics["metric"]
+        check_test_metric(name, task.evaluate(model, "test"), metrics[f"test_{name}"])
         example = torch.randn(2, *ckpt.input_shape)
         batch = torch.export.Dim("batch", min=1, max=65536)
         program = torch.export.export(model.eval(), (example,), dynamic_shapes=({0: batch},))
@@ -191,16 +203,18 @@ def write_export(out: Path, ckpt: ckpt_io.Checkpoint, policy: Policy, metrics: d
     tmp.rename(out)
 
 
-CARD_ROWS = (("test accuracy", "test_accuracy", "{:.4f}"), ("validation accuracy", "accuracy", "{:.4f}"),
-             ("parameters", "params", "{:,}"), ("size (bytes)", "size_bytes", "{:,}"), ("MACs", "macs", "{:,}"),
-             ("latency (ms, median)", "latency_ms", "{:.3f}"))
+def card_rows(metric: str) -> tuple[tuple[str, str, str], ...]:
+    """The model card's rows: label, key in a column, format."""
+    return ((f"test {metric}", f"test_{metric}", "{:.4f}"), (f"validation {metric}", metric, "{:.4f}"),
+            ("parameters", "params", "{:,}"), ("size (bytes)", "size_bytes", "{:,}"), ("MACs", "macs", "{:,}"),
+            ("latency (ms, median)", "latency_ms", "{:.3f}"))
 
 
 def model_card(title: str, about: str, columns: Sequence[tuple[str, dict[str, Any]]], notes: str,
                metrics: dict[str, Any]) -> str:
     """The export's README.md: ``about``, a table of ``columns`` (the first is the base), ``notes``, usage."""
     lines = ["| metric | " + " | ".join(name for name, _ in columns) + " |", "| --- |" + " ---: |" * len(columns)]
-    for label, key, fmt in CARD_ROWS:
+    for label, key, fmt in card_rows(metrics["metric"]):
         lines.append(f"| {label} | " + " | ".join(fmt.format(c[key]) if c.get(key) is not None else "-"
                                                   for _, c in columns) + " |")
     base_ms = columns[0][1]["latency_ms"]  # a column measured against another reference states its "speedup"

@@ -16,7 +16,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from autoprune.deploy.export import accuracies_differ, model_card, pick_trial, write_export
+from autoprune.deploy.export import metrics_differ, model_card, pick_trial, write_export
 from autoprune.errors import AutopruneError
 from autoprune.pruning import checkpoint as ckpt_io
 from autoprune.search.results import read_marker
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from autoprune.search.trial import TrialResult
 
 Echo = Callable[[str], None]
-SEARCH_KEYS = ("accuracy", "test_accuracy", "latency_ms", "latency_iqr_ms", "size_bytes", "params", "macs")
+COST_KEYS = ("latency_ms", "latency_iqr_ms", "size_bytes", "params", "macs")
 
 
 def run_config(run: RunDir) -> SearchConfig:
@@ -101,16 +101,18 @@ def finalize(run_dir: str | Path | RunDir, pick: str = "knee", epochs: float | N
          f"(the search fine-tuned {_epochs(config['finetune.epochs'])})")
     loaded = round(time.perf_counter() - start, 3)
     task = build_task(config, data)
+    name = task.metric.name
     result = run_trial(base_model, task, policy, settings, meter=meter,
-                       on_epoch=lambda e, m, *_: echo(f"  fine-tune epoch {e}: val_accuracy {m['val_accuracy']:.4f}"))
-    if accuracies_differ(result.base["test_accuracy"], row["base_test_accuracy"]):
-        echo(f"note: base '{base_path}' gives test accuracy {result.base['test_accuracy']:.4f}, the search's base "
-             f"gave {row['base_test_accuracy']:.4f}: it may not be the base the run searched")
-    metrics = final_metrics(row, pick, run, config, data, result, {**settings.to_dict(), **task.describe()}, spec)
+                       on_epoch=lambda e, m, *_: echo(f"  fine-tune epoch {e}: val_{name} {m[f'val_{name}']:.4f}"))
+    if metrics_differ(result.base[f"test_{name}"], row[f"base_test_{name}"]):
+        echo(f"note: base '{base_path}' gives test {name} {result.base[f'test_{name}']:.4f}, the search's base "
+             f"gave {row[f'base_test_{name}']:.4f}: it may not be the base the run searched")
+    metrics = final_metrics(row, pick, run, config, data, result, name, {**settings.to_dict(), **task.describe()},
+                            spec)
     ckpt = ckpt_io.from_model(result.model, base.model_spec, data.spec, data.input_shape, data.preprocess(),
                               result.pruned)
     metrics["seconds"] = {"load": loaded, **result.seconds}
-    write_export(Path(out), ckpt, policy, metrics, finalized_card(metrics, policy.criterion), data)
+    write_export(Path(out), ckpt, policy, metrics, finalized_card(metrics, policy.criterion), task)
     return metrics
 
 
@@ -123,37 +125,41 @@ def _epochs(n: float) -> str:
 
 
 def final_metrics(row: dict[str, Any], pick: str, run: RunDir, config: SearchConfig, data: ImageData,
-                  result: TrialResult, finetune: dict[str, Any], spec: LatencySpec) -> dict[str, Any]:
+                  result: TrialResult, metric: str, finetune: dict[str, Any], spec: LatencySpec) -> dict[str, Any]:
     """``metrics.json``: export's keys (the final model's figures, the base measured again), ``search`` (the
-    trial's row), ``final`` (after the full fine-tune), ``finetune`` (the trial settings and the recipe) and ``latency``
-    (how base and final latency were timed)."""
+    trial's row), ``final`` (after the full fine-tune), ``finetune`` (the trial settings and the task's recipe)
+    and ``latency`` (how base and final latency were timed)."""
     base, pruned = result.base, result.pruned
-    final = {**pruned, "speedup": base["latency_ms"] / pruned["latency_ms"]}  # every figure run_trial measured
-    search = {"trial_id": row["trial_id"], "criterion": row["criterion"], **{k: row[k] for k in SEARCH_KEYS},
+    final = {**pruned, metric: pruned[f"val_{metric}"],  # every figure run_trial measured
+             "speedup": base["latency_ms"] / pruned["latency_ms"]}
+    search = {"trial_id": row["trial_id"], "criterion": row["criterion"],
+              **{k: row[k] for k in (metric, f"test_{metric}", *COST_KEYS)},
               "speedup": row["base_latency_ms"] / row["latency_ms"], "finetune_epochs": config["finetune.epochs"],
               "kd": config["finetune.kd"]}
     return {"trial_id": row["trial_id"], "model": config["model"], "pick": pick, "run_dir": str(run),
-            "test_accuracy": pruned["test_accuracy"], "val_accuracy": pruned["val_accuracy"],
-            **{k: pruned[k] for k in ("latency_ms", "latency_iqr_ms", "size_bytes", "params", "macs")},
+            "metric": metric, f"test_{metric}": pruned[f"test_{metric}"], f"val_{metric}": pruned[f"val_{metric}"],
+            **{k: pruned[k] for k in COST_KEYS},
             "input_shape": ["batch", *data.input_shape], "preprocess": data.preprocess(),
-            "base": {"accuracy": base["val_accuracy"],
-                     **{k: base[k] for k in ("test_accuracy", "size_bytes", "latency_ms", "params", "macs")}},
+            "base": {metric: base[f"val_{metric}"], f"test_{metric}": base[f"test_{metric}"],
+                     **{k: base[k] for k in ("size_bytes", "latency_ms", "params", "macs")}},
             "search": search, "final": final, "finetune": finetune, "latency": asdict(spec)}
 
 
 def finalized_card(m: dict[str, Any], criterion: str) -> str:
     """The model card: base, the trial at search time, and the finalized model side by side."""
     s, f, ft, lat = m["search"], m["final"], m["finetune"], m["latency"]
-    kd = f"distilling from the base (alpha {ft['kd_alpha']}, T {ft['kd_temperature']})" if ft["kd"] else "without KD"
+    kd = "distilling from the base" if ft["kd"] else "without KD"
+    recipe = ", ".join(f"{k} {v}" for k, v in ft.items() if k in ("lr", "batch_size", "kd_alpha", "kd_temperature"))
     return model_card(
         f"Pruned {m['model']} (trial {m['trial_id']}, finalized)",
         f"Structurally pruned with autoprune: channels physically removed by the per-layer policy in `policy.json`\n"
         f"(criterion `{criterion}`), chosen by the search (`{m['pick']}`), then pruned again from the base and\n"
-        f"fine-tuned for {_epochs(ft['finetune_epochs'])} {kd}, lr {ft['lr']}, seed {ft['seed']}, on {ft['device']}.\n"
+        f"fine-tuned by the {ft['task']} for {_epochs(ft['finetune_epochs'])} {kd}"
+        f"{f' ({recipe})' if recipe else ''}, seed {ft['seed']}, on {ft['device']}.\n"
         f"The search had fine-tuned it for {_epochs(s['finetune_epochs'])}{' with KD' if s['kd'] else ''}.",
         [("base", m["base"]), (f"search ({_epochs(s['finetune_epochs'])})", s),
-         (f"final ({_epochs(ft['finetune_epochs'])})", {**f, "accuracy": f["val_accuracy"]})],
-        "Validation accuracy selected the trial; the test split was evaluated once per model. Search-time latency\n"
+         (f"final ({_epochs(ft['finetune_epochs'])})", f)],
+        f"Validation {m['metric']} selected the trial; the test split was evaluated once per model. Search-time latency\n"
         "comes from the search's latency meter; base and final latency were measured again in one process,\n"
         f"base and pruned interleaved (batch {lat['batch_size']}, {lat['threads']} thread(s), {lat['device']}).",
         m)

@@ -36,7 +36,7 @@ from autoprune.pruning import checkpoint as ckpt_io
 from autoprune.pruning.policy import discover
 from autoprune.search.feasibility import check_constraints, format_report, space_report
 from autoprune.search.front import Front, format_rows, is_full, write_front
-from autoprune.search.results import MARKER, ResultsStore, read_marker, run_objectives
+from autoprune.search.results import MARKER, ResultsStore, read_marker, run_metric, run_objectives
 from autoprune.search.searchers import Outcome, Searcher, make_searcher
 from autoprune.search.searchers.base import EPOCHS_KEY, STAGE_KEY
 from autoprune.search.searchers.journal import JOURNAL_FILE, StudyJournal
@@ -234,8 +234,12 @@ def recipe(config: SearchConfig) -> Recipe:
 
 
 def build_task(config: SearchConfig, data: ImageData) -> Task:
-    """The task every candidate of the search is fine-tuned and evaluated on."""
-    return ClassificationTask(data, recipe(config))
+    """The task every candidate of the search is fine-tuned and evaluated on; it must report the config's metric."""
+    task = ClassificationTask(data, recipe(config))
+    if (task.metric.name, task.metric.mode) != (config["metric.name"], config["metric.mode"]):
+        raise AutopruneError(f"config key 'metric': the {type(task).__name__} reports {task.metric.name} "
+                             f"({task.metric.mode}), not {config['metric.name']} ({config['metric.mode']})")
+    return task
 
 
 def start_latency_meter(config: SearchConfig, run_dir: RunDir, base_model: Any, input_shape: tuple[int, ...],
@@ -296,27 +300,33 @@ def check_resumable(run_dir: str | Path | RunDir) -> None:
 def prepare_run_dir(run: RunDir, config: SearchConfig, resume: bool) -> dict[str, Any]:
     """A new run directory gets ``config.yaml`` and the marker; a resumed one is checked. Returns the marker.
 
-    The marker, ``autoprune-run.json``, records the objectives (a resumed search keeps them) and the Optuna
-    study (``study``: its name in ``journal``, ``optuna.journal``; only Optuna-backed searchers write it).
+    The marker, ``autoprune-run.json``, records the task's metric and the objectives (a resumed search keeps them),
+    and the Optuna study (``study``: its name in ``journal``, ``optuna.journal``; only Optuna-backed searchers
+    write it).
     """
     names = [o.name for o in config.objectives]
+    metric = {"name": config["metric.name"], "mode": config["metric.mode"]}
     if resume:
         check_resumable(run)
         marker = read_marker(run)
+        if run_metric(run) != config.metric:
+            raise AutopruneError(f"config key 'metric': run '{run}' searched {run_metric(run).name} "
+                                 f"({run_metric(run).direction}), not {metric['name']} ({config.metric.direction})")
         searched = [o.name for o in run_objectives(run)]
         if searched != names:
             raise AutopruneError(f"config key 'objectives': run '{run}' searched {searched}, not {names}; a resumed "
                                  f"search keeps its objectives")
         if marker.get("version", 1) < 2:  # its trials are replayed into a new study in the run directory
-            marker = {**marker, "version": MARKER_VERSION, "objectives": names, "study": config["name"],
-                      "journal": JOURNAL_FILE}
+            marker = {**marker, "version": MARKER_VERSION, "objectives": names, "metric": metric,
+                      "study": config["name"], "journal": JOURNAL_FILE}
             run.write_text(MARKER, json.dumps(marker) + "\n")
         return marker
     if not run.is_empty():
         raise AutopruneError(f"run directory '{run}' is not empty: pass --resume to continue it, or another --out")
     run.write_text("config.yaml", config.to_yaml())
     marker = {"format": "autoprune-run", "version": MARKER_VERSION, "config": config.path,
-              "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "objectives": names, "study": config["name"],
+              "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "metric": metric, "objectives": names,
+              "study": config["name"],
               "journal": JOURNAL_FILE}
     run.write_text(MARKER, json.dumps(marker) + "\n")
     return marker
@@ -328,11 +338,12 @@ def run_search(config: SearchConfig, run_dir: str | Path | RunDir, *, resume: bo
     run_dir = as_run_dir(run_dir)
     marker = prepare_run_dir(run_dir, config, resume)
     data = load_data(data_spec(config))
+    task = build_task(config, data)
     base, base_path = ensure_base(config, data, echo)
     base_model = base.build(base_path)
     groups = discover(base_model, base.example_input, ignore=config["space.ignore"])
     space = SearchSpace.from_config(config, groups)
-    store = ResultsStore(run_dir, space.groups)
+    store = ResultsStore(run_dir, space.groups, config["metric.name"])
     done = store.rows  # finished, failed, or stopped early by the scheduler (interrupted ones are not recorded)
     evaluated = [r for r in done if counts_as_trial(r)]
     remaining = config["trials"] - len(evaluated)
@@ -343,14 +354,15 @@ def run_search(config: SearchConfig, run_dir: str | Path | RunDir, *, resume: bo
     if remaining > 0:
         absolute, base_path = config.with_absolute_paths(), base_path.resolve()  # resolved before the cwd changes
         with stable_working_directory(run_dir):
-            budget_reached = _search(absolute, run_dir, marker, build_task(absolute, data), base, base_path,
+            budget_reached = _search(absolute, run_dir, marker, task, base, base_path,
                                      base_model, groups, space, store, done, remaining, echo)
         if budget_reached:
             echo(f"time budget of {config['time_budget_s']:g} s reached (time_budget_s): trials still running were "
                  f"stopped and not recorded; --resume continues the search with a new budget")
-    correlation = proxy_correlation(store.rows)
+    correlation = proxy_correlation(store.rows, config["metric.name"])
     if correlation is not None:
-        echo(f"stage-0 proxy vs fine-tuned accuracy: Spearman {correlation[0]:.2f} over {correlation[1]} trials")
+        echo(f"stage-0 proxy vs fine-tuned {config['metric.name']}: Spearman {correlation[0]:.2f} over "
+             f"{correlation[1]} trials")
     front = write_front(run_dir) if store.rows else Front([], 0.0, None)
     finished = sum(r["status"] == "ok" and counts_as_trial(r) for r in store.rows)
     stage0 = sum(r["status"] == "ok" and r.get("stage") == "proxy" for r in store.rows)
@@ -410,12 +422,12 @@ def counts_as_trial(row: dict[str, Any]) -> bool:
     return row["status"] != "skipped" and is_full(row)
 
 
-def proxy_correlation(rows: list[dict[str, Any]]) -> tuple[float, int] | None:
-    """Spearman rank correlation of the stage-0 proxy with the fine-tuned accuracy over finished full trials."""
+def proxy_correlation(rows: list[dict[str, Any]], metric: str) -> tuple[float, int] | None:
+    """Spearman rank correlation of the stage-0 proxy with the fine-tuned ``metric`` over finished full trials."""
     from scipy.stats import spearmanr
 
-    pairs = [(r["proxy_accuracy"], r["accuracy"]) for r in rows if r["status"] == "ok" and counts_as_trial(r)
-             and r.get("proxy_accuracy") is not None]
+    pairs = [(r[f"proxy_{metric}"], r[metric]) for r in rows if r["status"] == "ok" and counts_as_trial(r)
+             and r.get(f"proxy_{metric}") is not None]
     if len(pairs) < 3 or len({p for p, _ in pairs}) < 2 or len({a for _, a in pairs}) < 2:
         return None
     return float(spearmanr([p for p, _ in pairs], [a for _, a in pairs]).statistic), len(pairs)
@@ -485,4 +497,4 @@ def outcome_of_row(row: dict[str, Any], config: SearchConfig) -> Outcome:
 def summary_table(run_dir: RunDir) -> str:
     from autoprune.search.results import FRONT_FILE, read_trials
 
-    return format_rows(read_trials(run_dir, FRONT_FILE).to_pylist())
+    return format_rows(read_trials(run_dir, FRONT_FILE).to_pylist(), run_metric(run_dir).name)

@@ -67,18 +67,18 @@ def write_front(run_dir: str | Path | RunDir) -> Front:
     return front
 
 
-def format_rows(rows: list[dict[str, Any]]) -> str:
-    """A compact table of trials: id, criterion, policy summary, accuracy, size, latency, status."""
-    lines = [f"{'trial':>14s} {'criterion':>15s} {'ratios mean [min-max]':>22s} {'accuracy':>9s} "
+def format_rows(rows: list[dict[str, Any]], metric: str = "accuracy") -> str:
+    """A compact table of trials: id, criterion, policy summary, the task's ``metric``, size, latency, status."""
+    lines = [f"{'trial':>14s} {'criterion':>15s} {'ratios mean [min-max]':>22s} {metric[:9]:>9s} "
              f"{'size KB':>9s} {'lat ms':>8s} {'status':>8s}"]
     for r in rows:
         ratios = [v for k, v in r.items() if k.startswith("ratio:") and v is not None]
         summary = f"{sum(ratios) / len(ratios):.2f} [{min(ratios):.2f}-{max(ratios):.2f}]" if ratios else "-"
-        acc = f"{r['accuracy']:.4f}" if r.get("accuracy") is not None else "-"
+        acc = f"{r[metric]:.4f}" if r.get(metric) is not None else "-"
         size = f"{r['size_bytes'] / 1024:.1f}" if r.get("size_bytes") is not None else "-"
         lat = f"{r['latency_ms']:.3f}" if r.get("latency_ms") is not None else "-"
         status = "infeas." if r["status"] == "ok" and not r.get("feasible", True) else r["status"]
-        if r["status"] == "ok" and not is_full(r):  # accuracy is the stage's: the proxy, or after a short fine-tune
+        if r["status"] == "ok" and not is_full(r):  # the metric is the stage's: the proxy, or after a short fine-tune
             status = str(r["stage"])
         lines.append(f"{r['trial_id']:>14s} {str(r.get('criterion') or '-'):>15s} {summary:>22s} {acc:>9s} "
                      f"{size:>9s} {lat:>8s} {status:>8s}")

@@ -13,34 +13,37 @@ from typing import Any
 import pyarrow as pa
 
 from autoprune.errors import AutopruneError
-from autoprune.objectives import DEFAULT_OBJECTIVES, Objective, parse_objectives
+from autoprune.objectives import ACCURACY, DEFAULT_OBJECTIVES, Objective, metric_objective, parse_objectives
 from autoprune.search.storage import RunDir, as_run_dir
 
 MARKER = "autoprune-run.json"
 TRIALS_FILE = "trials.parquet"
 FRONT_FILE = "front.parquet"
-METRIC_COLUMNS = ["accuracy", "test_accuracy", "params", "size_bytes", "macs", "latency_ms", "latency_iqr_ms"]
-BASE_COLUMNS = [f"base_{c}" for c in METRIC_COLUMNS]
+COST_COLUMNS = ["params", "size_bytes", "macs", "latency_ms", "latency_iqr_ms"]
 SECONDS_COLUMNS = ["seconds_prune", "seconds_finetune", "seconds_measure"]
 FIXED_COLUMNS = ["trial_id", "status", "error", "searcher", "criterion", "criterion_used"]
 # how the latency figure came about (autoprune/measure/latency.py): the ratio to the base timed back to back, the raw
 # timings under whatever load there was, the prediction made before measuring, and whether it came from the cache
 LATENCY_COLUMNS = ["latency_ratio", "latency_raw_ms", "latency_raw_base_ms", "latency_predicted_ms", "latency_cached"]
-# staged evaluation: the stage a row was evaluated at (proxy: prune + BN recalibration only; short; full), the
-# fine-tuning epochs it got, and its stage-0 accuracy on the fixed proxy subset (for every stage, so the proxy's
-# rank correlation with the fine-tuned accuracy can be reported). For a proxy row, accuracy is that proxy.
-STAGE_COLUMNS = ["stage", "epochs", "proxy_accuracy"]
-TAIL_COLUMNS = ["feasible", *STAGE_COLUMNS, *METRIC_COLUMNS, *BASE_COLUMNS, *LATENCY_COLUMNS, *SECONDS_COLUMNS, "host",
-                "checkpoint", "resumed_from_epoch", "finished_at"]
+
 STRING_COLUMNS = {"trial_id", "status", "error", "searcher", "criterion", "criterion_used", "host", "checkpoint",
                   "finished_at", "stage"}
 INT_COLUMNS = {"params", "size_bytes", "macs", "base_params", "base_size_bytes", "base_macs", "resumed_from_epoch"}
 
 
-def schema(groups: Iterable[str]) -> pa.Schema:
-    """Fixed columns, one ``ratio:<group>`` column per group, then metrics, base values and timings."""
+def schema(groups: Iterable[str], metric: str = ACCURACY.name) -> pa.Schema:
+    """Fixed columns, one ``ratio:<group>`` column per group, then the task's ``metric`` (validation; ``test_``),
+    costs, base values and timings.
+
+    Staged evaluation adds the stage a row was evaluated at (proxy: prune + BN recalibration only; short; full),
+    the fine-tuning epochs it got, and its stage-0 metric on the task's proxy split (``proxy_<metric>``, for every
+    stage, so the proxy's rank correlation with the fine-tuned metric can be reported). For a proxy row, the metric
+    is that proxy value."""
+    measured = [metric, f"test_{metric}", *COST_COLUMNS]
+    tail = ["feasible", "stage", "epochs", f"proxy_{metric}", *measured, *[f"base_{c}" for c in measured],
+            *LATENCY_COLUMNS, *SECONDS_COLUMNS, "host", "checkpoint", "resumed_from_epoch", "finished_at"]
     fields = []
-    for name in [*FIXED_COLUMNS, *[f"ratio:{g}" for g in groups], *TAIL_COLUMNS]:
+    for name in [*FIXED_COLUMNS, *[f"ratio:{g}" for g in groups], *tail]:
         if name in STRING_COLUMNS:
             t = pa.string()
         elif name in ("feasible", "latency_cached"):
@@ -56,9 +59,9 @@ def schema(groups: Iterable[str]) -> pa.Schema:
 class ResultsStore:
     """``RUN_DIR/trials.parquet``: every finished trial, each exactly once (keyed by ``trial_id``)."""
 
-    def __init__(self, run_dir: str | Path | RunDir, groups: list[str]) -> None:
+    def __init__(self, run_dir: str | Path | RunDir, groups: list[str], metric: str = ACCURACY.name) -> None:
         self.run = as_run_dir(run_dir)
-        self.schema = schema(groups)
+        self.schema = schema(groups, metric)
         existing = read_trials(self.run).to_pylist() if self.run.exists(TRIALS_FILE) else []
         self._rows: dict[str, dict[str, Any]] = {r["trial_id"]: r for r in existing}
 
@@ -99,6 +102,12 @@ def read_marker(run_dir: str | Path | RunDir) -> dict[str, Any]:
     return marker
 
 
+def run_metric(run_dir: str | Path | RunDir) -> Objective:
+    """The task's metric of the run, as recorded in its marker (runs from before named metrics: accuracy)."""
+    recorded = read_marker(run_dir).get("metric") or {"name": ACCURACY.name, "mode": "max"}
+    return metric_objective(recorded["name"], recorded["mode"])
+
+
 def run_objectives(run_dir: str | Path | RunDir) -> tuple[Objective, ...]:
     """The objectives the run searched over, as recorded in its marker.
 
@@ -107,4 +116,4 @@ def run_objectives(run_dir: str | Path | RunDir) -> tuple[Objective, ...]:
     marker = read_marker(run_dir)
     if marker.get("version", 1) < 2:
         return DEFAULT_OBJECTIVES
-    return parse_objectives(marker["objectives"], f"{MARKER} objectives")
+    return parse_objectives(marker["objectives"], f"{MARKER} objectives", run_metric(run_dir))

@@ -33,8 +33,8 @@ REPORTED = ("size_bytes", "latency_ms", "params", "macs", "latency_iqr_ms", "lat
             "latency_raw_base_ms", "latency_predicted_ms", "latency_cached")
 
 
-def _objectives(metrics: dict[str, Any]) -> dict[str, Any]:
-    return {"accuracy": metrics["val_accuracy"], **{k: metrics[k] for k in REPORTED if k in metrics}}
+def _objectives(metrics: dict[str, Any], metric: str) -> dict[str, Any]:
+    return {metric: metrics[f"val_{metric}"], **{k: metrics[k] for k in REPORTED if k in metrics}}
 
 
 def _save(directory: str, base: ckpt_io.Checkpoint, state: TrialResult, epochs_done: int, final: bool,
@@ -68,7 +68,7 @@ def policy_trial(config: dict[str, Any], *, base: ckpt_io.Checkpoint, task: Task
     """
     torch.set_num_threads(settings.threads)
     gate.install(settings.gate)
-    host = socket.gethostname()
+    host, metric = socket.gethostname(), task.metric.name
     try:
         policy = space.policy(config["point"])
         resume = _restore()
@@ -76,7 +76,7 @@ def policy_trial(config: dict[str, Any], *, base: ckpt_io.Checkpoint, task: Task
         def on_epoch(epoch: int, metrics: dict[str, Any], state: TrialResult, progress: dict[str, Any]) -> None:
             with tempfile.TemporaryDirectory() as tmp:
                 _save(tmp, base, state, epoch, final=False, progress=progress)
-                tune.report({**_objectives(metrics), "status": "running", "epoch": epoch, "final": False,
+                tune.report({**_objectives(metrics, metric), "status": "running", "epoch": epoch, "final": False,
                              "host": host}, checkpoint=tune.Checkpoint.from_directory(tmp))
 
         stage, remote = stage_of(config["point"]), RemoteMeter(meter) if meter is not None else None
@@ -89,13 +89,13 @@ def policy_trial(config: dict[str, Any], *, base: ckpt_io.Checkpoint, task: Task
     except Exception as e:  # recorded as a failed trial; the search continues
         message = str(e).strip().splitlines()[0] if str(e).strip() else ""
         tune.report({"status": "failed", "error": f"{type(e).__name__}: {message}"[:500], "final": True,
-                     "host": host, "epoch": 0, "accuracy": math.nan,
+                     "host": host, "epoch": 0, metric: math.nan,
                      **{k: math.nan for k in ("size_bytes", "latency_ms", "params", "macs")}})
         return
-    base_metrics = {f"base_{k}": v for k, v in _objectives(result.base).items()}
-    base_metrics["base_test_accuracy"] = result.base.get("test_accuracy")
-    final = {**_objectives(result.pruned), **base_metrics, "test_accuracy": result.pruned.get("test_accuracy"),
-             "proxy_accuracy": result.pruned["proxy_accuracy"], "stage": stage,
+    base_metrics = {f"base_{k}": v for k, v in _objectives(result.base, metric).items()}
+    base_metrics[f"base_test_{metric}"] = result.base.get(f"test_{metric}")
+    final = {**_objectives(result.pruned, metric), **base_metrics, f"test_{metric}": result.pruned.get(f"test_{metric}"),
+             f"proxy_{metric}": result.pruned[f"proxy_{metric}"], "stage": stage,
              "criterion_used": result.pruned["criterion_used"],
              "epochs": 0.0 if stage == "proxy" else settings.finetune_epochs,
              "status": "ok", "error": None, "final": True, "host": host,

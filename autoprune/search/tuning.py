@@ -69,7 +69,8 @@ def run_tune(config: SearchConfig, run_dir: RunDir, base: Any, task: Task, space
     scheduler = None
     if config["scheduler"] == "asha":  # stopped trials are told as stopped: they never reach the front
         # stop_last_trials=False: a trial that reaches max_t must send its final report, not be stopped at it
-        scheduler = tune.schedulers.ASHAScheduler(metric="accuracy", mode="max", time_attr="epoch",
+        scheduler = tune.schedulers.ASHAScheduler(metric=config["metric.name"], mode=config["metric.mode"],
+                                                  time_attr="epoch",
                                                   max_t=max(1, math.ceil(config["finetune.epochs"])),
                                                   grace_period=1, stop_last_trials=False)
     callback = StoreCallback(store, space, config, echo)
@@ -84,7 +85,7 @@ def run_tune(config: SearchConfig, run_dir: RunDir, base: Any, task: Task, space
                                   failure_config=tune.FailureConfig(max_failures=config["max_failures"]),
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
     )
-    echo(format_rows([]).splitlines()[0] + "  front")
+    echo(format_rows([], config["metric.name"]).splitlines()[0] + "  front")
     started = time.monotonic()
     tuner.fit()
     budget = config["time_budget_s"]
@@ -161,7 +162,7 @@ class StoreCallback(tune.Callback):
         row = self._row(trial, result, error)
         self.store.append(row)
         front = compute_front(self.store.rows, self.objectives)
-        line = format_rows([row]).splitlines()[1]
+        line = format_rows([row], self.config["metric.name"]).splitlines()[1]
         self.echo(f"{line}  {len(front.rows):5d}" + (f"  {row['error']}" if row["status"] != "ok" else ""))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

@@ -17,11 +17,11 @@ import torch
 from torch import nn
 
 from autoprune.errors import AutopruneError
+from autoprune.objectives import check_metric
 
 Batch = tuple[Any, Any]                          # (inputs, targets); the model is called as model(inputs)
 EpochCallback = Callable[[int, dict[str, float]], None]  # (epochs done, logs such as {"loss": ...})
 SPLITS = ("val", "test", "proxy")
-MODES = ("max", "min")
 
 
 @dataclass(frozen=True)
@@ -32,10 +32,7 @@ class Metric:
     mode: str = "max"
 
     def __post_init__(self) -> None:
-        if not self.name.isidentifier():
-            raise AutopruneError(f"metric name '{self.name}' must be an identifier (letters, digits, _)")
-        if self.mode not in MODES:
-            raise AutopruneError(f"metric '{self.name}': mode must be 'max' or 'min', got '{self.mode}'")
+        check_metric(self.name, self.mode)
 
     def better(self, a: float, b: float) -> bool:
         """Whether ``a`` is strictly better than ``b``."""

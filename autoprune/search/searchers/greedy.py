@@ -96,9 +96,11 @@ class GreedySearcher(Searcher):
         return proposals
 
     def _advance(self, proposals: list[dict[str, Any]]) -> None:
-        """Keep the most accurate proposal that finished (ties: the faster) as P_{k+1}, to be fine-tuned in full."""
+        """Keep the proposal with the best metric that finished (ties: the faster) as P_{k+1}, to be fine-tuned in
+        full."""
         finished = [(p, self.book.outcomes[policy_key(p)]) for p in proposals]
-        ranked = [(-o.values[self.score], self.latency(p, o), i) for i, (p, o) in enumerate(finished)
+        metric = self.objectives[self.score]
+        ranked = [(metric.loss(o.values[self.score]), self.latency(p, o), i) for i, (p, o) in enumerate(finished)
                   if o.state == "ok" and o.values is not None]
         self._proposals = None
         if not ranked:

@@ -5,13 +5,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from autoprune.errors import AutopruneError
-from autoprune.objectives import Objective
+from autoprune.objectives import Objective, score_of
 from autoprune.search.searchers.base import EPOCHS_KEY, STAGE_KEY, Outcome, stage_of
 from autoprune.search.space import CRITERION_KEY, SearchSpace
 
 Key = tuple[tuple[str, Any], ...]
 Predict = Callable[[dict[str, int]], float]  # a structure (channels kept per group) -> a metric, e.g. latency (ms)
-SCORE = "accuracy"  # the objective whose (proxy or short fine-tune) value ranks candidates
 
 
 def policy_key(point: dict[str, Any]) -> Key:
@@ -37,12 +36,13 @@ def low_point(space: SearchSpace, criterion: str) -> dict[str, Any]:
 
 
 def score_index(objectives: Sequence[Objective], searcher: str) -> int:
-    """Where accuracy sits among the objectives; a searcher that ranks by it needs it there."""
-    names = [o.name for o in objectives]
-    if SCORE not in names:
-        raise AutopruneError(f"config key 'objectives': searcher '{searcher}' ranks candidates by accuracy, "
-                             f"add it to {names}")
-    return names.index(SCORE)
+    """Where the task's metric sits among the objectives: its (proxy or short fine-tune) value ranks candidates, so a
+    searcher that ranks by it needs it there."""
+    score = score_of(objectives)
+    if score is None:
+        raise AutopruneError(f"config key 'objectives': searcher '{searcher}' ranks candidates by the task's metric, "
+                             f"add it to {[o.name for o in objectives]}")
+    return list(objectives).index(score)
 
 
 class StageBook:

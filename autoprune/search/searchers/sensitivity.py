@@ -2,17 +2,17 @@
 
 What NVIDIA ModelOpt FastNAS and AIMET's greedy ratio selection do, on measured latency.
 
-Phase A evaluates at stage 0 (prune, recalibrate batch norm, proxy accuracy; seconds each) the all-low point
-(the reference) and, for every group and every ratio of its grid above its low, that group pruned alone at that
-ratio (every other group at its low), with the first criterion of the space. Each outcome gives the structure's
-proxy accuracy and its measured latency, size and MACs (the objectives; latency from ``predict_latency`` when it
+Phase A evaluates at stage 0 (prune, recalibrate batch norm, the task's metric on its proxy split; seconds each)
+the all-low point (the reference) and, for every group and every ratio of its grid above its low, that group pruned
+alone at that ratio (every other group at its low), with the first criterion of the space. Each outcome gives the
+structure's proxy metric and its measured latency, size and MACs (the objectives; latency from ``predict_latency`` when it
 is not one). The curves go to ``sensitivity.json`` in the run directory and, given a ``cache_key`` setting (the
 identity of the base checkpoint and of the proxy evaluation), to ``$AUTOPRUNE_CACHE_DIR/sensitivity/``: a search
 that finds curves with its key in either skips phase A. ``sensitivity.png`` plots them.
 
-Phase B allocates one ratio per group for each budget: the predicted accuracy is the reference's proxy accuracy
-minus the sum of each group's drop, the predicted cost the reference's cost minus the sum of each group's saving
-(both additive), maximised subject to predicted cost <= budget. That is a multiple-choice knapsack, solved by
+Phase B allocates one ratio per group for each budget: the predicted metric is the reference's proxy value worsened
+by the sum of each group's drop, the predicted cost the reference's cost minus the sum of each group's saving
+(both additive), the metric made best subject to predicted cost <= budget. That is a multiple-choice knapsack, solved by
 dynamic programming over savings discretised into ``BINS`` bins, rounded down so that an allocation never exceeds
 its budget in prediction. The cost is latency, or MACs when a ``macs <=`` constraint exists and no ``latency_ms <=``
 one. Savings do not add up: two groups that shrink the inputs and the outputs of one layer save less together than
@@ -42,7 +42,6 @@ from autoprune.config import DEFAULTS, Constraint
 from autoprune.errors import AutopruneError
 from autoprune.search.searchers.base import WAIT, Outcome, Searcher
 from autoprune.search.searchers.points import (
-    SCORE,
     Key,
     Predict,
     StageBook,
@@ -64,16 +63,24 @@ HEADROOM = 0.95  # the loosest budget, as a fraction of the base model's cost
 @dataclass(frozen=True)
 class Curves:
     """Stage-0 sensitivity: the metrics of the all-low point (the reference) and of each group pruned alone at each
-    ratio of its grid; an evaluation that failed is left out. Metrics: each objective's value (accuracy is the
-    proxy accuracy), plus ``latency_ms`` and ``macs`` predicted where they are not objectives."""
+    ratio of its grid; an evaluation that failed is left out. Metrics: each objective's value (the task's metric,
+    ``score``, is its proxy value), plus ``latency_ms`` and ``macs`` predicted where they are not objectives."""
 
     criterion: str
     low: dict[str, float]                              # group -> its low ratio (the reference's)
     reference: dict[str, float]
     points: dict[str, dict[float, dict[str, float]]]   # group -> ratio -> metrics
+    score: str = "accuracy"                            # the task's metric
+    maximize: bool = True                              # its direction
+
+    def drop(self, metrics: dict[str, float]) -> float:
+        """How much worse than the reference ``metrics`` score (negative: better)."""
+        change = self.reference[self.score] - metrics[self.score]
+        return change if self.maximize else -change
 
     def to_json(self) -> dict[str, Any]:
-        return {"criterion": self.criterion, "low": self.low, "reference": self.reference,
+        return {"criterion": self.criterion, "score": self.score, "maximize": self.maximize, "low": self.low,
+                "reference": self.reference,
                 "curves": [{"group": g, "ratio": r, **m} for g, by_ratio in self.points.items()
                            for r, m in by_ratio.items()]}
 
@@ -84,7 +91,8 @@ class Curves:
             metrics = {k: float(v) for k, v in row.items() if k not in ("group", "ratio")}
             points[row["group"]][float(row["ratio"])] = metrics
         return cls(data["criterion"], {g: float(r) for g, r in data["low"].items()},
-                   {k: float(v) for k, v in data["reference"].items()}, points)
+                   {k: float(v) for k, v in data["reference"].items()}, points, data.get("score", "accuracy"),
+                   bool(data.get("maximize", True)))
 
 
 @dataclass(frozen=True)
@@ -94,7 +102,7 @@ class Allocation:
     budget: float
     ratios: dict[str, float]
     additive: float  # the knapsack's cost: the reference's minus the sum of the savings (latency in ms, or MACs)
-    score: float     # predicted proxy accuracy (additive)
+    score: float     # the task's metric on its proxy split, predicted (additive)
     cost: float      # the whole structure's cost as the latency (MACs) model predicts it; additive without one
 
     def point(self, criterion: str) -> dict[str, Any]:
@@ -110,9 +118,9 @@ class Knapsack:
 
     def __init__(self, curves: Curves, metric: str, bins: int = BINS) -> None:
         self.curves, self.metric = curves, metric
-        self.ref_cost, self.ref_score = curves.reference[metric], curves.reference[SCORE]
+        self.ref_cost, self.ref_score = curves.reference[metric], curves.reference[curves.score]
         # per group: (ratio, saving, drop), the low first
-        self.options = [[(low, 0.0, 0.0)] + [(r, self.ref_cost - m[metric], self.ref_score - m[SCORE])
+        self.options = [[(low, 0.0, 0.0)] + [(r, self.ref_cost - m[metric], curves.drop(m))
                                               for r, m in sorted(curves.points[g].items()) if r != low]
                         for g, low in curves.low.items()]
         # savings shifted so that each group's smallest is 0 (a measured "saving" may be negative)
@@ -151,12 +159,13 @@ class Knapsack:
             chosen.append(i)
         picks = [opts[i] for opts, i in zip(self.options, reversed(chosen))]
         additive = self.ref_cost - sum(s for _, s, _ in picks)
+        drop = sum(d for _, _, d in picks)
         return Allocation(budget, {g: r for g, (r, _, _) in zip(self.curves.low, picks)}, additive,
-                          self.ref_score - sum(d for _, _, d in picks), additive)
+                          self.ref_score - drop if self.curves.maximize else self.ref_score + drop, additive)
 
 
 def fit(knapsack: Knapsack, budget: float, model: Predict | None, space: SearchSpace) -> Allocation | None:
-    """The allocation for ``budget`` with the highest predicted accuracy whose whole structure ``model`` predicts
+    """The allocation for ``budget`` with the best predicted metric whose whole structure ``model`` predicts
     within it (``model``: channels per group -> cost): the largest additive budget that passes, by bisection. Without
     a model, the knapsack's own allocation. None when nothing reaches the budget."""
     if model is None:
@@ -232,7 +241,7 @@ def shared_cache(key: str) -> Path:
 
 
 def plot_curves(curves: Curves, metric: str) -> bytes:
-    """``sensitivity.png``: per group, proxy accuracy and the cost saved against its ratio."""
+    """``sensitivity.png``: per group, the metric's proxy value and the cost saved against its ratio."""
     from autoprune.search.plot import plt
 
     fig, (acc, saved) = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
@@ -240,9 +249,9 @@ def plot_curves(curves: Curves, metric: str) -> bytes:
     for g, low in curves.low.items():
         ratios = [low] + sorted(r for r in curves.points[g] if r != low)
         rows = [ref] + [curves.points[g][r] for r in ratios[1:]]
-        acc.plot(ratios, [m[SCORE] for m in rows], marker="o", ms=3, label=g)
+        acc.plot(ratios, [m[curves.score] for m in rows], marker="o", ms=3, label=g)
         saved.plot(ratios, [ref[metric] - m[metric] for m in rows], marker="o", ms=3, label=g)
-    acc.set_ylabel("proxy accuracy (stage 0)")
+    acc.set_ylabel(f"proxy {curves.score} (stage 0)")
     saved.set_ylabel(f"{'latency (ms)' if metric == 'latency_ms' else 'MACs'} saved")
     for ax in (acc, saved):
         ax.set_xlabel("pruning ratio of the group alone")
@@ -265,7 +274,7 @@ class SensitivitySearcher(Searcher):
 
     def __init__(self, space: SearchSpace, **kwargs: Any) -> None:
         super().__init__(space, **kwargs)
-        score_index(self.objectives, self.name)  # the proxy accuracy must reach the searcher
+        self.score = self.objectives[score_index(self.objectives, self.name)]  # its proxy value must reach us
         names = [o.name for o in self.objectives]
         self.run_dir: RunDir | None = self.settings.get("run_dir")
         self.predictors: dict[str, Predict | None] = {"latency_ms": self.settings.get("predict_latency"),
@@ -346,7 +355,7 @@ class SensitivitySearcher(Searcher):
             group = next(g for g in low if point[g] != low[g])
             if policy_key(point) in ok:
                 points[group][point[group]] = ok[policy_key(point)]
-        curves = Curves(self.criterion, low, reference, points)
+        curves = Curves(self.criterion, low, reference, points, self.score.name, self.score.maximize)
         if self.shared is not None:
             self.shared.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.shared.with_suffix(f".{os.getpid()}.tmp")
@@ -410,7 +419,7 @@ class SensitivitySearcher(Searcher):
         assert self.run_dir is not None
         record = {"key": self.key, **curves.to_json(), "cost": self.metric, "base_cost": base,
                   "allocations": [{"budget": a.budget, "ratios": a.ratios, f"predicted_{self.metric}": a.cost,
-                                   f"additive_{self.metric}": a.additive, f"predicted_{SCORE}": a.score}
+                                   f"additive_{self.metric}": a.additive, f"predicted_{curves.score}": a.score}
                                   for a in plan]}
         self.run_dir.write_text(SENSITIVITY_FILE, json.dumps(record, indent=1))
         self.run_dir.write_bytes(PLOT_FILE, plot_curves(curves, self.metric))
