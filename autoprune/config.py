@@ -20,7 +20,12 @@ from autoprune.objectives import COSTS, Objective, metric_objective, parse_objec
 
 DEFAULTS: dict[str, Any] = {
     "name": "search",
+    # model: a zoo name, 'torchvision:NAME' or a user factory 'package.module:factory'
     "model": "resnet20",
+    # task: null (the built-in image classification on 'data') or a user's Task, 'package.module:Class', built with
+    # task_args on every worker; its metric must be the one named under 'metric'
+    "task": None,
+    "task_args": {},
     # the task's figure of merit: what evaluate returns, its direction (max or min); objectives and constraints
     # name it, the front, tables and model cards show it
     "metric": {"name": "accuracy", "mode": "max"},
@@ -28,7 +33,9 @@ DEFAULTS: dict[str, Any] = {
              "max_train_samples": None},
     # sparsity_l1 > 0: fine-tune the base for sparsity_epochs with an L1 penalty on batch-norm scales (network
     # slimming) before the search, at lr * 0.1; saved beside the base and reused
-    "base": {"checkpoint": None, "epochs": 10.0, "lr": 0.1, "batch_size": 128, "sparsity_l1": 0.0,
+    # weights: a state_dict the user trained (loaded with weights_only into 'model'; nothing is retrained); else
+    # checkpoint: an autoprune base checkpoint, trained on the classification data when missing
+    "base": {"checkpoint": None, "weights": None, "epochs": 10.0, "lr": 0.1, "batch_size": 128, "sparsity_l1": 0.0,
              "sparsity_epochs": 1.0},
     "space": {"ratio": {"low": 0.0, "high": 0.7, "step": 0.1}, "groups": {}, "ignore": [], "round_to": 1,
               "criteria": ["l1"], "reconstruct": False},  # reconstruct: least-squares re-fit of pruned layers' consumers
@@ -59,12 +66,13 @@ DEFAULTS: dict[str, Any] = {
                 "target": None, "table": None, "screen_margin": 0.15, "shared_reference": True},
     "max_failures": 1,
 }
-NULLABLE = {"objectives": list, "time_budget_s": float, "data.root": str, "data.max_train_samples": int,
+NULLABLE = {"task": str, "base.weights": str, "objectives": list, "time_budget_s": float, "data.root": str,
+            "data.max_train_samples": int,
             "base.checkpoint": str, "latency.threads": int, "latency.target": str, "latency.table": str,
             "latency.screen_margin": float}
 SEEDABLE = ("nsga2", "tpe", "gp", "random")  # searchers that start from warm-start points (Optuna-backed)
-PATH_KEYS = ("data.root", "base.checkpoint", "latency.table")
-FREE_FORM = {"space.groups"}  # mapping of group name -> {low, high, step}
+PATH_KEYS = ("data.root", "base.checkpoint", "base.weights", "latency.table")
+FREE_FORM = {"space.groups", "task_args"}  # space.groups: group name -> {low, high, step}; task_args: any
 
 _CONSTRAINT = re.compile(
     r"^\s*(?P<metric>\w+)\s*(?P<op><=|>=)\s*(?:(?P<base>base)\s*(?:(?P<sign>[-+*])\s*(?P<delta>[0-9.eE+-]+))?"

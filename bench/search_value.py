@@ -40,7 +40,7 @@ from typing import Any
 from autoprune.config import load_config
 from autoprune.data import load_data
 from autoprune.deploy.finalize import finalize
-from autoprune.search.controller import data_spec, ensure_base, run_search
+from autoprune.search.controller import build_task, data_spec, ensure_base, run_search
 from autoprune.search.results import read_trials
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -220,7 +220,8 @@ def main() -> int:
                   f"finetune.epochs={args.finetune_epochs}", "concurrency=2",
                   *([f"data.max_train_samples={args.train_samples}"] if args.train_samples else [])]
         config = load_config(CONFIG, common)  # the base is trained here, so no searcher is charged for it
-        ensure_base(config, load_data(data_spec(config)), print)
+        data = load_data(data_spec(config))
+        ensure_base(config, data, build_task(config, data), print)
         for seed in (int(s) for s in args.seeds.split(",")):
             for name in args.methods.split(","):
                 if name == "fastnas":

@@ -83,14 +83,14 @@ def test_config_keys_default_and_validate():
 def test_ensure_base_trains_saves_and_reuses_the_slimmed_base(tmp_path):
     from autoprune.data import DataSpec, load_data
     from autoprune.pruning import checkpoint
-    from autoprune.search.controller import ensure_base
+    from autoprune.search.controller import build_task, ensure_base
 
     data = load_data(DataSpec(max_train_samples=256))
     base_path = tmp_path / "base.pt"
     config = load_config(None, ["model=toy_models:branchy", f"base.checkpoint={base_path}", "base.epochs=1",
                                 "base.sparsity_l1=0.01", "base.sparsity_epochs=2", "base.batch_size=64"])
     lines: list[str] = []
-    slim, slim_path = ensure_base(config, data, lines.append)
+    slim, slim_path = ensure_base(config, data, build_task(config, data), lines.append)
 
     assert slim_path == tmp_path / "base.slim-0.01-2ep.pt" and slim_path.is_file() and base_path.is_file()
     assert slim.metrics["sparsity_l1"] == 0.01 and slim.metrics["sparsity_trained_from"] == str(base_path)
@@ -99,9 +99,9 @@ def test_ensure_base_trains_saves_and_reuses_the_slimmed_base(tmp_path):
     assert any(not torch.equal(slim.state_dict[k], base.state_dict[k]) for k in base.state_dict)
 
     lines.clear()
-    again, again_path = ensure_base(config, data, lines.append)
+    again, again_path = ensure_base(config, data, build_task(config, data), lines.append)
     assert again_path == slim_path and "reused" in lines[-1]
     assert all(torch.equal(again.state_dict[k], v) for k, v in slim.state_dict.items())
     plain = copy.deepcopy(config)
     plain.raw["base"]["sparsity_l1"] = 0.0
-    assert ensure_base(plain, data, lines.append)[1] == base_path
+    assert ensure_base(plain, data, build_task(plain, data), lines.append)[1] == base_path

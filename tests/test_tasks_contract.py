@@ -1,5 +1,5 @@
-"""The contract every Task meets (like Optuna's sampler test suite): the built-in classification task and a
-denoising task with a metric to minimise both pass it."""
+"""The contract every Task meets (like Optuna's sampler test suite): the built-in classification task, a denoising
+task with a metric to minimise, and that task named by import path all pass it."""
 import math
 
 import pytest
@@ -12,6 +12,7 @@ from autoprune.models import ModelSpec, build_model
 from autoprune.objectives import MODES
 from autoprune.tasks.base import SPLITS, Metric, Task
 from autoprune.tasks.classification import ClassificationTask, Recipe
+from autoprune.tasks.imported import ImportedTask
 
 
 def classification():
@@ -24,7 +25,11 @@ def denoising():
     return DenoisingTask(), lambda: Denoiser().eval()
 
 
-IMPLEMENTATIONS = {"classification": classification, "denoising": denoising}
+def imported():
+    return ImportedTask("toy_tasks:DenoisingTask", {"samples": 64}), lambda: Denoiser().eval()
+
+
+IMPLEMENTATIONS = {"classification": classification, "denoising": denoising, "imported": imported}
 
 
 @pytest.fixture(params=sorted(IMPLEMENTATIONS), scope="module")

@@ -167,12 +167,11 @@ def export_trial(run_dir: str | Path | RunDir, row: dict[str, Any], out: str | P
 
 def run_task(run: RunDir) -> Task:
     """The task the run searched with (from its ``config.yaml``): exports are checked with it."""
-    from autoprune.data import load_data
     from autoprune.deploy.finalize import run_config
-    from autoprune.search.controller import build_task, data_spec
+    from autoprune.search.controller import build_task, classification_data
 
     config = run_config(run)
-    return build_task(config, load_data(data_spec(config)))
+    return build_task(config, classification_data(config))
 
 
 def write_export(out: Path, ckpt: ckpt_io.Checkpoint, policy: Policy, metrics: dict[str, Any], card: str,
@@ -221,6 +220,8 @@ def model_card(title: str, about: str, columns: Sequence[tuple[str, dict[str, An
     lines.append("| speedup (base latency / latency) | " + " | ".join(
         f"{c.get('speedup', base_ms / c['latency_ms']):.2f}x" for _, c in columns) + " |")
     pre = metrics["preprocess"]
+    inputs = (f"pixels scaled to [0, 1], then normalised with\nmean `{[round(x, 4) for x in pre['mean']]}` and std "
+              f"`{[round(x, 4) for x in pre['std']]}`." if pre else "prepared as the task prepares them.")
     return f"""# {title}
 
 {about}
@@ -231,8 +232,7 @@ def model_card(title: str, about: str, columns: Sequence[tuple[str, dict[str, An
 
 ## Use
 
-Inputs: shape `{metrics['input_shape']}` (any batch size), pixels scaled to [0, 1], then normalised with
-mean `{[round(x, 4) for x in pre['mean']]}` and std `{[round(x, 4) for x in pre['std']]}`.
+Inputs: shape `{metrics['input_shape']}` (any batch size), {inputs}
 
 ```python
 import torch

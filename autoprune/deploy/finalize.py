@@ -24,7 +24,6 @@ from autoprune.search.storage import RunDir, as_run_dir
 
 if TYPE_CHECKING:
     from autoprune.config import SearchConfig
-    from autoprune.data import ImageData
     from autoprune.measure.latency import LatencySpec
     from autoprune.search.trial import TrialResult
 
@@ -48,13 +47,12 @@ def finalize(run_dir: str | Path | RunDir, pick: str = "knee", epochs: float | N
     (default: the run's ``finetune.final_epochs``) with distillation from the base unless ``kd`` is False, and
     write the export files into ``out``. Returns the contents of ``metrics.json``."""
     # imported here: ``import autoprune`` imports this module and stays light (controller brings matplotlib)
-    from autoprune.data import load_data
     from autoprune.measure.latency import local_meter
     from autoprune.pruning.policy import discover
     from autoprune.search.controller import (
+        base_checkpoint_path,
         build_task,
-        data_spec,
-        default_base_path,
+        classification_data,
         slim_base,
         space_point,
         trial_settings,
@@ -72,7 +70,7 @@ def finalize(run_dir: str | Path | RunDir, pick: str = "knee", epochs: float | N
     epochs = config["finetune.final_epochs"] if epochs is None else float(epochs)
     if epochs < 0:
         raise AutopruneError(f"--epochs must be >= 0, got {epochs}")
-    base_path = Path(config["base.checkpoint"] or default_base_path(config))
+    base_path = base_checkpoint_path(config)
     if not base_path.is_file():
         raise AutopruneError(f"base checkpoint '{base_path}' of run '{run}' does not exist: finalize prunes the base "
                              f"the run searched (config key 'base.checkpoint')")
@@ -80,8 +78,9 @@ def finalize(run_dir: str | Path | RunDir, pick: str = "knee", epochs: float | N
     if base.model_spec.arch != config["model"]:
         raise AutopruneError(f"base checkpoint '{base_path}' holds '{base.model_spec.arch}', but run '{run}' searched "
                              f"'{config['model']}'")
-    data = load_data(data_spec(config))
-    base, base_path = slim_base(config, data, base, base_path, echo)  # the base the search pruned
+    data = classification_data(config)
+    if data is not None:
+        base, base_path = slim_base(config, data, base, base_path, echo)  # the base the search pruned
     base_model = base.build(base_path)
     groups = discover(base_model, base.example_input, ignore=config["space.ignore"])
     space = SearchSpace.from_config(config, groups)
@@ -93,7 +92,7 @@ def finalize(run_dir: str | Path | RunDir, pick: str = "knee", epochs: float | N
     searched = trial_settings(config)
     # fine-tune on every core this process may use; time latency as the search did (its threads and batch)
     settings = replace(searched, finetune_epochs=epochs, kd=kd, threads=max(searched.threads, _cores()))
-    spec = searched.latency_spec(data.input_shape)
+    spec = searched.latency_spec(base.input_shape)
     meter = local_meter(base_model, base.example_input, groups, spec,
                         shared_reference=config["latency.shared_reference"])
     echo(f"finalizing trial {row['trial_id']} ({pick}) of {run}: criterion '{policy.criterion}', fine-tuning "
@@ -107,9 +106,9 @@ def finalize(run_dir: str | Path | RunDir, pick: str = "knee", epochs: float | N
     if metrics_differ(result.base[f"test_{name}"], row[f"base_test_{name}"]):
         echo(f"note: base '{base_path}' gives test {name} {result.base[f'test_{name}']:.4f}, the search's base "
              f"gave {row[f'base_test_{name}']:.4f}: it may not be the base the run searched")
-    metrics = final_metrics(row, pick, run, config, data, result, name, {**settings.to_dict(), **task.describe()},
+    metrics = final_metrics(row, pick, run, config, base, result, name, {**settings.to_dict(), **task.describe()},
                             spec)
-    ckpt = ckpt_io.from_model(result.model, base.model_spec, data.spec, data.input_shape, data.preprocess(),
+    ckpt = ckpt_io.from_model(result.model, base.model_spec, base.data_spec, base.input_shape, base.preprocess,
                               result.pruned)
     metrics["seconds"] = {"load": loaded, **result.seconds}
     write_export(Path(out), ckpt, policy, metrics, finalized_card(metrics, policy.criterion), task)
@@ -124,7 +123,7 @@ def _epochs(n: float) -> str:
     return f"{n:g} epoch" + ("" if n == 1 else "s")
 
 
-def final_metrics(row: dict[str, Any], pick: str, run: RunDir, config: SearchConfig, data: ImageData,
+def final_metrics(row: dict[str, Any], pick: str, run: RunDir, config: SearchConfig, base_ckpt: ckpt_io.Checkpoint,
                   result: TrialResult, metric: str, finetune: dict[str, Any], spec: LatencySpec) -> dict[str, Any]:
     """``metrics.json``: export's keys (the final model's figures, the base measured again), ``search`` (the
     trial's row), ``final`` (after the full fine-tune), ``finetune`` (the trial settings and the task's recipe)
@@ -139,7 +138,7 @@ def final_metrics(row: dict[str, Any], pick: str, run: RunDir, config: SearchCon
     return {"trial_id": row["trial_id"], "model": config["model"], "pick": pick, "run_dir": str(run),
             "metric": metric, f"test_{metric}": pruned[f"test_{metric}"], f"val_{metric}": pruned[f"val_{metric}"],
             **{k: pruned[k] for k in COST_KEYS},
-            "input_shape": ["batch", *data.input_shape], "preprocess": data.preprocess(),
+            "input_shape": ["batch", *base_ckpt.input_shape], "preprocess": base_ckpt.preprocess,
             "base": {metric: base[f"val_{metric}"], f"test_{metric}": base[f"test_{metric}"],
                      **{k: base[k] for k in ("size_bytes", "latency_ms", "params", "macs")}},
             "search": search, "final": final, "finetune": finetune, "latency": asdict(spec)}

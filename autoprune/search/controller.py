@@ -49,6 +49,7 @@ from autoprune.search.storage import RunDir, as_run_dir
 from autoprune.search.trial import TrialSettings
 from autoprune.tasks.base import Task
 from autoprune.tasks.classification import ClassificationTask, Recipe
+from autoprune.tasks.imported import ImportedTask
 
 MARKER_VERSION = 2  # 2: objectives and the Optuna study (name, journal file) recorded
 Echo = Callable[[str], None]
@@ -70,14 +71,27 @@ def default_base_path(config: SearchConfig) -> Path:
     return Path("runs") / "bases" / f"{slug}.pt"
 
 
+def base_checkpoint_path(config: SearchConfig) -> Path:
+    """Where the search's base checkpoint is: ``base.checkpoint``; else, for ``base.weights``, one named after the
+    weights' digest, and the default for the model and data otherwise."""
+    if config["base.checkpoint"]:
+        return Path(config["base.checkpoint"])
+    if config["base.weights"] and Path(config["base.weights"]).is_file():
+        digest = hashlib.sha256(Path(config["base.weights"]).read_bytes()).hexdigest()
+        return default_base_path(config).with_name(f"weights-{digest[:16]}.pt")
+    return default_base_path(config)
+
+
 def data_spec(config: SearchConfig) -> DataSpec:
     root = config["data.root"] or os.environ.get("AUTOPRUNE_DATA")
     return DataSpec(config["data.dataset"], root, config["data.val_fraction"], config["data.seed"],
                     config["data.image_size"], max_train_samples=config["data.max_train_samples"])
 
 
-def ensure_base(config: SearchConfig, data: ImageData, echo: Echo) -> tuple[ckpt_io.Checkpoint, Path]:
-    """Load the base checkpoint, training (and saving) it first when it does not exist yet.
+def ensure_base(config: SearchConfig, data: ImageData | None, task: Task,
+                echo: Echo) -> tuple[ckpt_io.Checkpoint, Path]:
+    """The search's base checkpoint: from the user's weights (``base.weights``), else the checkpoint, trained on the
+    classification data (and saved) first when it does not exist yet.
 
     With ``base.sparsity_l1`` > 0 the search's base is its sparsity-trained copy (``slim_base``).
     """
@@ -86,6 +100,11 @@ def ensure_base(config: SearchConfig, data: ImageData, echo: Echo) -> tuple[ckpt
     from autoprune.models import ModelSpec, build_model
     from autoprune.tasks.training import TrainConfig, evaluate, train
 
+    if config["base.weights"]:
+        return base_from_weights(config, data, task, echo)
+    if data is None:
+        raise AutopruneError("config key 'base.weights': a search with a task of your own needs your trained model's "
+                             "weights (a state_dict file); autoprune trains bases for the built-in classification only")
     path = Path(config["base.checkpoint"] or default_base_path(config))
     if path.exists():
         base = ckpt_io.load(path)
@@ -108,6 +127,61 @@ def ensure_base(config: SearchConfig, data: ImageData, echo: Echo) -> tuple[ckpt
     ckpt_io.save(base, path)
     echo(f"saved base {path}: val_accuracy {metrics['val_accuracy']:.4f}")
     return slim_base(config, data, base, path, echo)
+
+
+def base_from_weights(config: SearchConfig, data: ImageData | None, task: Task,
+                      echo: Echo) -> tuple[ckpt_io.Checkpoint, Path]:
+    """``model`` with the user's ``base.weights`` (a state_dict, loaded with ``weights_only``; every key must fit),
+    saved as the run's base checkpoint (``base.checkpoint``, else one named after the weights' digest)."""
+    import torch
+
+    from autoprune.models import ModelSpec, build_model
+
+    weights = Path(config["base.weights"])
+    if data is None and config["base.sparsity_l1"] > 0:
+        raise AutopruneError("config key 'base.sparsity_l1': sparsity training is the built-in classification "
+                             "task's; train your model with the L1 penalty yourself")
+    if not weights.is_file():
+        raise AutopruneError(f"config key 'base.weights': '{weights}' does not exist")
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    path = base_checkpoint_path(config)
+    if path.exists():
+        base = ckpt_io.load(path)
+        if base.metrics.get("weights_sha256") == digest and base.model_spec.arch == config["model"]:
+            return slim_base(config, data, base, path, echo) if data is not None else (base, path)
+    spec = (ModelSpec(config["model"], data.num_classes, data.input_shape[0]) if data is not None
+            else ModelSpec(config["model"]))
+    model = build_model(spec)
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001  (any unreadable file: one line naming it)
+        raise AutopruneError(f"config key 'base.weights': '{weights}' is not a readable state_dict: "
+                             f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise AutopruneError(f"config key 'base.weights': '{weights}' is not a state_dict (a mapping of names to "
+                             f"tensors)")
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        what = f"misses '{missing[0]}'" if missing else f"has unexpected '{unexpected[0]}'"
+        raise AutopruneError(f"config key 'base.weights': '{weights}' does not fit model '{config['model']}': it "
+                             f"{what} ({len(missing)} missing, {len(unexpected)} unexpected)")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise AutopruneError(f"config key 'base.weights': '{weights}' does not fit model '{config['model']}': "
+                             f"{str(e).strip().splitlines()[-1].strip()}") from None
+    model.eval()
+    name = task.metric.name
+    metrics = {f"val_{name}": task.evaluate(model, "val"), f"test_{name}": task.evaluate(model, "test"),
+               "weights": str(weights), "weights_sha256": digest}
+    example = task.example_input()
+    base = ckpt_io.from_model(model, spec, data.spec if data is not None else data_spec(config),
+                              tuple(example.shape[1:]), data.preprocess() if data is not None else {}, metrics)
+    ckpt_io.save(base, path)
+    echo(f"base from weights {weights}: val_{name} {metrics[f'val_{name}']:.4f} (saved as {path})")
+    return slim_base(config, data, base, path, echo) if data is not None else (base, path)
 
 
 def slim_base(config: SearchConfig, data: ImageData, base: ckpt_io.Checkpoint, path: Path,
@@ -149,30 +223,34 @@ def slim_base(config: SearchConfig, data: ImageData, base: ckpt_io.Checkpoint, p
     return slim, slim_path
 
 
-def structure_base(config: SearchConfig, data: ImageData, echo: Echo) -> Any:
-    """The base model when only its structure matters (MACs, size, latency): the checkpoint when there is one,
-    else the untrained architecture, which has the same structure and needs no training."""
+def structure_base(config: SearchConfig, echo: Echo) -> tuple[Any, Any]:
+    """The base model when only its structure matters (MACs, size, latency), with an example input: the checkpoint
+    when there is one, else the untrained architecture, which has the same structure and needs no training."""
+    import torch
+
     from autoprune.models import ModelSpec, build_model
 
-    path = Path(config["base.checkpoint"] or default_base_path(config))
+    path = base_checkpoint_path(config)
     if path.exists():
-        return ckpt_io.load(path).build(path)
+        base = ckpt_io.load(path)
+        return base.build(path), base.example_input
     echo(f"base checkpoint {path} not found: using the untrained {config['model']} (same structure)")
-    return build_model(ModelSpec(config["model"], data.num_classes, data.input_shape[0])).eval()
+    data = classification_data(config)
+    if data is None:
+        example = build_task(config, None).example_input()
+        return build_model(ModelSpec(config["model"])).eval(), torch.zeros_like(example)
+    return (build_model(ModelSpec(config["model"], data.num_classes, data.input_shape[0])).eval(),
+            torch.zeros(1, *data.input_shape))
 
 
 def space_command(config: SearchConfig, echo: Echo) -> None:
     """``autoprune space``: the space's corners measured in-process; an unmeetable constraint is an error."""
-    import torch
-
-    data = load_data(data_spec(config))
-    model = structure_base(config, data, echo)
-    example = torch.zeros(1, *data.input_shape)
+    model, example = structure_base(config, echo)
     groups = discover(model, example, ignore=config["space.ignore"])
     space = SearchSpace.from_config(config, groups)
     settings = trial_settings(config)
     table = LatencyTable.load(config["latency.table"]) if config["latency.table"] else None
-    meter = local_meter(model, example, groups, settings.latency_spec(data.input_shape), table,
+    meter = local_meter(model, example, groups, settings.latency_spec(tuple(example.shape[1:])), table,
                         config["latency.shared_reference"])
     echo(f"{config['model']}: {len(groups)} prunable groups, ratios "
          f"{min(p.low for p in space.params)}..{max(p.high for p in space.params)}, {settings.threads} thread(s), "
@@ -182,16 +260,12 @@ def space_command(config: SearchConfig, echo: Echo) -> None:
 
 def latency_table_command(config: SearchConfig, out: str, echo: Echo) -> None:
     """``autoprune latency-table``: time every layer at the space's ratios on the target; write JSON to ``out``."""
-    import torch
-
-    data = load_data(data_spec(config))
-    model = structure_base(config, data, echo)
-    example = torch.zeros(1, *data.input_shape)
+    model, example = structure_base(config, echo)
     groups = discover(model, example, ignore=config["space.ignore"])
     space = SearchSpace.from_config(config, groups)
     fractions = sorted({round(1.0 - r, 4) for p in space.params for r in p.grid()})
     structure = StructureModel.from_model(model, example, groups)
-    spec = trial_settings(config).latency_spec(data.input_shape)
+    spec = trial_settings(config).latency_spec(tuple(example.shape[1:]))
     start = time.perf_counter()
     if config["latency.target"]:
         import ray
@@ -233,9 +307,19 @@ def recipe(config: SearchConfig) -> Recipe:
                   seed=config["searcher.seed"], proxy_samples=config["searcher.proxy_samples"])
 
 
-def build_task(config: SearchConfig, data: ImageData) -> Task:
-    """The task every candidate of the search is fine-tuned and evaluated on; it must report the config's metric."""
-    task = ClassificationTask(data, recipe(config))
+def classification_data(config: SearchConfig) -> ImageData | None:
+    """The image data of the built-in classification task; None for a task of the user's (it loads its own)."""
+    return load_data(data_spec(config)) if config["task"] is None else None
+
+
+def build_task(config: SearchConfig, data: ImageData | None) -> Task:
+    """The task every candidate of the search is fine-tuned and evaluated on (``data``: the classification data,
+    None for a task given by import path); it must report the config's metric."""
+    if config["task"] is not None:
+        task: Task = ImportedTask(config["task"], config["task_args"])
+    else:
+        assert data is not None, "the built-in classification task needs its data"
+        task = ClassificationTask(data, recipe(config))
     if (task.metric.name, task.metric.mode) != (config["metric.name"], config["metric.mode"]):
         raise AutopruneError(f"config key 'metric': the {type(task).__name__} reports {task.metric.name} "
                              f"({task.metric.mode}), not {config['metric.name']} ({config['metric.mode']})")
@@ -337,9 +421,9 @@ def run_search(config: SearchConfig, run_dir: str | Path | RunDir, *, resume: bo
     """Run (or resume) the search described by ``config`` into ``run_dir`` (a path or a filesystem URI)."""
     run_dir = as_run_dir(run_dir)
     marker = prepare_run_dir(run_dir, config, resume)
-    data = load_data(data_spec(config))
+    data = classification_data(config)
     task = build_task(config, data)
-    base, base_path = ensure_base(config, data, echo)
+    base, base_path = ensure_base(config, data, task, echo)
     base_model = base.build(base_path)
     groups = discover(base_model, base.example_input, ignore=config["space.ignore"])
     space = SearchSpace.from_config(config, groups)

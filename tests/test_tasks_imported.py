@@ -1,0 +1,81 @@
+"""Tasks named by import path, and bases from the user's own weights."""
+import pickle
+
+import pytest
+import torch
+from toy_tasks import Denoiser
+
+from autoprune.config import load_config
+from autoprune.errors import AutopruneError
+from autoprune.search.controller import base_from_weights, build_task
+from autoprune.tasks.imported import ImportedTask
+
+TASK = ["model=toy_tasks:Denoiser", "task=toy_tasks:DenoisingTask", "task_args={samples: 48}",
+        "metric={name: mse, mode: min}"]
+
+
+def test_an_imported_task_travels_as_its_path_and_arguments():
+    task = ImportedTask("toy_tasks:DenoisingTask", {"samples": 48})
+    assert task.metric.name == "mse" and task._task is None  # the class's metric, without building the task
+    first = task.calibration(2)
+    payload = pickle.dumps(task)
+    assert len(payload) < 1000 and b"toy_tasks:DenoisingTask" in payload  # no data in it
+    again = pickle.loads(payload)
+    assert again._task is None
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(first, again.calibration(2)))
+
+
+@pytest.mark.parametrize("path, needle", [
+    ("toy_tasks.DenoisingTask", "is not 'package.module:Class'"),
+    ("no_such_module:Task", "cannot import 'no_such_module'"),
+    ("toy_tasks:Denoiser", "is not a subclass of autoprune.tasks.Task"),
+    ("toy_tasks:Missing", "is not a subclass of autoprune.tasks.Task"),
+])
+def test_a_bad_task_path_is_named(path, needle):
+    with pytest.raises(AutopruneError, match=needle):
+        ImportedTask(path)
+
+
+def test_unknown_task_arguments_are_named_on_first_use():
+    task = ImportedTask("toy_tasks:DenoisingTask", {"colour": "red"})
+    with pytest.raises(AutopruneError, match="config key 'task_args'.*colour"):
+        task.calibration(1)
+
+
+def test_the_config_metric_must_be_the_tasks():
+    with pytest.raises(AutopruneError, match=r"the ImportedTask reports mse \(min\), not accuracy \(max\)"):
+        build_task(load_config(None, TASK[:3]), None)
+    assert build_task(load_config(None, TASK), None).metric.name == "mse"
+
+
+def weights_config(tmp_path, state):
+    path = tmp_path / "weights.pt"
+    torch.save(state, path)
+    return load_config(None, [*TASK, f"base.weights={path}", f"base.checkpoint={tmp_path / 'base.pt'}"])
+
+
+def test_the_base_comes_from_the_users_weights_unchanged(tmp_path):
+    torch.manual_seed(3)
+    trained = Denoiser()
+    config = weights_config(tmp_path, trained.state_dict())
+    lines = []
+    base, path = base_from_weights(config, None, build_task(config, None), lines.append)
+    assert path == tmp_path / "base.pt" and path.is_file() and "base from weights" in lines[0]
+    rebuilt = base.build(path)
+    assert all(torch.equal(a, b) for a, b in zip(rebuilt.state_dict().values(), trained.state_dict().values()))
+    assert base.input_shape == (1, 12, 12) and base.metrics["val_mse"] > 0
+    again, _ = base_from_weights(config, None, build_task(config, None), lines.append)  # same weights: reused
+    assert len(lines) == 1 and again.metrics == base.metrics
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (lambda s: {k: v for k, v in s.items() if k != "body.0.weight"}, "misses 'body.0.weight'"),
+    (lambda s: {**s, "head.weight": torch.zeros(1)}, "has unexpected 'head.weight'"),
+    (lambda s: {**s, "body.0.weight": torch.zeros(3)}, "size mismatch for body.0.weight"),
+    (lambda s: [1, 2], "is not a state_dict"),
+])
+def test_weights_that_do_not_fit_name_the_first_bad_key(tmp_path, edit, needle):
+    config = weights_config(tmp_path, edit(Denoiser().state_dict()))
+    with pytest.raises(AutopruneError, match=needle) as e:
+        base_from_weights(config, None, build_task(config, None), print)
+    assert "\n" not in str(e.value)
