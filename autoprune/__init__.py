@@ -7,6 +7,9 @@ from autoprune.deploy.export import export, load
 from autoprune.deploy.finalize import finalize
 from autoprune.errors import AutopruneError
 from autoprune.pruning import Policy, PrunableGroup, discover, prune
+from autoprune.searching.api import SearchResult, search
+from autoprune.tasks import Metric, Task
 
-__all__ = ["AutopruneError", "Policy", "PrunableGroup", "discover", "export", "finalize", "load", "prune"]
+__all__ = ["AutopruneError", "Metric", "Policy", "PrunableGroup", "SearchResult", "Task", "discover", "export",
+           "finalize", "load", "prune", "search"]
 __version__ = "0.1.0"

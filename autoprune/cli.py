@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from autoprune.errors import AutopruneError
-from autoprune.search.storage import RunDir
+from autoprune.searching.storage import RunDir
 
 EXIT_USAGE = 2
 
@@ -93,7 +93,7 @@ def cmd_prune(args: argparse.Namespace) -> None:
     from autoprune.data import load_data
     from autoprune.pruning import checkpoint
     from autoprune.pruning.policy import Policy
-    from autoprune.search.trial import TrialSettings, run_trial
+    from autoprune.searching.trial import TrialSettings, run_trial
     from autoprune.tasks.classification import ClassificationTask, Recipe
 
     timings: dict[str, float] = {}
@@ -140,7 +140,7 @@ def _same_run_dir(a: str, b: str) -> bool:
 
 def cmd_search(args: argparse.Namespace) -> None:
     from autoprune.config import load_config
-    from autoprune.search.controller import check_resumable, run_search, summary_table
+    from autoprune.searching.controller import check_resumable, run_search, summary_table
 
     if isinstance(args.resume, str):  # --resume RUN_DIR (a path or a filesystem URI, like --out)
         if args.out and not _same_run_dir(args.out, args.resume):
@@ -181,20 +181,20 @@ def cmd_search(args: argparse.Namespace) -> None:
 
 def cmd_space(args: argparse.Namespace) -> None:
     from autoprune.config import load_config
-    from autoprune.search.controller import space_command
+    from autoprune.searching.controller import space_command
 
     space_command(load_config(args.config, args.set), lambda m: print(m, flush=True))
 
 
 def cmd_latency_table(args: argparse.Namespace) -> None:
     from autoprune.config import load_config
-    from autoprune.search.controller import latency_table_command
+    from autoprune.searching.controller import latency_table_command
 
     latency_table_command(load_config(args.config, args.set), args.out, lambda m: print(m, flush=True))
 
 
 def cmd_submit(args: argparse.Namespace) -> None:
-    from autoprune.search import jobs
+    from autoprune.searching import jobs
 
     job_id = jobs.submit(args.config, args.address, args.working_dir, args.out, args.set)
     print(job_id)
@@ -203,20 +203,20 @@ def cmd_submit(args: argparse.Namespace) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> None:
-    from autoprune.search import jobs
+    from autoprune.searching import jobs
 
     print(jobs.status(args.job_id, args.address))
 
 
 def cmd_logs(args: argparse.Namespace) -> None:
-    from autoprune.search import jobs
+    from autoprune.searching import jobs
 
     jobs.logs(args.job_id, args.address, args.follow, lambda chunk: print(chunk, end="", flush=True))
 
 
 def cmd_front(args: argparse.Namespace) -> None:
-    from autoprune.search.front import format_rows, write_front
-    from autoprune.search.results import run_metric
+    from autoprune.searching.front import format_rows, write_front
+    from autoprune.searching.results import run_metric
 
     run_dir = RunDir(args.run_dir)
     if not run_dir.is_dir():

@@ -246,7 +246,7 @@ def _check_type(key: str, value: Any, default: Any) -> Any:
 def _validate(c: SearchConfig) -> None:
     from autoprune.data import DATASETS
     from autoprune.pruning.policy import CRITERIA
-    from autoprune.search.searchers import SEARCHERS
+    from autoprune.searching.searchers import SEARCHERS
 
     if c["data.dataset"] not in DATASETS:
         raise AutopruneError(f"config key 'data.dataset': unknown dataset '{c['data.dataset']}', use one of "

@@ -60,7 +60,7 @@ DEFAULT_OBJECTIVES = (ACCURACY, COSTS["size_bytes"], COSTS["latency_ms"])
 
 
 MODES = ("max", "min")
-# results columns a metric may not shadow (autoprune/search/results.py)
+# results columns a metric may not shadow (autoprune/searching/results.py)
 RESERVED = ("trial_id", "status", "error", "searcher", "criterion", "criterion_used", "feasible", "stage", "epochs",
             "host", "checkpoint", "resumed_from_epoch", "finished_at", "loss", "metric")
 

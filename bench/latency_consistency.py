@@ -28,8 +28,8 @@ import time
 from pathlib import Path
 
 from autoprune.config import load_config
-from autoprune.search.controller import run_search
-from autoprune.search.results import read_trials
+from autoprune.searching.controller import run_search
+from autoprune.searching.results import read_trials
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "search_spaces" / "resnet20_fashionmnist.yaml"

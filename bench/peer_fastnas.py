@@ -24,7 +24,7 @@ Protocol, for each FLOPs target t (a fraction of the base model's FLOPs):
    ModelOpt exports the winner in place to a plain ``nn.Module`` (checked: no dynamic module is left).
 2. Uniform L1 at equal MACs: ``autoprune.Policy.uniform(groups, r, criterion="l1")`` with the smallest r
    (bisection) whose pruned model has at most FastNAS's MACs; the bisection's seconds are reported the same way.
-3. Both models then go through autoprune's trial recipe (as in ``autoprune.search.trial.run_trial``): adaptive BN on
+3. Both models then go through autoprune's trial recipe (as in ``autoprune.searching.trial.run_trial``): adaptive BN on
    ``settings.bn_batches`` training batches, fine-tuning with ``autoprune.tasks.training.train`` (SGD, cosine,
    ``settings.finetune_epochs``, KD from the unpruned base with ``settings.kd_alpha`` / ``kd_temperature``),
    validation and test accuracy with ``autoprune.tasks.training.evaluate``, MACs with
@@ -57,7 +57,7 @@ from autoprune.data import ImageData, load_data
 from autoprune.measure.latency import LatencyMeter, local_meter
 from autoprune.measure.metrics import count_macs, count_params, serialized_size, torch_threads
 from autoprune.pruning import checkpoint as checkpoints
-from autoprune.search.trial import TrialSettings
+from autoprune.searching.trial import TrialSettings
 from autoprune.tasks.classification import CALIBRATION_BATCH, ClassificationTask, Recipe
 from autoprune.tasks.training import evaluate, recalibrate_bn
 

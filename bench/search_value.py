@@ -40,8 +40,8 @@ from typing import Any
 from autoprune.config import load_config
 from autoprune.data import load_data
 from autoprune.deploy.finalize import finalize
-from autoprune.search.controller import build_task, data_spec, ensure_base, run_search
-from autoprune.search.results import read_trials
+from autoprune.searching.controller import build_task, data_spec, ensure_base, run_search
+from autoprune.searching.results import read_trials
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "search_spaces" / "resnet20_fashionmnist.yaml"
@@ -122,7 +122,7 @@ def run_peer(arch: str, seed: int, args: argparse.Namespace, base: Path, out: Pa
     sys.path.insert(0, str(ROOT / "bench"))
     from peer_fastnas import run_fastnas
 
-    from autoprune.search.controller import recipe, trial_settings
+    from autoprune.searching.controller import recipe, trial_settings
 
     config = load_config(CONFIG, [*arch_overrides(arch), f"base.checkpoint={base}", f"searcher.seed={seed}"])
     settings = replace(trial_settings(config), finetune_epochs=args.final_epochs, kd=True, seed=seed,
@@ -167,7 +167,7 @@ def summarise(rows: list[dict[str, Any]]) -> str:
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
-    from autoprune.search.plot import plt
+    from autoprune.searching.plot import plt
 
     archs = sorted({r["arch"] for r in rows})
     fig, axes = plt.subplots(1, len(archs), figsize=(5.5 * len(archs), 4.2), squeeze=False, constrained_layout=True)

@@ -44,7 +44,7 @@ DEFAULT_SPACE = Path(__file__).resolve().parents[1] / "search_spaces" / "resnet2
 def stop_search_midway(run_dir: Path, sets: list[str], after_rows: int, sig: int) -> None:
     """Run ``autoprune search`` in a subprocess and send ``sig`` to its process group once
     ``after_rows`` trials are in ``trials.parquet``."""
-    from autoprune.search.results import read_trials
+    from autoprune.searching.results import read_trials
 
     args = [a for s in sets for a in ("--set", s)]
     proc = subprocess.Popen([sys.executable, "-m", "autoprune.cli", "search", str(DEFAULT_SPACE), *args,

@@ -107,7 +107,7 @@ def test_constraints_no_candidate_meets(tmp_path, base):
                "--set", "searcher.name=uniform", "--set", f"base.checkpoint={base}",
                "--set", "constraints=['accuracy >= base + 1']", "--out", run)
     refused(proc, "no trial met every constraint", "accuracy >= base + 1")
-    from autoprune.search.results import read_trials
+    from autoprune.searching.results import read_trials
 
     assert read_trials(run).num_rows == 2 and read_trials(run, "front.parquet").num_rows == 0
     # earlier results stay intact: a second search into the same directory is refused, nothing changes

@@ -2,7 +2,7 @@ import pytest
 
 from autoprune import AutopruneError
 from autoprune.config import DEFAULTS, Constraint, load_config, violations
-from autoprune.search.searchers import SEARCHERS
+from autoprune.searching.searchers import SEARCHERS
 
 SPACES = ["resnet20_fashionmnist", "resnet56_cifar10", "vgg16_cifar10", "mobilenetv2_cifar10"]
 

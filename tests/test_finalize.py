@@ -14,7 +14,7 @@ from autoprune.cli import main
 from autoprune.data import load_data
 from autoprune.deploy.export import EXPORT_FILES, check_test_metric, export_trial, pick_trial, verify_manifest
 from autoprune.pruning import checkpoint
-from autoprune.search.results import MARKER, read_trials
+from autoprune.searching.results import MARKER, read_trials
 from autoprune.tasks.training import evaluate
 
 

@@ -23,7 +23,7 @@ from autoprune.measure.latency import (
 from autoprune.measure.metrics import Latency
 from autoprune.models import ModelSpec, build_model
 from autoprune.pruning.structural import RECORD_ATTR
-from autoprune.search.feasibility import check_constraints, corner_policies
+from autoprune.searching.feasibility import check_constraints, corner_policies
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPE = (1, 28, 28)
@@ -156,7 +156,7 @@ def test_real_meter_times_a_pruned_resnet_faster_than_its_base():
 
 def test_corners_and_unmeetable_constraints_are_named():
     from autoprune.config import load_config
-    from autoprune.search.space import SearchSpace
+    from autoprune.searching.space import SearchSpace
 
     base = build_model(ModelSpec("resnet20", 10, 1)).eval()
     groups = discover(base, torch.zeros(1, *SHAPE))

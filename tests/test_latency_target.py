@@ -8,7 +8,7 @@ import pytest
 import ray
 from conftest import submit_and_wait
 
-from autoprune.search.results import read_trials
+from autoprune.searching.results import read_trials
 
 pytestmark = pytest.mark.slow  # a three-node cluster and a Ray Job: a minute or two
 

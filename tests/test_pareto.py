@@ -5,7 +5,7 @@ import pytest
 
 from autoprune import AutopruneError
 from autoprune.objectives import DEFAULT_OBJECTIVES, OBJECTIVES, parse_objectives
-from autoprune.search.pareto import dominates, hypervolume, pareto_indices
+from autoprune.searching.pareto import dominates, hypervolume, pareto_indices
 
 ACC_SIZE_LAT = DEFAULT_OBJECTIVES  # max, min, min
 SIZE_ACC = (OBJECTIVES["size_bytes"], OBJECTIVES["accuracy"])  # min, max

@@ -10,8 +10,8 @@ import ray
 from conftest import stop_search_midway, submit_and_wait
 
 from autoprune.config import load_config
-from autoprune.search.controller import run_search
-from autoprune.search.results import read_trials
+from autoprune.searching.controller import run_search
+from autoprune.searching.results import read_trials
 
 pytestmark = pytest.mark.slow  # minutes each: a multi-node cluster, a killed driver
 

@@ -3,8 +3,8 @@ import json
 import pytest
 
 from autoprune import AutopruneError
-from autoprune.search.front import write_front
-from autoprune.search.results import ResultsStore, read_trials, run_objectives
+from autoprune.searching.front import write_front
+from autoprune.searching.results import ResultsStore, read_trials, run_objectives
 
 
 def row(i, **kw):
@@ -91,9 +91,9 @@ class FakeTrial:
 
 def test_every_trial_tune_ends_is_recorded_once_with_its_true_status(tmp_path):
     from autoprune.config import load_config
-    from autoprune.search.space import RatioParam, SearchSpace
-    from autoprune.search.tune_searcher import outcome_of
-    from autoprune.search.tuning import StoreCallback
+    from autoprune.searching.space import RatioParam, SearchSpace
+    from autoprune.searching.tune_searcher import outcome_of
+    from autoprune.searching.tuning import StoreCallback
 
     config = load_config(None, ["objectives=[accuracy, macs]"])
     space = SearchSpace((RatioParam("conv1", 16, 0.0, 0.7, 0.1),), ("l1",))

@@ -15,10 +15,10 @@ from autoprune.data import DataSpec
 from autoprune.models import ModelSpec, build_model
 from autoprune.objectives import DEFAULT_OBJECTIVES
 from autoprune.pruning import checkpoint
-from autoprune.search.controller import MARKER, run_search
-from autoprune.search.pareto import dominates
-from autoprune.search.results import read_trials
-from autoprune.search.searchers.journal import JOURNAL_FILE
+from autoprune.searching.controller import MARKER, run_search
+from autoprune.searching.pareto import dominates
+from autoprune.searching.results import read_trials
+from autoprune.searching.searchers.journal import JOURNAL_FILE
 
 TINY = ["data.max_train_samples=256", "base.epochs=1", "finetune.epochs=0.5", "finetune.batch_size=64",
         "latency.batch_size=8", "latency.threads=1", "concurrency=2", "resources.cpu=1",

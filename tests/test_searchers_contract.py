@@ -5,10 +5,10 @@ import pytest
 from autoprune import AutopruneError
 from autoprune.objectives import OBJECTIVES
 from autoprune.pruning.policy import Policy, PrunableGroup
-from autoprune.search.searchers import SEARCHERS, Outcome, Searcher, make_searcher
-from autoprune.search.searchers.journal import JOURNAL_FILE, StudyJournal
-from autoprune.search.space import RatioParam, SearchSpace
-from autoprune.search.storage import RunDir
+from autoprune.searching.searchers import SEARCHERS, Outcome, Searcher, make_searcher
+from autoprune.searching.searchers.journal import JOURNAL_FILE, StudyJournal
+from autoprune.searching.space import RatioParam, SearchSpace
+from autoprune.searching.storage import RunDir
 
 PARAMS = (RatioParam("a", 16, 0.0, 0.5, 0.1), RatioParam("b", 32, 0.2, 0.6, 0.2), RatioParam("c", 64, 0.0, 0.7, 0.1))
 SPACE = SearchSpace(PARAMS, ("l1", "taylor"))

@@ -6,17 +6,17 @@ import pytest
 
 from autoprune.config import Constraint
 from autoprune.objectives import OBJECTIVES, metric_objective
-from autoprune.search.searchers import make_searcher
-from autoprune.search.searchers.base import EPOCHS_KEY, STAGE_KEY, WAIT, Outcome, stage_of
-from autoprune.search.searchers.sensitivity import (
+from autoprune.searching.searchers import make_searcher
+from autoprune.searching.searchers.base import EPOCHS_KEY, STAGE_KEY, WAIT, Outcome, stage_of
+from autoprune.searching.searchers.sensitivity import (
     PLOT_FILE,
     SENSITIVITY_FILE,
     Knapsack,
     read_curves,
     spread_order,
 )
-from autoprune.search.space import RatioParam, SearchSpace
-from autoprune.search.storage import RunDir
+from autoprune.searching.space import RatioParam, SearchSpace
+from autoprune.searching.storage import RunDir
 
 SPACE = SearchSpace((RatioParam("a", 100, 0.0, 0.6, 0.2), RatioParam("b", 100, 0.0, 0.6, 0.2),
                      RatioParam("c", 100, 0.0, 0.6, 0.2)), ("l1", "l2"))
@@ -313,7 +313,7 @@ def test_greedy_needs_a_latency_model():
 
 
 def seeded(population=5, warm_start=2, **settings):
-    from autoprune.search.searchers.seeded import SensitivitySeeded
+    from autoprune.searching.searchers.seeded import SensitivitySeeded
 
     sensitivity = make("sensitivity", trials=population - warm_start, **settings)
     target = make("nsga2", population=population, warm_start=warm_start)
@@ -362,8 +362,8 @@ def test_seed_from_sensitivity_is_refused_for_searchers_it_cannot_seed():
 
 
 def test_seed_from_sensitivity_with_staged_evaluation_replays_each_row_to_its_owner():
-    from autoprune.search.searchers.seeded import SensitivitySeeded
-    from autoprune.search.searchers.staged import StagedSearcher
+    from autoprune.searching.searchers.seeded import SensitivitySeeded
+    from autoprune.searching.searchers.staged import StagedSearcher
 
     def build():
         sensitivity = make("sensitivity", trials=3)

@@ -83,7 +83,7 @@ def test_config_keys_default_and_validate():
 def test_ensure_base_trains_saves_and_reuses_the_slimmed_base(tmp_path):
     from autoprune.data import DataSpec, load_data
     from autoprune.pruning import checkpoint
-    from autoprune.search.controller import build_task, ensure_base
+    from autoprune.searching.controller import build_task, ensure_base
 
     data = load_data(DataSpec(max_train_samples=256))
     base_path = tmp_path / "base.pt"

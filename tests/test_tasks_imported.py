@@ -7,7 +7,7 @@ from toy_tasks import Denoiser
 
 from autoprune.config import load_config
 from autoprune.errors import AutopruneError
-from autoprune.search.controller import base_from_weights, build_task
+from autoprune.searching.controller import base_from_weights, build_task
 from autoprune.tasks.imported import ImportedTask
 
 TASK = ["model=toy_tasks:Denoiser", "task=toy_tasks:DenoisingTask", "task_args={samples: 48}",

@@ -23,8 +23,8 @@ from autoprune.errors import AutopruneError
 from autoprune.objectives import Objective
 from autoprune.pruning import checkpoint as ckpt_io
 from autoprune.pruning.policy import Policy
-from autoprune.search.results import read_trials, run_metric, run_objectives
-from autoprune.search.storage import RunDir, as_run_dir
+from autoprune.searching.results import read_trials, run_metric, run_objectives
+from autoprune.searching.storage import RunDir, as_run_dir
 from autoprune.tasks.base import Task
 
 PICKS = ("knee", "best", "min-latency", "min-size")  # best: the best validation metric
@@ -94,8 +94,8 @@ def pick_trial(run_dir: str | Path | RunDir, pick: str, max_latency_ms: float | 
                metric_bound: float | None = None, max_size_mb: float | None = None) -> dict[str, Any]:
     """Choose a trial of the run: a point of the (filtered) front, or ``trial:ID``. ``metric_bound``: the
     validation metric at least this (at most, for a metric to minimise)."""
-    # imported here: autoprune.search.front imports matplotlib, which ``import autoprune`` should not pay for
-    from autoprune.search.front import compute_front
+    # imported here: autoprune.searching.front imports matplotlib, which ``import autoprune`` should not pay for
+    from autoprune.searching.front import compute_front
 
     rows = read_trials(run_dir).to_pylist()
     if pick.startswith("trial:"):
@@ -145,6 +145,7 @@ def export_trial(run_dir: str | Path | RunDir, row: dict[str, Any], out: str | P
                              f"'{run.display(row.get('checkpoint') or '')}'")
     with run.local_path(row["checkpoint"]) as source:
         ckpt = ckpt_io.load(source)
+    python = load_python_run(run)
     if ckpt.record is None:
         raise AutopruneError(f"trial {row['trial_id']}'s checkpoint holds no pruned model")
     policy = Policy.from_dict(ckpt.record.policy)
@@ -161,14 +162,23 @@ def export_trial(run_dir: str | Path | RunDir, row: dict[str, Any], out: str | P
                       [("base", base), ("pruned", {**metrics, m: row[m]})],
                       "Latency was measured by the search's latency meter, base and pruned interleaved in one process.",
                       metrics)
-    write_export(Path(out), ckpt, policy, metrics, card, run_task(run))
+    if python is not None:
+        ckpt.module = python.model
+    write_export(Path(out), ckpt, policy, metrics, card, python.task if python is not None else run_task(run))
     return metrics
+
+
+def load_python_run(run: RunDir) -> Any:
+    """The model and task of a run of ``autoprune.search`` (``PythonRun``), None for a run from a config."""
+    from autoprune.searching.controller import load_python_run as load
+
+    return load(run)
 
 
 def run_task(run: RunDir) -> Task:
     """The task the run searched with (from its ``config.yaml``): exports are checked with it."""
     from autoprune.deploy.finalize import run_config
-    from autoprune.search.controller import build_task, classification_data
+    from autoprune.searching.controller import build_task, classification_data
 
     config = run_config(run)
     return build_task(config, classification_data(config))
@@ -184,7 +194,7 @@ def write_export(out: Path, ckpt: ckpt_io.Checkpoint, policy: Policy, metrics: d
     try:
         policy.save(tmp / "policy.json")
         ckpt_io.save(ckpt, tmp / MODEL_FILE)
-        model = ckpt_io.load(tmp / MODEL_FILE).build(tmp / MODEL_FILE)
+        model = ckpt_io.load(tmp / MODEL_FILE).build(tmp / MODEL_FILE, base_module=ckpt.module)
         name = metrics["metric"]
         check_test_metric(name, task.evaluate(model, "test"), metrics[f"test_{name}"])
         example = torch.randn(2, *ckpt.input_shape)
@@ -242,11 +252,13 @@ model = torch.export.load("model.pt2").module()      # plain torch, no autoprune
 """
 
 
-def load(directory: str | Path) -> nn.Module:
-    """Rebuild an exported model from ``DIR/model.pt`` (``weights_only=True``) after checking ``MANIFEST.sha256``."""
+def load(directory: str | Path, model: nn.Module | None = None) -> nn.Module:
+    """Rebuild an exported model from ``DIR/model.pt`` (``weights_only=True``) after checking ``MANIFEST.sha256``.
+    ``model``: the unpruned model, for an export of a model given in Python (``autoprune.search``); ``model.pt2``
+    needs none."""
     directory = Path(directory)
     if not directory.is_dir():
         raise AutopruneError(f"export directory '{directory}' does not exist")
     verify_manifest(directory)
     path = directory / MODEL_FILE
-    return ckpt_io.load(path).build(path)
+    return ckpt_io.load(path).build(path, base_module=model)

@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING, Any
 from autoprune.deploy.export import metrics_differ, model_card, pick_trial, write_export
 from autoprune.errors import AutopruneError
 from autoprune.pruning import checkpoint as ckpt_io
-from autoprune.search.results import read_marker
-from autoprune.search.storage import RunDir, as_run_dir
+from autoprune.searching.results import read_marker
+from autoprune.searching.storage import RunDir, as_run_dir
 
 if TYPE_CHECKING:
     from autoprune.config import SearchConfig
     from autoprune.measure.latency import LatencySpec
-    from autoprune.search.trial import TrialResult
+    from autoprune.searching.trial import TrialResult
 
 Echo = Callable[[str], None]
 COST_KEYS = ("latency_ms", "latency_iqr_ms", "size_bytes", "params", "macs")
@@ -49,16 +49,18 @@ def finalize(run_dir: str | Path | RunDir, pick: str = "knee", epochs: float | N
     # imported here: ``import autoprune`` imports this module and stays light (controller brings matplotlib)
     from autoprune.measure.latency import local_meter
     from autoprune.pruning.policy import discover
-    from autoprune.search.controller import (
+    from autoprune.searching.controller import (
         base_checkpoint_path,
         build_task,
         classification_data,
+        load_python_run,
+        python_checkpoint,
         slim_base,
         space_point,
         trial_settings,
     )
-    from autoprune.search.space import SearchSpace
-    from autoprune.search.trial import run_trial
+    from autoprune.searching.space import SearchSpace
+    from autoprune.searching.trial import run_trial
 
     start = time.perf_counter()
     run = as_run_dir(run_dir)
@@ -70,17 +72,22 @@ def finalize(run_dir: str | Path | RunDir, pick: str = "knee", epochs: float | N
     epochs = config["finetune.final_epochs"] if epochs is None else float(epochs)
     if epochs < 0:
         raise AutopruneError(f"--epochs must be >= 0, got {epochs}")
-    base_path = base_checkpoint_path(config)
-    if not base_path.is_file():
-        raise AutopruneError(f"base checkpoint '{base_path}' of run '{run}' does not exist: finalize prunes the base "
-                             f"the run searched (config key 'base.checkpoint')")
-    base = ckpt_io.load(base_path)
-    if base.model_spec.arch != config["model"]:
-        raise AutopruneError(f"base checkpoint '{base_path}' holds '{base.model_spec.arch}', but run '{run}' searched "
-                             f"'{config['model']}'")
-    data = classification_data(config)
-    if data is not None:
-        base, base_path = slim_base(config, data, base, base_path, echo)  # the base the search pruned
+    python = load_python_run(run)
+    if python is not None:  # a run of autoprune.search: its model and task were written into the run directory
+        base, base_path, task = python_checkpoint(config, python), run.path, python.task
+    else:
+        base_path = base_checkpoint_path(config)
+        if not base_path.is_file():
+            raise AutopruneError(f"base checkpoint '{base_path}' of run '{run}' does not exist: finalize prunes the "
+                                 f"base the run searched (config key 'base.checkpoint')")
+        base = ckpt_io.load(base_path)
+        if base.model_spec.arch != config["model"]:
+            raise AutopruneError(f"base checkpoint '{base_path}' holds '{base.model_spec.arch}', but run '{run}' "
+                                 f"searched '{config['model']}'")
+        data = classification_data(config)
+        if data is not None:
+            base, base_path = slim_base(config, data, base, base_path, echo)  # the base the search pruned
+        task = build_task(config, data)
     base_model = base.build(base_path)
     groups = discover(base_model, base.example_input, ignore=config["space.ignore"])
     space = SearchSpace.from_config(config, groups)
@@ -99,7 +106,6 @@ def finalize(run_dir: str | Path | RunDir, pick: str = "knee", epochs: float | N
          f"{_epochs(epochs)}{' with KD from the base' if kd else ''} on {settings.device} "
          f"(the search fine-tuned {_epochs(config['finetune.epochs'])})")
     loaded = round(time.perf_counter() - start, 3)
-    task = build_task(config, data)
     name = task.metric.name
     result = run_trial(base_model, task, policy, settings, meter=meter,
                        on_epoch=lambda e, m, *_: echo(f"  fine-tune epoch {e}: val_{name} {m[f'val_{name}']:.4f}"))
@@ -110,6 +116,7 @@ def finalize(run_dir: str | Path | RunDir, pick: str = "knee", epochs: float | N
                             spec)
     ckpt = ckpt_io.from_model(result.model, base.model_spec, base.data_spec, base.input_shape, base.preprocess,
                               result.pruned)
+    ckpt.module = base.module
     metrics["seconds"] = {"load": loaded, **result.seconds}
     write_export(Path(out), ckpt, policy, metrics, finalized_card(metrics, policy.criterion), task)
     return metrics

@@ -5,6 +5,7 @@ so the pruned structure is rebuilt from the zoo and then the weights are loaded:
 """
 from __future__ import annotations
 
+import copy
 import os
 import pickle
 import tempfile
@@ -22,6 +23,7 @@ from autoprune.models import ModelSpec, build_model
 from autoprune.pruning.structural import RECORD_ATTR, PruneRecord, replay
 
 FORMAT = "autoprune-checkpoint"
+PYTHON = "python:"  # model_spec.arch prefix of a base given as a Python object
 VERSION = 1
 
 
@@ -36,14 +38,22 @@ class Checkpoint:
     state_dict: dict[str, torch.Tensor]
     metrics: dict[str, Any] = field(default_factory=dict)
     record: PruneRecord | None = None
+    # a base given as a Python object (``autoprune.search(model, ...)``, ``model_spec.arch`` 'python:...'): the
+    # unpruned module the structure is rebuilt from; never written by ``save``
+    module: nn.Module | None = None
 
     @property
     def example_input(self) -> torch.Tensor:
         return torch.zeros(1, *self.input_shape)
 
-    def build(self, path: str | Path = "checkpoint") -> nn.Module:
-        """Rebuild the (possibly pruned) model and load the weights."""
-        model = build_model(self.model_spec)
+    def build(self, path: str | Path = "checkpoint", base_module: nn.Module | None = None) -> nn.Module:
+        """Rebuild the (possibly pruned) model and load the weights. A 'python:' architecture is rebuilt from the
+        unpruned ``base_module`` (or the checkpoint's own ``module``)."""
+        source = base_module if base_module is not None else self.module
+        if self.model_spec.arch.startswith(PYTHON) and source is None:
+            raise AutopruneError(f"checkpoint '{path}' prunes a model given in Python ({self.model_spec.arch[7:]}): "
+                                 f"rebuilding it needs that unpruned model")
+        model = copy.deepcopy(source).cpu() if source is not None else build_model(self.model_spec)
         if self.record is not None:
             replay(model, self.record.history, self.example_input)
             setattr(model, RECORD_ATTR, self.record)

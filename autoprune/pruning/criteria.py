@@ -94,6 +94,9 @@ class BNScale(_TorchPruningCriterion):
         return tp.importance.BNScaleImportance(normalizer=None)
 
 
+CLASSIFICATION_LOSS = ("taylor", "hessian")  # criteria that rank by the cross-entropy of (inputs, labels)
+
+
 class Taylor(_TorchPruningCriterion):
     """|w * dL/dw| summed per channel, gradients accumulated over the calibration batches (Molchanov et al. 2019)."""
 

@@ -39,6 +39,9 @@ class Metric:
         return a > b if self.mode == "max" else a < b
 
 
+DEFAULT_METRIC = Metric()  # accuracy, to maximise
+
+
 class Task(ABC):
     """Calibration batches, fine-tuning and evaluation of candidate models.
 
@@ -46,7 +49,7 @@ class Task(ABC):
     moves its batches there (``device_of(model)``).
     """
 
-    metric: Metric = Metric()
+    metric: Metric = DEFAULT_METRIC
 
     @abstractmethod
     def calibration(self, count: int, seed: int = 0) -> list[Batch]:

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from autoprune.search.storage import RunDir
+from autoprune.searching.storage import RunDir
 
 if TYPE_CHECKING:
     import optuna

@@ -20,9 +20,9 @@ from ray import tune
 from autoprune.measure import gate
 from autoprune.measure.latency import RemoteMeter
 from autoprune.pruning import checkpoint as ckpt_io
-from autoprune.search.searchers.base import EPOCHS_KEY, stage_of
-from autoprune.search.space import SearchSpace
-from autoprune.search.trial import Resume, TrialResult, TrialSettings, run_proxy, run_trial
+from autoprune.searching.searchers.base import EPOCHS_KEY, stage_of
+from autoprune.searching.space import SearchSpace
+from autoprune.searching.trial import Resume, TrialResult, TrialSettings, run_proxy, run_trial
 from autoprune.tasks.base import Task
 
 PRUNED_FILE = "pruned.pt"
@@ -46,14 +46,14 @@ def _save(directory: str, base: ckpt_io.Checkpoint, state: TrialResult, epochs_d
     torch.save(progress, Path(directory) / PROGRESS_FILE)
 
 
-def _restore() -> Resume | None:
+def _restore(base: ckpt_io.Checkpoint) -> Resume | None:
     """The trial's last checkpoint (after a node loss or a restart), if Tune hands one back."""
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as directory:
         saved = ckpt_io.load(Path(directory) / PRUNED_FILE)
-        model = saved.build()
+        model = saved.build(base_module=base.module)
         progress = torch.load(Path(directory) / PROGRESS_FILE, map_location="cpu", weights_only=True)
     m = saved.metrics
     return Resume(model, m["base"], m["pruned"], int(m["epochs_done"]), dict(m.get("seconds", {})), progress)
@@ -71,7 +71,7 @@ def policy_trial(config: dict[str, Any], *, base: ckpt_io.Checkpoint, task: Task
     host, metric = socket.gethostname(), task.metric.name
     try:
         policy = space.policy(config["point"])
-        resume = _restore()
+        resume = _restore(base)
 
         def on_epoch(epoch: int, metrics: dict[str, Any], state: TrialResult, progress: dict[str, Any]) -> None:
             with tempfile.TemporaryDirectory() as tmp:

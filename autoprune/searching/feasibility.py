@@ -19,7 +19,7 @@ from autoprune.measure.metrics import count_macs, count_params, serialized_size
 from autoprune.pruning import prune
 from autoprune.pruning.policy import Policy
 from autoprune.pruning.structural import RECORD_ATTR
-from autoprune.search.space import SearchSpace
+from autoprune.searching.space import SearchSpace
 
 STATIC = ("macs", "params", "size_bytes", "latency_ms")  # what a structure alone decides
 

@@ -9,10 +9,10 @@ from typing import Any
 import pyarrow as pa
 
 from autoprune.objectives import Objective, values_of
-from autoprune.search.pareto import hypervolume, pareto_indices
-from autoprune.search.plot import plot_front
-from autoprune.search.results import FRONT_FILE, read_trials, run_objectives
-from autoprune.search.storage import RunDir, as_run_dir
+from autoprune.searching.pareto import hypervolume, pareto_indices
+from autoprune.searching.plot import plot_front
+from autoprune.searching.results import FRONT_FILE, read_trials, run_objectives
+from autoprune.searching.storage import RunDir, as_run_dir
 
 PLOT_FILE = "pareto.png"
 

@@ -14,7 +14,7 @@ import pyarrow as pa
 
 from autoprune.errors import AutopruneError
 from autoprune.objectives import ACCURACY, DEFAULT_OBJECTIVES, Objective, metric_objective, parse_objectives
-from autoprune.search.storage import RunDir, as_run_dir
+from autoprune.searching.storage import RunDir, as_run_dir
 
 MARKER = "autoprune-run.json"
 TRIALS_FILE = "trials.parquet"

@@ -12,9 +12,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from autoprune.search.pareto import pareto_indices
-from autoprune.search.searchers.base import STAGE_KEY, WAIT, Outcome, Searcher, stage_of
-from autoprune.search.searchers.points import Key, policy_key
+from autoprune.searching.pareto import pareto_indices
+from autoprune.searching.searchers.base import STAGE_KEY, WAIT, Outcome, Searcher, stage_of
+from autoprune.searching.searchers.points import Key, policy_key
 
 
 def crowding(values: list[tuple[float, ...]]) -> list[float]:

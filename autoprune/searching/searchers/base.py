@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from autoprune.objectives import DEFAULT_OBJECTIVES, Objective
-from autoprune.search.space import SearchSpace
+from autoprune.searching.space import SearchSpace
 
 # how far a suggested point is evaluated (absent: "full"): "proxy" (stage 0: prune + BN recalibration + proxy
 # subset), "short" (a short fine-tune of EPOCHS_KEY epochs) or "full" (the budget)

@@ -1,7 +1,7 @@
 """Random search: every ratio drawn independently from its grid."""
 import optuna
 
-from autoprune.search.searchers.optuna_base import OptunaSearcher
+from autoprune.searching.searchers.optuna_base import OptunaSearcher
 
 
 class RandomSearcher(OptunaSearcher):

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from autoprune.search.searchers.base import Outcome, Searcher
-from autoprune.search.space import SearchSpace
+from autoprune.searching.searchers.base import Outcome, Searcher
+from autoprune.searching.space import SearchSpace
 
 
 class UniformSearcher(Searcher):

@@ -6,8 +6,8 @@ from typing import Any
 
 from autoprune.errors import AutopruneError
 from autoprune.objectives import Objective, score_of
-from autoprune.search.searchers.base import EPOCHS_KEY, STAGE_KEY, Outcome, stage_of
-from autoprune.search.space import CRITERION_KEY, SearchSpace
+from autoprune.searching.searchers.base import EPOCHS_KEY, STAGE_KEY, Outcome, stage_of
+from autoprune.searching.space import CRITERION_KEY, SearchSpace
 
 Key = tuple[tuple[str, Any], ...]
 Predict = Callable[[dict[str, int]], float]  # a structure (channels kept per group) -> a metric, e.g. latency (ms)

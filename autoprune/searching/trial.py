@@ -160,8 +160,9 @@ def _prune_and_measure(base_model: nn.Module, task: Task, policy: Policy, settin
         with watch("reconstruct"):
             reconstruct(base_model, pruned, [_to(b, device) for b in calib[:RECONSTRUCT_BATCHES]])
     with watch("recalibrate"):
-        recalibrate_bn(pruned, (_to(b, device) for b in task.calibration(settings.bn_batches, seed=settings.seed + 1)),
-                       settings.bn_batches, device)
+        batches = task.calibration(settings.bn_batches, seed=settings.seed + 1)
+        if batches:  # without calibration data the pruned model keeps the base's batch-norm statistics
+            recalibrate_bn(pruned, [_to(b, device) for b in batches], settings.bn_batches, device)
         after[f"proxy_{task.metric.name}"] = task.evaluate(pruned, "proxy")
     return pruned, base, after
 

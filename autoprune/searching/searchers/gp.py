@@ -1,7 +1,7 @@
 """Bayesian search: Gaussian-process regression with log expected hypervolume improvement."""
 import optuna
 
-from autoprune.search.searchers.optuna_base import OptunaSearcher
+from autoprune.searching.searchers.optuna_base import OptunaSearcher
 
 
 class GPSearcher(OptunaSearcher):

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from autoprune.search.searchers.base import WAIT, Outcome, Searcher, stage_of
-from autoprune.search.searchers.points import Key, policy_key
-from autoprune.search.searchers.sensitivity import SensitivitySearcher
+from autoprune.searching.searchers.base import WAIT, Outcome, Searcher, stage_of
+from autoprune.searching.searchers.points import Key, policy_key
+from autoprune.searching.searchers.sensitivity import SensitivitySearcher
 
 
 class SensitivitySeeded(Searcher):

@@ -1,7 +1,7 @@
 """Evolutionary search: NSGA-II (Deb et al. 2002) with constrained domination."""
 import optuna
 
-from autoprune.search.searchers.optuna_base import OptunaSearcher
+from autoprune.searching.searchers.optuna_base import OptunaSearcher
 
 
 class NSGA2Searcher(OptunaSearcher):

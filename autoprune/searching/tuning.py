@@ -18,14 +18,14 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 from ray import tune  # noqa: E402
 
 from autoprune.config import SearchConfig, violations  # noqa: E402
-from autoprune.search.front import compute_front, format_rows  # noqa: E402
-from autoprune.search.results import ResultsStore  # noqa: E402
-from autoprune.search.screening import LatencyScreen, Verdict  # noqa: E402
-from autoprune.search.searchers import Searcher  # noqa: E402
-from autoprune.search.space import SearchSpace  # noqa: E402
-from autoprune.search.storage import RunDir  # noqa: E402
-from autoprune.search.trainable import PRUNED_FILE  # noqa: E402
-from autoprune.search.trial import TrialSettings  # noqa: E402
+from autoprune.searching.front import compute_front, format_rows  # noqa: E402
+from autoprune.searching.results import ResultsStore  # noqa: E402
+from autoprune.searching.screening import LatencyScreen, Verdict  # noqa: E402
+from autoprune.searching.searchers import Searcher  # noqa: E402
+from autoprune.searching.space import SearchSpace  # noqa: E402
+from autoprune.searching.storage import RunDir  # noqa: E402
+from autoprune.searching.trainable import PRUNED_FILE  # noqa: E402
+from autoprune.searching.trial import TrialSettings  # noqa: E402
 from autoprune.tasks.base import Task  # noqa: E402
 
 
@@ -54,8 +54,8 @@ def run_tune(config: SearchConfig, run_dir: RunDir, base: Any, task: Task, space
              meter: Any) -> bool:
     """Run ``trials`` trials on Ray Tune; every trial times its candidate on the search's latency actor ``meter``.
     Returns whether ``time_budget_s`` ended it (Tune's clock starts at ``fit``)."""
-    from autoprune.search.trainable import policy_trial
-    from autoprune.search.tune_searcher import AskTellSearch
+    from autoprune.searching.trainable import policy_trial
+    from autoprune.searching.tune_searcher import AskTellSearch
 
     constraints = config.constraints
     _quiet_tune()
@@ -135,7 +135,7 @@ class StoreCallback(tune.Callback):
         self.objectives = config.objectives
 
     def _row(self, trial: Any, result: dict[str, Any] | None, error: str | None) -> dict[str, Any]:
-        from autoprune.search.tune_searcher import outcome_of
+        from autoprune.searching.tune_searcher import outcome_of
 
         result = result or {}
         point = trial.config["point"]

@@ -5,8 +5,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from autoprune.config import Constraint
-from autoprune.search.searchers.points import channels
-from autoprune.search.space import SearchSpace
+from autoprune.searching.searchers.points import channels
+from autoprune.searching.space import SearchSpace
 
 Predict = Callable[[dict[str, int]], float]
 

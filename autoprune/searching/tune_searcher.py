@@ -16,9 +16,9 @@ from typing import Any
 from ray.tune.search import Searcher as RaySearcher
 
 from autoprune.objectives import Objective
-from autoprune.search.screening import Verdict
-from autoprune.search.searchers import Outcome, Searcher
-from autoprune.search.searchers.base import stage_of
+from autoprune.searching.screening import Verdict
+from autoprune.searching.searchers import Outcome, Searcher
+from autoprune.searching.searchers.base import stage_of
 
 Violations = Callable[[dict[str, Any]], dict[str, float]]
 Screen = Callable[[dict[str, Any]], Verdict]

@@ -17,8 +17,8 @@ from typing import Any
 
 from autoprune.config import DEFAULTS
 from autoprune.errors import AutopruneError
-from autoprune.search.searchers.base import WAIT, Outcome, Searcher
-from autoprune.search.searchers.points import (
+from autoprune.searching.searchers.base import WAIT, Outcome, Searcher
+from autoprune.searching.searchers.points import (
     Predict,
     StageBook,
     channels,
@@ -27,7 +27,7 @@ from autoprune.search.searchers.points import (
     policy_key,
     score_index,
 )
-from autoprune.search.space import SearchSpace
+from autoprune.searching.space import SearchSpace
 
 
 class GreedySearcher(Searcher):

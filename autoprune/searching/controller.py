@@ -33,24 +33,28 @@ from autoprune.measure.latency import (
 )
 from autoprune.objectives import values_of
 from autoprune.pruning import checkpoint as ckpt_io
+from autoprune.pruning.checkpoint import PYTHON
+from autoprune.pruning.criteria import CLASSIFICATION_LOSS
 from autoprune.pruning.policy import discover
-from autoprune.search.feasibility import check_constraints, format_report, space_report
-from autoprune.search.front import Front, format_rows, is_full, write_front
-from autoprune.search.results import MARKER, ResultsStore, read_marker, run_metric, run_objectives
-from autoprune.search.searchers import Outcome, Searcher, make_searcher
-from autoprune.search.searchers.base import EPOCHS_KEY, STAGE_KEY
-from autoprune.search.searchers.journal import JOURNAL_FILE, StudyJournal
-from autoprune.search.searchers.optuna_base import OptunaSearcher
-from autoprune.search.searchers.seeded import SensitivitySeeded
-from autoprune.search.searchers.sensitivity import SensitivitySearcher
-from autoprune.search.searchers.staged import StagedSearcher
-from autoprune.search.space import SearchSpace
-from autoprune.search.storage import RunDir, as_run_dir
-from autoprune.search.trial import TrialSettings
+from autoprune.searching.feasibility import check_constraints, format_report, space_report
+from autoprune.searching.front import Front, format_rows, is_full, write_front
+from autoprune.searching.results import MARKER, ResultsStore, read_marker, run_metric, run_objectives
+from autoprune.searching.searchers import Outcome, Searcher, make_searcher
+from autoprune.searching.searchers.base import EPOCHS_KEY, STAGE_KEY
+from autoprune.searching.searchers.journal import JOURNAL_FILE, StudyJournal
+from autoprune.searching.searchers.optuna_base import OptunaSearcher
+from autoprune.searching.searchers.seeded import SensitivitySeeded
+from autoprune.searching.searchers.sensitivity import SensitivitySearcher
+from autoprune.searching.searchers.staged import StagedSearcher
+from autoprune.searching.space import SearchSpace
+from autoprune.searching.storage import RunDir, as_run_dir
+from autoprune.searching.trial import TrialSettings
 from autoprune.tasks.base import Task
+from autoprune.tasks.callables import CallableTask, check_serialisable
 from autoprune.tasks.classification import ClassificationTask, Recipe
 from autoprune.tasks.imported import ImportedTask
 
+PYTHON_MODEL_FILE, PYTHON_TASK_FILE = "base_model.pkl", "task.pkl"  # a run of autoprune.search
 MARKER_VERSION = 2  # 2: objectives and the Optuna study (name, journal file) recorded
 Echo = Callable[[str], None]
 LATENCY_FILE = "latency.json"  # the latency actor's reference and timed structures, so --resume continues them
@@ -270,7 +274,7 @@ def latency_table_command(config: SearchConfig, out: str, echo: Echo) -> None:
     if config["latency.target"]:
         import ray
 
-        from autoprune.search.tuning import init_ray
+        from autoprune.searching.tuning import init_ray
 
         init_ray(1)
         check_target(config["latency.target"])
@@ -312,11 +316,21 @@ def classification_data(config: SearchConfig) -> ImageData | None:
     return load_data(data_spec(config)) if config["task"] is None else None
 
 
+def check_criteria(config: SearchConfig, task: Task) -> None:
+    """Criteria that rank channels by the classification loss need the built-in classification task."""
+    bad = [c for c in config["space.criteria"] if c in CLASSIFICATION_LOSS]
+    if bad:
+        raise AutopruneError(f"config key 'space.criteria': '{bad[0]}' ranks channels by the classification loss, "
+                             f"which {task.describe()['task']} does not have: use magnitude, activation or "
+                             f"bn_scale criteria")
+
+
 def build_task(config: SearchConfig, data: ImageData | None) -> Task:
     """The task every candidate of the search is fine-tuned and evaluated on (``data``: the classification data,
     None for a task given by import path); it must report the config's metric."""
     if config["task"] is not None:
         task: Task = ImportedTask(config["task"], config["task_args"])
+        check_criteria(config, task)
     else:
         assert data is not None, "the built-in classification task needs its data"
         task = ClassificationTask(data, recipe(config))
@@ -374,6 +388,62 @@ def latency_summary(summary: dict[str, Any]) -> str:
                                    if mape is not None else "n/a"))
 
 
+@dataclass
+class PythonRun:
+    """A base model and a task given as Python objects (``autoprune.search``)."""
+
+    model: Any
+    task: Task
+
+
+def python_base(run: RunDir, config: SearchConfig, python: PythonRun, echo: Echo) -> tuple[ckpt_io.Checkpoint, str]:
+    """The base checkpoint of a model given in Python, and its digest. The model and the task are written to the
+    run directory (cloudpickle), so that ``export`` and ``finalize`` can rebuild and evaluate from it."""
+    import copy
+
+    from ray import cloudpickle
+
+    model = copy.deepcopy(python.model).cpu().eval()
+    model_bytes, task_bytes = cloudpickle.dumps(model), cloudpickle.dumps(python.task)
+    run.write_bytes(PYTHON_MODEL_FILE, model_bytes)
+    run.write_bytes(PYTHON_TASK_FILE, task_bytes)
+    base = python_checkpoint(config, PythonRun(model, python.task))
+    name = python.task.metric.name
+    echo(f"base {type(model).__name__} given in Python: val_{name} {base.metrics[f'val_{name}']:.4f}"
+         + ("" if python.task.trains else "; no finetune given: candidates are evaluated after batch-norm "
+                                           "recalibration on the calibration batches, without training"))
+    return base, hashlib.sha256(model_bytes).hexdigest()
+
+
+def python_checkpoint(config: SearchConfig, python: PythonRun) -> ckpt_io.Checkpoint:
+    """A base checkpoint around a model given in Python (architecture 'python:module.Class'), with its metric."""
+    from autoprune.models import ModelSpec
+
+    model, task = python.model.cpu().eval(), python.task
+    name = task.metric.name
+    metrics = {f"val_{name}": task.evaluate(model, "val"), f"test_{name}": task.evaluate(model, "test")}
+    spec = ModelSpec(f"{PYTHON}{type(model).__module__}.{type(model).__qualname__}")
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    return ckpt_io.Checkpoint(spec, data_spec(config), tuple(task.example_input().shape[1:]), {}, state, metrics,
+                              None, model)
+
+
+def load_python_run(run: RunDir) -> PythonRun | None:
+    """The model and task a run of ``autoprune.search`` wrote (None for a run from a config). They are pickles:
+    open run directories only from sources you trust."""
+    import pickle
+
+    files = read_marker(run).get("python")
+    if not files:
+        return None
+    try:
+        return PythonRun(pickle.loads(run.read_bytes(files["model"])), pickle.loads(run.read_bytes(files["task"])))
+    except Exception as e:  # noqa: BLE001  (an import error of the user's code, a missing file: one line)
+        raise AutopruneError(f"run '{run}' holds a model and task given in Python that cannot be loaded here: "
+                             f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+                             ) from None
+
+
 def check_resumable(run_dir: str | Path | RunDir) -> None:
     """Tune's state is a pickle: resume only directories autoprune created (they hold the marker file)."""
     run = as_run_dir(run_dir)
@@ -381,12 +451,12 @@ def check_resumable(run_dir: str | Path | RunDir) -> None:
         raise AutopruneError(f"--resume: '{run}' is not an autoprune run directory (no {MARKER})")
 
 
-def prepare_run_dir(run: RunDir, config: SearchConfig, resume: bool) -> dict[str, Any]:
+def prepare_run_dir(run: RunDir, config: SearchConfig, resume: bool, python: bool = False) -> dict[str, Any]:
     """A new run directory gets ``config.yaml`` and the marker; a resumed one is checked. Returns the marker.
 
     The marker, ``autoprune-run.json``, records the task's metric and the objectives (a resumed search keeps them),
-    and the Optuna study (``study``: its name in ``journal``, ``optuna.journal``; only Optuna-backed searchers
-    write it).
+    the Optuna study (``study``: its name in ``journal``, ``optuna.journal``; only Optuna-backed searchers
+    write it), and for a run of ``autoprune.search`` (``python``) the files that hold its model and task.
     """
     names = [o.name for o in config.objectives]
     metric = {"name": config["metric.name"], "mode": config["metric.mode"]}
@@ -410,21 +480,34 @@ def prepare_run_dir(run: RunDir, config: SearchConfig, resume: bool) -> dict[str
     run.write_text("config.yaml", config.to_yaml())
     marker = {"format": "autoprune-run", "version": MARKER_VERSION, "config": config.path,
               "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "metric": metric, "objectives": names,
-              "study": config["name"],
-              "journal": JOURNAL_FILE}
+              "study": config["name"], "journal": JOURNAL_FILE,
+              **({"python": {"model": PYTHON_MODEL_FILE, "task": PYTHON_TASK_FILE}} if python else {})}
     run.write_text(MARKER, json.dumps(marker) + "\n")
     return marker
 
 
 def run_search(config: SearchConfig, run_dir: str | Path | RunDir, *, resume: bool = False,
-               echo: Echo = print) -> SearchSummary:
-    """Run (or resume) the search described by ``config`` into ``run_dir`` (a path or a filesystem URI)."""
+               echo: Echo = print, python: PythonRun | None = None) -> SearchSummary:
+    """Run (or resume) the search described by ``config`` into ``run_dir`` (a path or a filesystem URI); ``python``:
+    the base model and task given as Python objects (``autoprune.search``) instead of by the config."""
     run_dir = as_run_dir(run_dir)
-    marker = prepare_run_dir(run_dir, config, resume)
-    data = classification_data(config)
-    task = build_task(config, data)
-    base, base_path = ensure_base(config, data, task, echo)
-    base_model = base.build(base_path)
+    if python is not None:
+        check_criteria(config, python.task)
+        if (python.task.metric.name, python.task.metric.mode) != (config["metric.name"], config["metric.mode"]):
+            raise AutopruneError(f"config key 'metric': the task reports {python.task.metric.name}, the config "
+                                 f"names {config['metric.name']}")
+        if isinstance(python.task, CallableTask):
+            check_serialisable(python.task)  # before the run directory and any trial
+    marker = prepare_run_dir(run_dir, config, resume, python is not None)
+    if python is not None:
+        task = python.task
+        base, base_digest = python_base(run_dir, config, python, echo)
+    else:
+        data = classification_data(config)
+        task = build_task(config, data)
+        base, base_path = ensure_base(config, data, task, echo)
+        base_digest = hashlib.sha256(base_path.read_bytes()).hexdigest()
+    base_model = base.build()
     groups = discover(base_model, base.example_input, ignore=config["space.ignore"])
     space = SearchSpace.from_config(config, groups)
     store = ResultsStore(run_dir, space.groups, config["metric.name"])
@@ -436,9 +519,9 @@ def run_search(config: SearchConfig, run_dir: str | Path | RunDir, *, resume: bo
          f"-> {run_dir}")
     budget_reached = False
     if remaining > 0:
-        absolute, base_path = config.with_absolute_paths(), base_path.resolve()  # resolved before the cwd changes
+        absolute = config.with_absolute_paths()  # resolved before the working directory changes
         with stable_working_directory(run_dir):
-            budget_reached = _search(absolute, run_dir, marker, task, base, base_path,
+            budget_reached = _search(absolute, run_dir, marker, task, base, base_digest,
                                      base_model, groups, space, store, done, remaining, echo)
         if budget_reached:
             echo(f"time budget of {config['time_budget_s']:g} s reached (time_budget_s): trials still running were "
@@ -473,13 +556,13 @@ def stable_working_directory(run_dir: RunDir) -> Iterator[None]:
 
 
 def _search(config: SearchConfig, run_dir: RunDir, marker: dict[str, Any], task: Task, base: Any,
-            base_path: Path, base_model: Any, groups: list[Any], space: SearchSpace, store: ResultsStore,
+            base_digest: str, base_model: Any, groups: list[Any], space: SearchSpace, store: ResultsStore,
             done: list[dict[str, Any]], remaining: int, echo: Echo) -> bool:
     """Ray up, the latency actor and the feasibility check, the searcher (replayed), then the Tune trials.
     Returns whether the time budget ended them."""
     import ray
 
-    from autoprune.search.tuning import init_ray, run_tune
+    from autoprune.searching.tuning import init_ray, run_tune
 
     init_ray(max(os.cpu_count() or 1, config["concurrency"] * config["resources.cpu"]))
     gate_name = "run-" + hashlib.sha256(run_dir.uri.encode()).hexdigest()[:16]
@@ -489,7 +572,7 @@ def _search(config: SearchConfig, run_dir: RunDir, marker: dict[str, Any], task:
     try:
         feasible(base_model, base.example_input, space, config, RemoteMeter(meter), echo)
         searcher = build_searcher(config, space, run_dir, marker, meter, structure,
-                                  curves_key(config, base_path, settings))
+                                  curves_key(config, base_digest, settings))
         if not searcher.resumed:  # a study loaded from the run directory already holds them
             for row in done:
                 searcher.replay(space_point(row, space), outcome_of_row(row, config))
@@ -517,10 +600,10 @@ def proxy_correlation(rows: list[dict[str, Any]], metric: str) -> tuple[float, i
     return float(spearmanr([p for p, _ in pairs], [a for _, a in pairs]).statistic), len(pairs)
 
 
-def curves_key(config: SearchConfig, base_path: Path, settings: TrialSettings) -> str:
+def curves_key(config: SearchConfig, base_digest: str, settings: TrialSettings) -> str:
     """What a sensitivity searcher's stage-0 curves depend on (beyond the space): the base's bytes, the data, the
     proxy and the latency settings. Equal keys share curves across run directories."""
-    digest = hashlib.sha256(base_path.read_bytes())
+    digest = hashlib.sha256(base_digest.encode())
     digest.update(json.dumps([config["data"], config["searcher.proxy_samples"], settings.reconstruct, settings.bn_batches,
                               settings.latency_batch_size, settings.threads, settings.device, config["latency.target"],
                               settings.seed], sort_keys=True, default=str).encode())
@@ -533,7 +616,7 @@ def build_searcher(config: SearchConfig, space: SearchSpace, run_dir: RunDir, ma
     sensitivity allocations when ``searcher.seed_from`` is ``sensitivity``."""
     import ray
 
-    from autoprune.search.feasibility import STATIC
+    from autoprune.searching.feasibility import STATIC
 
     reference = ray.get(meter.reference.remote()).latency_ms
 
@@ -579,6 +662,6 @@ def outcome_of_row(row: dict[str, Any], config: SearchConfig) -> Outcome:
 
 
 def summary_table(run_dir: RunDir) -> str:
-    from autoprune.search.results import FRONT_FILE, read_trials
+    from autoprune.searching.results import FRONT_FILE, read_trials
 
     return format_rows(read_trials(run_dir, FRONT_FILE).to_pylist(), run_metric(run_dir).name)

@@ -25,9 +25,9 @@ from typing import Any
 import optuna
 
 from autoprune.errors import AutopruneError
-from autoprune.search.searchers.base import Outcome, Searcher
-from autoprune.search.searchers.journal import StudyJournal
-from autoprune.search.space import CRITERION_KEY, SearchSpace
+from autoprune.searching.searchers.base import Outcome, Searcher
+from autoprune.searching.searchers.journal import StudyJournal
+from autoprune.searching.space import CRITERION_KEY, SearchSpace
 
 OUTCOME_ATTR = "autoprune:outcome"
 DUPLICATE_ATTR = "autoprune:duplicate_of"

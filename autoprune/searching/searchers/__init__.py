@@ -5,17 +5,17 @@ import importlib
 from typing import Any
 
 from autoprune.errors import AutopruneError
-from autoprune.search.searchers.base import Outcome, Searcher
+from autoprune.searching.searchers.base import Outcome, Searcher
 
 # name -> "module:class"; imported on demand so Optuna loads only when a search runs.
 SEARCHERS = {
-    "nsga2": "autoprune.search.searchers.nsga2:NSGA2Searcher",
-    "tpe": "autoprune.search.searchers.tpe:TPESearcher",
-    "gp": "autoprune.search.searchers.gp:GPSearcher",
-    "random": "autoprune.search.searchers.random:RandomSearcher",
-    "uniform": "autoprune.search.searchers.uniform:UniformSearcher",
-    "sensitivity": "autoprune.search.searchers.sensitivity:SensitivitySearcher",
-    "greedy": "autoprune.search.searchers.greedy:GreedySearcher",
+    "nsga2": "autoprune.searching.searchers.nsga2:NSGA2Searcher",
+    "tpe": "autoprune.searching.searchers.tpe:TPESearcher",
+    "gp": "autoprune.searching.searchers.gp:GPSearcher",
+    "random": "autoprune.searching.searchers.random:RandomSearcher",
+    "uniform": "autoprune.searching.searchers.uniform:UniformSearcher",
+    "sensitivity": "autoprune.searching.searchers.sensitivity:SensitivitySearcher",
+    "greedy": "autoprune.searching.searchers.greedy:GreedySearcher",
 }
 
 

@@ -40,8 +40,8 @@ from typing import Any
 
 from autoprune.config import DEFAULTS, Constraint
 from autoprune.errors import AutopruneError
-from autoprune.search.searchers.base import WAIT, Outcome, Searcher
-from autoprune.search.searchers.points import (
+from autoprune.searching.searchers.base import WAIT, Outcome, Searcher
+from autoprune.searching.searchers.points import (
     Key,
     Predict,
     StageBook,
@@ -51,8 +51,8 @@ from autoprune.search.searchers.points import (
     policy_key,
     score_index,
 )
-from autoprune.search.space import CRITERION_KEY, SearchSpace
-from autoprune.search.storage import RunDir
+from autoprune.searching.space import CRITERION_KEY, SearchSpace
+from autoprune.searching.storage import RunDir
 
 SENSITIVITY_FILE = "sensitivity.json"
 PLOT_FILE = "sensitivity.png"
@@ -242,7 +242,7 @@ def shared_cache(key: str) -> Path:
 
 def plot_curves(curves: Curves, metric: str) -> bytes:
     """``sensitivity.png``: per group, the metric's proxy value and the cost saved against its ratio."""
-    from autoprune.search.plot import plt
+    from autoprune.searching.plot import plt
 
     fig, (acc, saved) = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
     ref = curves.reference

@@ -1,7 +1,7 @@
 """Bayesian search: multi-objective TPE (Ozaki et al. 2020), constraint-aware."""
 import optuna
 
-from autoprune.search.searchers.optuna_base import OptunaSearcher
+from autoprune.searching.searchers.optuna_base import OptunaSearcher
 
 
 class TPESearcher(OptunaSearcher):
