@@ -126,7 +126,8 @@ def prune(
             raise AutopruneError(
                 f"criterion '{policy.criterion}' is data-driven: pass calib_loader with (inputs, targets) batches"
             )
-        batches = [(x.to(device), y.to(device)) for x, y in islice(iter(calib_loader), calib_batches)]
+        batches = [(x.to(device), y.to(device) if isinstance(y, torch.Tensor) else y)
+                   for x, y in islice(iter(calib_loader), calib_batches)]
         if not batches:
             raise AutopruneError(f"criterion '{policy.criterion}' is data-driven but calib_loader gave no batches")
 

@@ -21,7 +21,7 @@ savings exceeds the base's latency). So, given the latency model (``predict_late
 additive budget is bisected until the model predicts the allocated structure within the real budget, as FastNAS
 searches its threshold against the FLOPs of the whole subnet. Budgets: the constraint's bound first, then the rest
 of the trial budget (``trials``) spread between the lowest cost an allocation reaches and 0.95 x the base's cost,
-in an order whose every prefix spreads (both ends, the middle, the quarters...), then midpoints until that many
+in an order whose every prefix spreads (the middle, the quarters, ..., both ends last), then midpoints until that many
 distinct allocations exist. Each distinct allocation is one full trial.
 
 The searcher does not warm-start with uniform policies: every full trial it spends is an allocation.
@@ -208,15 +208,18 @@ def _memoized(model: Predict | None) -> Predict | None:
 
 
 def spread_order(n: int) -> list[int]:
-    """``0 .. n-1`` in an order whose every prefix spreads evenly: both ends, the middle, the quarters, ..."""
+    """``0 .. n-1`` middle first, then the quarters, the eighths, ..., the two ends last: every prefix spreads over
+    the range, and the extremes (everything pruned at its high; barely pruned) come when all else has."""
+    if n <= 2:
+        return list(range(n))
     order: list[int] = []
-    parts = 1
-    while len(order) < n:
-        for i in (round(j * (n - 1) / parts) for j in range(parts + 1)):
-            if i not in order:
+    parts = 2
+    while parts <= 2 * n:
+        for i in (round(j * (n - 1) / parts) for j in range(1, parts, 2)):
+            if 0 < i < n - 1 and i not in order:
                 order.append(i)
         parts *= 2
-    return order
+    return order + [i for i in range(1, n - 1) if i not in order] + [0, n - 1]
 
 
 def read_curves(run_dir: RunDir) -> Curves | None:
