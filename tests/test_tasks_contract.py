@@ -1,5 +1,6 @@
 """The contract every Task meets (like Optuna's sampler test suite): the built-in classification task, a denoising
-task with a metric to minimise, and that task named by import path all pass it."""
+task with a metric to minimise, that task named by import path, and the Python API's task around user callables
+all pass it."""
 import math
 
 import pytest
@@ -11,6 +12,7 @@ from autoprune.errors import AutopruneError
 from autoprune.models import ModelSpec, build_model
 from autoprune.objectives import MODES
 from autoprune.tasks.base import SPLITS, Metric, Task
+from autoprune.tasks.callables import CallableTask
 from autoprune.tasks.classification import ClassificationTask, Recipe
 from autoprune.tasks.imported import ImportedTask
 
@@ -29,7 +31,17 @@ def imported():
     return ImportedTask("toy_tasks:DenoisingTask", {"samples": 64}), lambda: Denoiser().eval()
 
 
-IMPLEMENTATIONS = {"classification": classification, "denoising": denoising, "imported": imported}
+def callables():
+    """The Python API's task around a user's own functions (here those of the denoising task)."""
+    own = DenoisingTask()
+    task = CallableTask(lambda m: own.evaluate(m, "val"), own.example_input(),
+                        finetune=lambda m, epochs, teacher: own.finetune(m, epochs, teacher=teacher),
+                        calibration=own.calibration(6), test=lambda m: own.evaluate(m, "test"), metric=own.metric)
+    return task, lambda: Denoiser().eval()
+
+
+IMPLEMENTATIONS = {"classification": classification, "denoising": denoising, "imported": imported,
+                   "callables": callables}
 
 
 @pytest.fixture(params=sorted(IMPLEMENTATIONS), scope="module")

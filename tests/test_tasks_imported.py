@@ -79,3 +79,20 @@ def test_weights_that_do_not_fit_name_the_first_bad_key(tmp_path, edit, needle):
     with pytest.raises(AutopruneError, match=needle) as e:
         base_from_weights(config, None, build_task(config, None), print)
     assert "\n" not in str(e.value)
+
+
+def test_callables_are_checked_when_the_task_is_made():
+    from autoprune.tasks.callables import CallableTask
+
+    example = torch.zeros(1, 1, 12, 12)
+    with pytest.raises(AutopruneError, match="evaluate must be a callable"):
+        CallableTask(0.9, example)
+    with pytest.raises(AutopruneError, match="finetune must be callable"):
+        CallableTask(lambda m: 0.5, example, finetune="sgd")
+    with pytest.raises(AutopruneError, match="calibration batch 1 is a str"):
+        CallableTask(lambda m: 0.5, example, calibration=[torch.zeros(2, 1, 12, 12), "x"])
+    task = CallableTask(lambda m: "high", example, calibration=[torch.zeros(2, 1, 12, 12)])
+    assert task.calibration(1)[0][1] is None  # bare input tensors: no targets
+    with pytest.raises(AutopruneError, match="evaluate returned str, not a number"):
+        task.evaluate(Denoiser())
+    assert not task.trains
