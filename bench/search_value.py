@@ -2,17 +2,19 @@
 
     .venv/bin/python bench/search_value.py [--archs resnet20,vgg11_bn] [--seeds 0,1,2]
         [--methods uniform,sensitivity,fastnas,nsga2+sensitivity,greedy,nsga2,tpe,random] [--search-minutes 5]
-        [--final-epochs 1] [--train-samples N] [--targets 0.5,0.7] [--fastnas-flops 0.25,0.5] [--out runs/bench-value]
+        [--final-epochs 1] [--train-samples N] [--targets 0.5,0.33] [--space-high 0.9] [--fastnas-flops 0.25,0.5]
+        [--out runs/bench-value]
 
 Protocol, per architecture (its base trained once on Fashion-MNIST from ``$AUTOPRUNE_DATA``, minus a stratified,
 seeded 10 % validation split, ``--train-samples`` of the rest when given) and per seed:
 
-1. Search. Every searcher gets the same search space (search_spaces/resnet20_fashionmnist.yaml: ratios 0-0.7 in
-   steps of 0.1, criteria l1 and bn_scale; ResNet-20's stem at most 0.5), the same trial recipe (KD fine-tune of
-   ``finetune.epochs``), no constraints, concurrency 2 and the same wall-clock budget (``--search-minutes``, Ray
-   Tune's ``time_budget_s``) on this otherwise idle machine, so the same compute. ``uniform`` spends it on a grid of
-   uniform policies per criterion (the hand-made baseline), ``sensitivity`` and ``greedy`` partly on stage-0
-   evaluations. Searchers select on validation accuracy.
+1. Search. Every searcher gets the same search space (search_spaces/resnet20_fashionmnist.yaml: ratios 0 to
+   ``--space-high`` in steps of 0.1, criteria l1 and bn_scale; ResNet-20's stem at most 0.5), the same trial
+   recipe (KD fine-tune of ``finetune.epochs``), no constraints, concurrency 2 and the same wall-clock budget
+   (``--search-minutes``, Ray Tune's ``time_budget_s``) on this otherwise idle machine, so the same compute.
+   ``uniform`` spends it on a grid of uniform policies per criterion (the hand-made baseline), ``sensitivity``
+   and ``greedy`` partly on stage-0 evaluations; each search computes its own stage 0 (the sensitivity curves
+   cache is emptied before each). Searchers select on validation accuracy.
 2. Finalize. For each latency target t (a fraction of the base's measured latency), the trial with the best
    validation accuracy among those at <= t x base latency is finalized (``autoprune.finalize``: re-pruned,
    ``--final-epochs`` of KD fine-tuning, test split evaluated once, latency timed interleaved with the base).
@@ -88,6 +90,9 @@ def run_searcher(arch: str, seed: int, name: str, args: argparse.Namespace, comm
                  out: Path) -> list[dict[str, Any]]:
     run_dir = out / arch / f"seed{seed}" / name
     shutil.rmtree(run_dir, ignore_errors=True)  # every search starts from nothing: equal compute
+    # no sensitivity curves from an earlier search either (the latency references stay shared: they are how
+    # searches time alike)
+    shutil.rmtree(Path(os.environ["AUTOPRUNE_CACHE_DIR"]) / "sensitivity", ignore_errors=True)
     config = load_config(CONFIG, [*common, f"name=value_{arch}_{name.replace('+', '_')}",
                                   *searcher_overrides(name),
                                   f"searcher.seed={seed}", "trials=1000", "searcher.grid=12",
@@ -199,7 +204,9 @@ def main() -> int:
     p.add_argument("--final-epochs", type=float, default=1.0, help="finalize's KD fine-tune (and FastNAS's)")
     p.add_argument("--base-epochs", type=float, default=3.0)
     p.add_argument("--train-samples", type=int, help="train on this many images (default: the whole split)")
-    p.add_argument("--targets", default="0.5,0.7", help="latency targets as fractions of the base's (batch 1)")
+    p.add_argument("--targets", default="0.5,0.33", help="latency targets as fractions of the base's (batch 1)")
+    p.add_argument("--space-high", type=float, default=0.9, help="the highest ratio of every group (the stem's "
+                   "stays 0.5): 0.7 cannot reach 0.33x of ResNet-20's latency at batch 1")
     p.add_argument("--fastnas-flops", default="0.25,0.5", help="FastNAS's FLOPs targets as fractions of the base's")
     p.add_argument("--out", default=str(ROOT / "runs" / "bench-value"))
     args = p.parse_args()
@@ -209,13 +216,14 @@ def main() -> int:
         print(f"bench: Fashion-MNIST not found under {args.data_root} (set --data-root or AUTOPRUNE_DATA)")
         return 2
     out = Path(args.out)
-    # no curves or latency references from earlier runs: each search pays for its own stage 0
+    # no curves or latency references from earlier runs of the bench
     shutil.rmtree(out / "cache", ignore_errors=True)
     os.environ["AUTOPRUNE_CACHE_DIR"] = str(out / "cache")
     rows: list[dict[str, Any]] = []
     for arch in args.archs.split(","):
         base = out / arch / "base.pt"
         common = [*arch_overrides(arch), "data.dataset=fashionmnist", f"data.root={args.data_root}",
+                  f"space.ratio.high={args.space_high}",
                   f"base.checkpoint={base}", f"base.epochs={args.base_epochs}", "constraints=[]",
                   f"finetune.epochs={args.finetune_epochs}", "concurrency=2",
                   *([f"data.max_train_samples={args.train_samples}"] if args.train_samples else [])]
