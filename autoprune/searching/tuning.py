@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 import time
 import uuid
 from typing import Any
@@ -44,9 +45,20 @@ def init_ray(cpus: float) -> None:
         return
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=False)
-    else:
+        return
+    # the workers of a private local Ray import what this process can (a model class or a task defined in a module
+    # beside the script, a test module): they inherit its sys.path as PYTHONPATH from the raylet ray.init starts
+    previous = os.environ.get("PYTHONPATH")
+    paths = [*(previous.split(os.pathsep) if previous else []), *(p for p in sys.path if p and os.path.isdir(p))]
+    os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    try:
         ray.init(address="local", num_cpus=max(1, int(cpus)), include_dashboard=False, log_to_driver=False,
                  configure_logging=False)
+    finally:
+        if previous is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = previous
 
 
 def run_tune(config: SearchConfig, run_dir: RunDir, base: Any, task: Task, space: SearchSpace,
