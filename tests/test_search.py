@@ -258,7 +258,7 @@ def test_export_picks_and_limits(nsga2_run):
     with pytest.raises(AutopruneError, match="has no trial 'zzz'"):
         pick_trial(run, "trial:zzz")
     with pytest.raises(AutopruneError, match="--pick must be one of"):
-        pick_trial(run, "best")
+        pick_trial(run, "max-accuracy")
 
 
 @pytest.mark.slow
