@@ -96,3 +96,45 @@ def test_callables_are_checked_when_the_task_is_made():
     with pytest.raises(AutopruneError, match="evaluate returned str, not a number"):
         task.evaluate(Denoiser())
     assert not task.trains
+
+
+def test_a_task_of_your_own_searched_and_finalized_through_the_cli(tmp_path):
+    """The denoising toy task, its model factory and trained weights: search, front and finalize by the CLI,
+    the metric (mse, to minimise) named in the table and the model card."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    torch.manual_seed(0)
+    model = Denoiser()
+    task = ImportedTask("toy_tasks:DenoisingTask", {"samples": 48}).task
+    task.finetune(model, 3)
+    torch.save(model.state_dict(), tmp_path / "weights.pt")
+    tests = str(Path(__file__).parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")])}
+    (tmp_path / "denoise.yaml").write_text(f"""
+model: toy_tasks:Denoiser
+task: toy_tasks:DenoisingTask
+task_args: {{samples: 48}}
+metric: {{name: mse, mode: min}}
+base: {{weights: {tmp_path / 'weights.pt'}}}
+space: {{ratio: {{high: 0.6}}, criteria: [l1]}}
+finetune: {{epochs: 1, final_epochs: 1}}
+constraints: ["mse <= base * 2"]
+searcher: {{name: random, warm_start: 2}}
+trials: 3
+concurrency: 2
+latency: {{repeats: 20, reference_repeats: 40}}
+""")
+    cli = [sys.executable, "-m", "autoprune.cli"]
+    run = subprocess.run([*cli, "search", str(tmp_path / "denoise.yaml"), "--out", str(tmp_path / "run")],
+                         capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "base from weights" in run.stdout and "3 trials finished" in run.stdout
+    header = next(line for line in run.stdout.splitlines() if "criterion" in line and "ratios mean" in line)
+    assert "mse" in header and "accuracy" not in header
+    final = subprocess.run([*cli, "finalize", str(tmp_path / "run"), "--pick", "best", "--out", str(tmp_path / "final")],
+                           capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert final.returncode == 0, final.stderr[-2000:]
+    assert "test mse" in final.stdout and "test mse" in (tmp_path / "final" / "README.md").read_text()
