@@ -3,7 +3,8 @@
 The task travels to the Ray workers by value (cloudpickle), with the callables and whatever they reference: data
 loaders, datasets and closures. Classes and functions defined in ``__main__`` or a notebook travel by value; those
 defined in a module travel by reference, so that module must be importable on the workers (a private local Ray's
-workers get this process's ``sys.path``; a cluster's need the module installed or in the job's working directory). ``check_serialisable`` names a callable that cannot travel before any trial starts.
+workers get this process's ``sys.path``; a cluster's need the module installed or in the job's working directory).
+``check_serialisable`` names a callable that cannot travel before any trial starts.
 """
 from __future__ import annotations
 
