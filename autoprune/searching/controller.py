@@ -5,6 +5,7 @@ submit`` or in KubeRay (``ray.init()`` picks up ``RAY_ADDRESS``).
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -78,12 +79,20 @@ def default_base_path(config: SearchConfig) -> Path:
 def base_checkpoint_path(config: SearchConfig) -> Path:
     """Where the search's base checkpoint is: ``base.checkpoint``; else, for ``base.weights``, one named after the
     weights' digest, and the default for the model and data otherwise."""
+    weights = Path(config["base.weights"]) if config["base.weights"] else None
+    return _base_path(config, _digest(weights) if weights is not None and weights.is_file() else None)
+
+
+def _base_path(config: SearchConfig, weights_digest: str | None) -> Path:
     if config["base.checkpoint"]:
         return Path(config["base.checkpoint"])
-    if config["base.weights"] and Path(config["base.weights"]).is_file():
-        digest = hashlib.sha256(Path(config["base.weights"]).read_bytes()).hexdigest()
-        return default_base_path(config).with_name(f"weights-{digest[:16]}.pt")
+    if weights_digest is not None:
+        return default_base_path(config).with_name(f"weights-{weights_digest[:16]}.pt")
     return default_base_path(config)
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def data_spec(config: SearchConfig) -> DataSpec:
@@ -109,7 +118,7 @@ def ensure_base(config: SearchConfig, data: ImageData | None, task: Task,
     if data is None:
         raise AutopruneError("config key 'base.weights': a search with a task of your own needs your trained model's "
                              "weights (a state_dict file); autoprune trains bases for the built-in classification only")
-    path = Path(config["base.checkpoint"] or default_base_path(config))
+    path = _base_path(config, None)
     if path.exists():
         base = ckpt_io.load(path)
         if base.model_spec.arch != config["model"]:
@@ -147,8 +156,8 @@ def base_from_weights(config: SearchConfig, data: ImageData | None, task: Task,
                              "task's; train your model with the L1 penalty yourself")
     if not weights.is_file():
         raise AutopruneError(f"config key 'base.weights': '{weights}' does not exist")
-    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
-    path = base_checkpoint_path(config)
+    digest = _digest(weights)
+    path = _base_path(config, digest)
     if path.exists():
         base = ckpt_io.load(path)
         if base.metrics.get("weights_sha256") == digest and base.model_spec.arch == config["model"]:
@@ -334,10 +343,15 @@ def build_task(config: SearchConfig, data: ImageData | None) -> Task:
     else:
         assert data is not None, "the built-in classification task needs its data"
         task = ClassificationTask(data, recipe(config))
+    check_task_metric(config, task)
+    return task
+
+
+def check_task_metric(config: SearchConfig, task: Task) -> None:
+    """The task must report the metric the config names (objectives and constraints are written in it)."""
     if (task.metric.name, task.metric.mode) != (config["metric.name"], config["metric.mode"]):
         raise AutopruneError(f"config key 'metric': the {type(task).__name__} reports {task.metric.name} "
                              f"({task.metric.mode}), not {config['metric.name']} ({config['metric.mode']})")
-    return task
 
 
 def start_latency_meter(config: SearchConfig, run_dir: RunDir, base_model: Any, input_shape: tuple[int, ...],
@@ -396,20 +410,29 @@ class PythonRun:
     task: Task
 
 
-def python_base(run: RunDir, config: SearchConfig, python: PythonRun, echo: Echo) -> tuple[ckpt_io.Checkpoint, str]:
-    """The base checkpoint of a model given in Python, and its digest. The model and the task are written to the
-    run directory (cloudpickle), so that ``export`` and ``finalize`` can rebuild and evaluate from it."""
-    import copy
-
+def pickle_python_run(python: PythonRun) -> tuple[bytes, bytes]:
+    """The model and the task pickled as they travel to the workers (cloudpickle); a callable of the task that
+    cannot travel is named."""
     from ray import cloudpickle
 
-    model = copy.deepcopy(python.model).cpu().eval()
-    model_bytes, task_bytes = cloudpickle.dumps(model), cloudpickle.dumps(python.task)
+    try:
+        return cloudpickle.dumps(python.model), cloudpickle.dumps(python.task)
+    except Exception:
+        if isinstance(python.task, CallableTask):
+            check_serialisable(python.task)  # names the callable at fault
+        raise
+
+
+def python_base(run: RunDir, config: SearchConfig, python: PythonRun, pickled: tuple[bytes, bytes],
+                echo: Echo) -> tuple[ckpt_io.Checkpoint, str]:
+    """The base checkpoint of a model given in Python, and its digest. The model and the task (``pickled``) are
+    written to the run directory, so that ``export`` and ``finalize`` can rebuild and evaluate from it."""
+    model_bytes, task_bytes = pickled
     run.write_bytes(PYTHON_MODEL_FILE, model_bytes)
     run.write_bytes(PYTHON_TASK_FILE, task_bytes)
-    base = python_checkpoint(config, PythonRun(model, python.task))
+    base = python_checkpoint(config, python)
     name = python.task.metric.name
-    echo(f"base {type(model).__name__} given in Python: val_{name} {base.metrics[f'val_{name}']:.4f}"
+    echo(f"base {type(python.model).__name__} given in Python: val_{name} {base.metrics[f'val_{name}']:.4f}"
          + ("" if python.task.trains else "; no finetune given: candidates are evaluated after batch-norm "
                                            "recalibration on the calibration batches, without training"))
     return base, hashlib.sha256(model_bytes).hexdigest()
@@ -492,21 +515,19 @@ def run_search(config: SearchConfig, run_dir: str | Path | RunDir, *, resume: bo
     the base model and task given as Python objects (``autoprune.search``) instead of by the config."""
     run_dir = as_run_dir(run_dir)
     if python is not None:
+        python = PythonRun(copy.deepcopy(python.model).cpu().eval(), python.task)  # the user's model stays as it is
         check_criteria(config, python.task)
-        if (python.task.metric.name, python.task.metric.mode) != (config["metric.name"], config["metric.mode"]):
-            raise AutopruneError(f"config key 'metric': the task reports {python.task.metric.name}, the config "
-                                 f"names {config['metric.name']}")
-        if isinstance(python.task, CallableTask):
-            check_serialisable(python.task)  # before the run directory and any trial
+        check_task_metric(config, python.task)
+        pickled = pickle_python_run(python)  # before the run directory and any trial
     marker = prepare_run_dir(run_dir, config, resume, python is not None)
     if python is not None:
         task = python.task
-        base, base_digest = python_base(run_dir, config, python, echo)
+        base, base_digest = python_base(run_dir, config, python, pickled, echo)
     else:
         data = classification_data(config)
         task = build_task(config, data)
         base, base_path = ensure_base(config, data, task, echo)
-        base_digest = hashlib.sha256(base_path.read_bytes()).hexdigest()
+        base_digest = _digest(base_path)
     base_model = base.build()
     groups = discover(base_model, base.example_input, ignore=config["space.ignore"])
     space = SearchSpace.from_config(config, groups)
