@@ -56,7 +56,7 @@ def cmd_train_base(args: argparse.Namespace) -> None:
     model = build_model(spec)
     loader = data.loader("train", args.batch_size, shuffle=True, augment=True, seed=args.seed, device=device)
     val = data.loader("val", 256, device=device)
-    print(f"training {args.model} on {args.dataset}: {len(data.train)} train / {len(data.val)} val images, "
+    print(f"training {args.model} on {args.dataset}: {data.samples('train')} train / {data.samples('val')} val images, "
           f"{args.epochs} epochs, device {device}, {args.threads} threads")
     start = time.perf_counter()
 

@@ -29,8 +29,11 @@ DEFAULTS: dict[str, Any] = {
     # the task's figure of merit: what evaluate returns, its direction (max or min); objectives and constraints
     # name it, the front, tables and model cards show it
     "metric": {"name": "accuracy", "mode": "max"},
+    # factory: the user's 'package.module:function' returning {'train', 'test'[, 'val', 'num_classes']} Datasets
+    # (autoprune/data/factory.py), called with factory_args on every worker and read by a DataLoader with 'workers'
+    # processes; dataset then reads 'factory'
     "data": {"dataset": "embedded", "root": None, "val_fraction": 0.1, "seed": 0, "image_size": 32,
-             "max_train_samples": None},
+             "max_train_samples": None, "factory": None, "factory_args": {}, "workers": 0},
     # sparsity_l1 > 0: fine-tune the base for sparsity_epochs with an L1 penalty on batch-norm scales (network
     # slimming) before the search, at lr * 0.1; saved beside the base and reused
     # weights: a state_dict the user trained (loaded with weights_only into 'model'; nothing is retrained); else
@@ -67,12 +70,13 @@ DEFAULTS: dict[str, Any] = {
     "max_failures": 1,
 }
 NULLABLE = {"task": str, "base.weights": str, "objectives": list, "time_budget_s": float, "data.root": str,
-            "data.max_train_samples": int,
+            "data.max_train_samples": int, "data.factory": str,
             "base.checkpoint": str, "latency.threads": int, "latency.target": str, "latency.table": str,
             "latency.screen_margin": float}
 SEEDABLE = ("nsga2", "tpe", "gp", "random")  # searchers that start from warm-start points (Optuna-backed)
 PATH_KEYS = ("data.root", "base.checkpoint", "base.weights", "latency.table")
-FREE_FORM = {"space.groups", "task_args"}  # space.groups: group name -> {low, high, step}; task_args: any
+# space.groups: group name -> {low, high, step}; task_args, data.factory_args: anything
+FREE_FORM = {"space.groups", "task_args", "data.factory_args"}
 
 _CONSTRAINT = re.compile(
     r"^\s*(?P<metric>\w+)\s*(?P<op><=|>=)\s*(?:(?P<base>base)\s*(?:(?P<sign>[-+*])\s*(?P<delta>[0-9.eE+-]+))?"
@@ -251,6 +255,18 @@ def _validate(c: SearchConfig) -> None:
     if c["data.dataset"] not in DATASETS:
         raise AutopruneError(f"config key 'data.dataset': unknown dataset '{c['data.dataset']}', use one of "
                              f"{', '.join(DATASETS)}")
+    if c["data.factory"] is not None:
+        if c["data.dataset"] not in ("embedded", "factory"):  # embedded: the default, not a choice
+            raise AutopruneError(f"config key 'data.factory': give it or data.dataset "
+                                 f"('{c['data.dataset']}'), not both")
+        if c["task"] is not None:
+            raise AutopruneError("config key 'data.factory': a task of your own ('task') loads its own data")
+        c.raw["data"]["dataset"] = "factory"
+    elif c["data.dataset"] == "factory":
+        raise AutopruneError("config key 'data.factory': dataset 'factory' needs data.factory, "
+                             "'package.module:function'")
+    if c["data.workers"] < 0:
+        raise AutopruneError(f"config key 'data.workers' must be >= 0, got {c['data.workers']}")
     for key in ("space.criteria",):
         if not c[key]:
             raise AutopruneError(f"config key '{key}' must list at least one criterion")

@@ -93,6 +93,7 @@ def main() -> None:
     p.add_argument("--data", default=os.environ.get("AUTOPRUNE_DATA", "../shared/data"))
     p.add_argument("--train-samples", type=int, default=20000)
     p.add_argument("--trials", type=int, default=8)
+    p.add_argument("--epochs", type=float, default=3, help="epochs of the base's own training")
     p.add_argument("--out", default="runs/mnist_own")
     args = p.parse_args()
     torch.manual_seed(0)
@@ -105,7 +106,7 @@ def main() -> None:
 
     model = SmallCNN()
     start = time.perf_counter()
-    train_epochs(model, train_loader, 3)
+    train_epochs(model, train_loader, args.epochs)
     print(f"trained SmallCNN in {time.perf_counter() - start:.0f} s: val {accuracy(model, val_loader):.4f}, "
           f"test {accuracy(model, test_loader):.4f}", flush=True)
 

@@ -6,6 +6,7 @@ import torch
 from conftest import calib_batches
 
 from autoprune import Policy, discover, prune
+from autoprune.errors import AutopruneError
 from autoprune.models import ModelSpec, build_model
 from autoprune.pruning import REGISTRY, Criterion, Unscorable, make_criterion
 from autoprune.pruning.graph import build_graph, frozen_layers, named_groups
@@ -172,6 +173,36 @@ def test_planted_unimportant_channel_ranks_last_and_is_the_one_pruned(name):
     record = pruned.autoprune_record
     assert record.criterion_used == {"project.0": name}
     assert sorted(set(range(24)) - set(record.kept["project.0"])) == [PLANTED]
+
+
+@pytest.mark.parametrize("name", ["taylor", "hessian"])
+def test_the_gradient_criteria_differentiate_the_loss_they_are_given(name):
+    """Only logit 0 reads the planted channel's absence: under the cross-entropy (all logits) it still gets
+    gradients, under a loss of logit 0 alone it gets none and ranks last."""
+    model = live_branchy()
+    with torch.no_grad():
+        model.head.weight[0, PLANTED] = 0
+    x = torch.zeros(1, *SHAPE)
+    group = dict(named_groups(build_graph(model, x), frozen_layers(model, x)))["project.0"]
+
+    def logit0(m, batch):
+        return m(batch[0])[:, 0] ** 2
+
+    scores = {}
+    for label, loss in (("ce", None), ("logit0", logit0)):
+        criterion = make_criterion(name, loss=loss)
+        criterion.prepare(model, calib_batches(SHAPE))
+        scores[label] = criterion.scores(group)
+        model.zero_grad(set_to_none=True)
+    assert scores["logit0"].argmin() == PLANTED and scores["ce"].argmin() != PLANTED
+    pruned = prune(model, Policy({"project.0": 1 / 24}, name), x, calib_batches(SHAPE), loss=logit0)
+    assert sorted(set(range(24)) - set(pruned.autoprune_record.kept["project.0"])) == [PLANTED]
+
+
+def test_a_loss_that_is_not_per_sample_is_named():
+    criterion = make_criterion("taylor", loss=lambda m, batch: m(batch[0]).sum())
+    with pytest.raises(AutopruneError, match="one value per sample"):
+        criterion.prepare(live_branchy(), calib_batches(SHAPE))
 
 
 def test_entropy_and_activation_mean_disagree_on_a_constant_channel():

@@ -36,7 +36,7 @@ def test_user_factory_by_import_path():
     ("resnet21", "unknown model 'resnet21'"),
     ("torchvision:nonet", "unknown torchvision classification model 'nonet'"),
     ("no_such_module_xyz:f", "cannot import module 'no_such_module_xyz'"),
-    ("toy_models:missing", "model factory 'missing' not found"),
+    ("toy_models:missing", "'missing' not found in module 'toy_models'"),
     ("toy_models:not_a_model", "not a torch.nn.Module"),
 ])
 def test_bad_model_names_are_clear_errors(arch, needle):

@@ -152,3 +152,17 @@ def test_metric_rejects_a_bad_mode_and_name():
     with pytest.raises(AutopruneError, match="is a cost autoprune measures itself"):
         Metric("latency_ms", "min")
     assert Metric("mse", "min").better(0.1, 0.2) and Metric("psnr", "max").better(30.0, 20.0)
+
+
+def test_a_loss_when_defined_is_one_differentiable_value_per_sample(case):
+    task, make = case
+    model = make()
+    batch = task.calibration(1)[0]
+    if not task.has_loss:
+        with pytest.raises(NotImplementedError, match="has no loss"):
+            task.loss(model, batch)
+        return
+    losses = task.loss(model, batch)
+    assert losses.shape == (len(batch[0]),) and torch.isfinite(losses).all()
+    losses.mean().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())

@@ -26,10 +26,10 @@ def test_an_imported_task_travels_as_its_path_and_arguments():
 
 
 @pytest.mark.parametrize("path, needle", [
-    ("toy_tasks.DenoisingTask", "is not 'package.module:Class'"),
-    ("no_such_module:Task", "cannot import 'no_such_module'"),
+    ("toy_tasks.DenoisingTask", "is not 'package.module:name'"),
+    ("no_such_module:Task", "cannot import module 'no_such_module'"),
     ("toy_tasks:Denoiser", "is not a subclass of autoprune.tasks.Task"),
-    ("toy_tasks:Missing", "is not a subclass of autoprune.tasks.Task"),
+    ("toy_tasks:Missing", "'Missing' not found in module 'toy_tasks'"),
 ])
 def test_a_bad_task_path_is_named(path, needle):
     with pytest.raises(AutopruneError, match=needle):
@@ -46,6 +46,15 @@ def test_the_config_metric_must_be_the_tasks():
     with pytest.raises(AutopruneError, match=r"the ImportedTask reports mse \(min\), not accuracy \(max\)"):
         build_task(load_config(None, TASK[:3]), None)
     assert build_task(load_config(None, TASK), None).metric.name == "mse"
+
+
+def test_the_gradient_criteria_need_the_tasks_loss():
+    assert build_task(load_config(None, [*TASK, "space.criteria=[taylor, hessian]"]), None).has_loss
+    lossless = [item.replace("DenoisingTask", "LosslessDenoisingTask") for item in TASK]
+    with pytest.raises(AutopruneError, match="'taylor' ranks channels by gradients of the task's loss, which "
+                                             "toy_tasks:LosslessDenoisingTask does not define"):
+        build_task(load_config(None, [*lossless, "space.criteria=[l1, taylor]"]), None)
+    assert not build_task(load_config(None, [*lossless, "space.criteria=[l1]"]), None).has_loss
 
 
 def weights_config(tmp_path, state):

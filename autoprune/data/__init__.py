@@ -1,4 +1,7 @@
-"""Datasets: the embedded Fashion-MNIST subset and torchvision datasets from a local root."""
-from autoprune.data.datasets import DATASETS, DataSpec, ImageData, Split, TensorLoader, load_data
+"""Datasets: the embedded Fashion-MNIST subset, torchvision datasets from a local root, the user's own Datasets."""
+from autoprune.data.datasets import ImageData, Split, TensorLoader, load_data
+from autoprune.data.factory import FactoryData
+from autoprune.data.spec import DATASETS, ClassificationData, DataSpec
 
-__all__ = ["DATASETS", "DataSpec", "ImageData", "Split", "TensorLoader", "load_data"]
+__all__ = ["DATASETS", "ClassificationData", "DataSpec", "FactoryData", "ImageData", "Split", "TensorLoader",
+           "load_data"]

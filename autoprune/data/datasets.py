@@ -2,21 +2,23 @@
 
 Sources: the embedded Fashion-MNIST subset shipped in the package (no files needed), and
 torchvision's FashionMNIST, MNIST, CIFAR10 and ImageFolder from a local root. Nothing is ever
-downloaded unless the user asks for it (``--download``).
+downloaded unless the user asks for it (``--download``). A user's own Datasets come from
+``autoprune.data.factory`` (``data.factory``), read lazily where they are used.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import numpy as np
 import torch
 
+from autoprune.data.factory import FactoryData
+from autoprune.data.spec import DATASETS, DataSpec
 from autoprune.errors import AutopruneError
 
 EMBEDDED_FILE = Path(__file__).parent / "embedded" / "fashionmnist_subset.npz"
-DATASETS = ("embedded", "fashionmnist", "mnist", "cifar10", "imagefolder")
 # Files torchvision needs under the root, named in the error when they are missing.
 EXPECTED = {
     "fashionmnist": "FashionMNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte",
@@ -26,26 +28,6 @@ EXPECTED = {
 }
 # Flipping a digit makes another symbol; clothes and objects stay what they are.
 FLIP_OK = {"embedded": True, "fashionmnist": True, "mnist": False, "cifar10": True, "imagefolder": True}
-
-
-@dataclass(frozen=True)
-class DataSpec:
-    """Which data to load and how to split it; stored in checkpoints so a run can reload it."""
-
-    dataset: str = "embedded"
-    root: str | None = None
-    val_fraction: float = 0.1
-    seed: int = 0
-    image_size: int = 32  # ImageFolder images are resized to this
-    download: bool = False
-    max_train_samples: int | None = None  # keep only the first N training images (quick runs, tests)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "DataSpec":
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
 @dataclass
@@ -82,6 +64,9 @@ class ImageData:
         flip = augment and FLIP_OK[self.spec.dataset]
         return TensorLoader(data, self.mean, self.std, batch_size, shuffle=shuffle,
                             crop_pad=(data.images.shape[-1] // 8) if augment else 0, flip=flip, seed=seed, device=device)
+
+    def samples(self, split: str) -> int:
+        return len({"train": self.train, "val": self.val, "test": self.test}[split])
 
     def preprocess(self) -> dict[str, list[float]]:
         return {"mean": list(self.mean), "std": list(self.std)}
@@ -127,8 +112,11 @@ class TensorLoader:
         return padded[..., dy:dy + h, dx:dx + w]
 
 
-def load_data(spec: DataSpec) -> ImageData:
-    """Load ``spec.dataset`` into memory, carve the validation split and compute normalisation."""
+def load_data(spec: DataSpec) -> ImageData | FactoryData:
+    """Load ``spec.dataset`` into memory, carve the validation split and compute normalisation; the user's factory's
+    Datasets (``spec.factory``) are only described, and read by their loaders where they are used."""
+    if spec.factory is not None:
+        return FactoryData(spec)
     if spec.dataset not in DATASETS:
         raise AutopruneError(f"unknown dataset '{spec.dataset}': use one of {', '.join(DATASETS)}")
     if not 0.0 < spec.val_fraction < 1.0:

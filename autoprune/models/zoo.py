@@ -7,7 +7,6 @@ Architectures are named by a string:
 """
 from __future__ import annotations
 
-import importlib
 import inspect
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
@@ -15,6 +14,7 @@ from typing import Any, Callable
 from torch import nn
 
 from autoprune.errors import AutopruneError
+from autoprune.imports import resolve
 from autoprune.models import cifar_resnet, cifar_vgg
 
 BUILTIN: dict[str, Callable[..., nn.Module]] = {
@@ -84,14 +84,9 @@ def _replace_first_conv(model: nn.Module, in_channels: int) -> None:
 
 
 def _user_model(spec: ModelSpec) -> nn.Module:
-    module_name, _, factory_name = spec.arch.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise AutopruneError(f"cannot import module '{module_name}' for model '{spec.arch}': {e}") from None
-    factory = getattr(module, factory_name, None)
+    factory = resolve(spec.arch, f"model '{spec.arch}'")
     if not callable(factory):
-        raise AutopruneError(f"model factory '{factory_name}' not found in module '{module_name}'")
+        raise AutopruneError(f"model '{spec.arch}' is not callable: name a factory that returns the model")
     kwargs = dict(spec.kwargs)
     params = inspect.signature(factory).parameters
     for key, value in (("num_classes", spec.num_classes), ("in_channels", spec.in_channels)):

@@ -8,17 +8,18 @@ group by L1 and records it). Adding a criterion is one class and one line in ``R
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 
 from autoprune.errors import AutopruneError
+from autoprune.tasks.training import classification_loss
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+LossFn = Callable[[nn.Module, Batch], torch.Tensor]  # (model, batch) -> one loss per sample, shape (N,)
 _reducer = tp.importance.GroupMagnitudeImportance(group_reduction="mean", normalizer=None)
 _GRAD_READ = (nn.modules.conv._ConvNd, nn.Linear, nn.LayerNorm)
 
@@ -94,15 +95,31 @@ class BNScale(_TorchPruningCriterion):
         return tp.importance.BNScaleImportance(normalizer=None)
 
 
-CLASSIFICATION_LOSS = ("taylor", "hessian")  # criteria that rank by the cross-entropy of (inputs, labels)
+LOSS_CRITERIA = ("taylor", "hessian")  # criteria that rank by gradients of a loss (the task's: ``Task.loss``)
 
 
-class Taylor(_TorchPruningCriterion):
+class _LossCriterion(_TorchPruningCriterion):
+    """Ranks by gradients of ``loss`` on the calibration batches (default: ``classification_loss``)."""
+
+    needs_data = True
+    unscorable = "no gradients in group"
+
+    def __init__(self, loss: LossFn | None = None) -> None:
+        super().__init__()
+        self.loss = loss or classification_loss
+
+    def _losses(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        losses = self.loss(model, batch)
+        if not isinstance(losses, torch.Tensor) or losses.ndim != 1:
+            raise AutopruneError(f"criterion '{self.name}': the loss must return one value per sample (a 1-D tensor), "
+                                 f"got {tuple(losses.shape) if isinstance(losses, torch.Tensor) else type(losses)}")
+        return losses
+
+
+class Taylor(_LossCriterion):
     """|w * dL/dw| summed per channel, gradients accumulated over the calibration batches (Molchanov et al. 2019)."""
 
     name = "taylor"
-    needs_data = True
-    unscorable = "no gradients in group"
 
     def _make(self) -> tp.importance.Importance:
         return tp.importance.GroupTaylorImportance(normalizer=None)
@@ -118,19 +135,17 @@ class Taylor(_TorchPruningCriterion):
         model.eval()
         model.zero_grad(set_to_none=True)
         with torch.enable_grad():
-            for x, y in batches:
-                F.cross_entropy(model(x), y).backward()
+            for batch in batches:
+                self._losses(model, batch).mean().backward()
 
 
-class Hessian(_TorchPruningCriterion):
+class Hessian(_LossCriterion):
     """OBD saliency w^2 * H_ii, H_ii estimated by the empirical Fisher (the mean squared per-sample gradient)."""
 
     name = "hessian"
-    needs_data = True
-    unscorable = "no gradients in group"
 
-    def __init__(self, max_samples: int = 32) -> None:
-        super().__init__()
+    def __init__(self, loss: LossFn | None = None, max_samples: int = 32) -> None:
+        super().__init__(loss)
         self.max_samples = max_samples
 
     def _make(self) -> tp.importance.Importance:
@@ -142,8 +157,8 @@ class Hessian(_TorchPruningCriterion):
         fisher = [torch.zeros_like(p) for p in params]
         count = 0
         with torch.enable_grad():
-            for x, y in batches:
-                losses = F.cross_entropy(model(x), y, reduction="none")
+            for batch in batches:
+                losses = self._losses(model, batch)
                 for i in range(min(len(losses), self.max_samples - count)):
                     grads = torch.autograd.grad(losses[i], params, retain_graph=True, allow_unused=True)
                     for f, g in zip(fisher, grads):
@@ -273,8 +288,13 @@ REGISTRY: dict[str, type[Criterion]] = {
 }
 
 
-def make_criterion(name: str, seed: int = 0) -> Criterion:
-    """Instantiate the criterion called ``name`` (``seed`` drives ``random``)."""
+def make_criterion(name: str, seed: int = 0, loss: LossFn | None = None) -> Criterion:
+    """Instantiate the criterion called ``name`` (``seed`` drives ``random``, ``loss`` the gradient criteria:
+    per-sample losses of (model, batch), default ``classification_loss``)."""
     if name not in REGISTRY:
         raise AutopruneError(f"unknown criterion '{name}': use one of {', '.join(REGISTRY)}")
-    return Random(seed) if name == "random" else REGISTRY[name]()
+    if name == "random":
+        return Random(seed)
+    if name in LOSS_CRITERIA:
+        return REGISTRY[name](loss)  # type: ignore[call-arg]
+    return REGISTRY[name]()

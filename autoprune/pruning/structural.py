@@ -13,7 +13,7 @@ import torch_pruning as tp
 from torch import nn
 
 from autoprune.errors import AutopruneError
-from autoprune.pruning.criteria import Batch, Criterion, Unscorable, make_criterion
+from autoprune.pruning.criteria import Batch, Criterion, LossFn, Unscorable, make_criterion
 from autoprune.pruning.graph import (
     GroupLayout,
     build_graph,
@@ -100,6 +100,7 @@ def prune(
     between_steps: Callable[[nn.Module, int], None] | None = None,
     calib_batches: int = 8,
     seed: int = 0,
+    loss: LossFn | None = None,
 ) -> nn.Module:
     """Return a pruned copy of ``model`` with channels physically removed as ``policy`` asks.
 
@@ -111,11 +112,12 @@ def prune(
     iteratively: each step removes an equal share of the channels, re-scoring on the current
     model, and calls ``between_steps(model, step)`` (e.g. a short fine-tune) between steps. The
     record needed to rebuild the structure, and what ranked each group, is attached as
-    ``model.autoprune_record``.
+    ``model.autoprune_record``. ``loss``: what the gradient criteria (taylor, hessian) differentiate, one value per
+    sample of a calibration batch (default: the cross-entropy of a classifier's outputs against integer labels).
     """
     if steps < 1:
         raise AutopruneError(f"steps must be >= 1, got {steps}")
-    criterion = make_criterion(policy.criterion, seed)
+    criterion = make_criterion(policy.criterion, seed, loss)
     fallback = make_criterion(FALLBACK)
     pruned = copy.deepcopy(model)
     device = next(pruned.parameters()).device

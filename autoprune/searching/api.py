@@ -25,7 +25,7 @@ from torch import nn
 
 from autoprune.errors import AutopruneError
 from autoprune.tasks.base import Batch, Metric
-from autoprune.tasks.callables import CallableTask, Evaluate, Finetune
+from autoprune.tasks.callables import CallableTask, Evaluate, Finetune, Loss
 
 
 @dataclass
@@ -42,12 +42,13 @@ class SearchResult:
 
 
 def search(model: nn.Module, example_input: torch.Tensor, *, evaluate: Evaluate, finetune: Finetune | None = None,
-           calibration: Iterable[Batch] | None = None, test: Evaluate | None = None,
+           calibration: Iterable[Batch] | None = None, test: Evaluate | None = None, loss: Loss | None = None,
            config: str | Path | Mapping[str, Any] | None = None, out: str | Path = "runs/search",
            resume: bool = False, echo: Callable[[str], None] = print, **overrides: Any) -> SearchResult:
     """Search pruning policies of ``model``: each candidate is pruned, recalibrated on ``calibration``, fine-tuned
     by ``finetune(model, epochs, teacher)`` when given and scored by ``evaluate(model) -> float`` (the config's
-    ``metric``: ``accuracy`` to maximise unless ``metric={"name": ..., "mode": "min"}``). See the module."""
+    ``metric``: ``accuracy`` to maximise unless ``metric={"name": ..., "mode": "min"}``); ``loss(model, batch)``,
+    one training loss per sample, lets the ``taylor`` and ``hessian`` criteria rank channels. See the module."""
     from autoprune.config import load_config
     from autoprune.searching.controller import PythonRun, run_search
     from autoprune.searching.results import FRONT_FILE, read_trials
@@ -66,7 +67,7 @@ def search(model: nn.Module, example_input: torch.Tensor, *, evaluate: Evaluate,
                              "'base.weights' to configs for the CLI")
     loaded = load_config(path, [f"{key}={yaml.safe_dump(value, default_flow_style=True).strip()}"
                                 for key, value in settings.items()])
-    task = CallableTask(evaluate, example_input, finetune=finetune, calibration=calibration, test=test,
+    task = CallableTask(evaluate, example_input, finetune=finetune, calibration=calibration, test=test, loss=loss,
                         metric=Metric(loaded["metric.name"], loaded["metric.mode"]))
     summary = run_search(loaded, out, resume=resume, echo=echo, python=PythonRun(model, task))
     run = summary.run_dir

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from autoprune.config import SearchConfig, violations
-from autoprune.data import DataSpec, ImageData, load_data
+from autoprune.data import ClassificationData, DataSpec, load_data
 from autoprune.errors import AutopruneError
 from autoprune.measure.latency import (
     LatencyTable,
@@ -35,7 +35,7 @@ from autoprune.measure.latency import (
 from autoprune.objectives import values_of
 from autoprune.pruning import checkpoint as ckpt_io
 from autoprune.pruning.checkpoint import PYTHON
-from autoprune.pruning.criteria import CLASSIFICATION_LOSS
+from autoprune.pruning.criteria import LOSS_CRITERIA
 from autoprune.pruning.policy import discover
 from autoprune.searching.feasibility import check_constraints, format_report, space_report
 from autoprune.searching.front import Front, format_rows, is_full, write_front
@@ -98,10 +98,12 @@ def _digest(path: Path) -> str:
 def data_spec(config: SearchConfig) -> DataSpec:
     root = config["data.root"] or os.environ.get("AUTOPRUNE_DATA")
     return DataSpec(config["data.dataset"], root, config["data.val_fraction"], config["data.seed"],
-                    config["data.image_size"], max_train_samples=config["data.max_train_samples"])
+                    config["data.image_size"], max_train_samples=config["data.max_train_samples"],
+                    factory=config["data.factory"], factory_args=dict(config["data.factory_args"]),
+                    workers=config["data.workers"])
 
 
-def ensure_base(config: SearchConfig, data: ImageData | None, task: Task,
+def ensure_base(config: SearchConfig, data: ClassificationData | None, task: Task,
                 echo: Echo) -> tuple[ckpt_io.Checkpoint, Path]:
     """The search's base checkpoint: from the user's weights (``base.weights``), else the checkpoint, trained on the
     classification data (and saved) first when it does not exist yet.
@@ -142,7 +144,7 @@ def ensure_base(config: SearchConfig, data: ImageData | None, task: Task,
     return slim_base(config, data, base, path, echo)
 
 
-def base_from_weights(config: SearchConfig, data: ImageData | None, task: Task,
+def base_from_weights(config: SearchConfig, data: ClassificationData | None, task: Task,
                       echo: Echo) -> tuple[ckpt_io.Checkpoint, Path]:
     """``model`` with the user's ``base.weights`` (a state_dict, loaded with ``weights_only``; every key must fit),
     saved as the run's base checkpoint (``base.checkpoint``, else one named after the weights' digest)."""
@@ -197,7 +199,7 @@ def base_from_weights(config: SearchConfig, data: ImageData | None, task: Task,
     return slim_base(config, data, base, path, echo) if data is not None else (base, path)
 
 
-def slim_base(config: SearchConfig, data: ImageData, base: ckpt_io.Checkpoint, path: Path,
+def slim_base(config: SearchConfig, data: ClassificationData, base: ckpt_io.Checkpoint, path: Path,
               echo: Echo) -> tuple[ckpt_io.Checkpoint, Path]:
     """Network slimming's sparsity training of the base, when ``base.sparsity_l1`` > 0 (else the base as it is).
 
@@ -320,29 +322,29 @@ def recipe(config: SearchConfig) -> Recipe:
                   seed=config["searcher.seed"], proxy_samples=config["searcher.proxy_samples"])
 
 
-def classification_data(config: SearchConfig) -> ImageData | None:
+def classification_data(config: SearchConfig) -> ClassificationData | None:
     """The image data of the built-in classification task; None for a task of the user's (it loads its own)."""
     return load_data(data_spec(config)) if config["task"] is None else None
 
 
 def check_criteria(config: SearchConfig, task: Task) -> None:
-    """Criteria that rank channels by the classification loss need the built-in classification task."""
-    bad = [c for c in config["space.criteria"] if c in CLASSIFICATION_LOSS]
-    if bad:
-        raise AutopruneError(f"config key 'space.criteria': '{bad[0]}' ranks channels by the classification loss, "
-                             f"which {task.describe()['task']} does not have: use magnitude, activation or "
-                             f"bn_scale criteria")
+    """The gradient criteria (taylor, hessian) differentiate the task's loss: the task must have one."""
+    bad = [c for c in config["space.criteria"] if c in LOSS_CRITERIA]
+    if bad and not task.has_loss:
+        raise AutopruneError(f"config key 'space.criteria': '{bad[0]}' ranks channels by gradients of the task's "
+                             f"loss, which {task.describe()['task']} does not define (Task.loss; loss= in "
+                             f"autoprune.search): use magnitude, activation or bn_scale criteria")
 
 
-def build_task(config: SearchConfig, data: ImageData | None) -> Task:
+def build_task(config: SearchConfig, data: ClassificationData | None) -> Task:
     """The task every candidate of the search is fine-tuned and evaluated on (``data``: the classification data,
     None for a task given by import path); it must report the config's metric."""
     if config["task"] is not None:
         task: Task = ImportedTask(config["task"], config["task_args"])
-        check_criteria(config, task)
     else:
         assert data is not None, "the built-in classification task needs its data"
         task = ClassificationTask(data, recipe(config))
+    check_criteria(config, task)
     check_task_metric(config, task)
     return task
 

@@ -147,7 +147,7 @@ def _prune_and_measure(base_model: nn.Module, task: Task, policy: Policy, settin
     with watch("prune"):
         calib = task.calibration(max(settings.calib_batches, RECONSTRUCT_BATCHES), seed=settings.seed)
         pruned = prune(base_model, policy, example, calib, steps=settings.steps, between_steps=short_finetune,
-                       calib_batches=settings.calib_batches, seed=settings.seed)
+                       calib_batches=settings.calib_batches, seed=settings.seed, loss=task.loss)
     with watch("measure"):
         record = getattr(pruned, RECORD_ATTR)
         if meter is None:

@@ -74,6 +74,16 @@ class Task(ABC):
         """False when the task has no fine-tuning: candidates are evaluated after batch-norm recalibration only."""
         return True
 
+    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        """Optional: the training loss of ``model`` on a calibration batch, one value per sample (shape (N,)). The
+        gradient criteria (``taylor``, ``hessian``) rank channels by it; a task without one cannot use them."""
+        raise NotImplementedError(f"{type(self).__name__} has no loss: the gradient criteria need Task.loss")
+
+    @property
+    def has_loss(self) -> bool:
+        """Whether ``loss`` is implemented (the gradient criteria need it)."""
+        return type(self).loss is not Task.loss
+
     def example_input(self) -> torch.Tensor:
         """One input of batch size 1 (tracing, latency): the first calibration batch's first sample."""
         inputs = self.calibration(1)[0][0]

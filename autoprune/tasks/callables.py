@@ -21,13 +21,16 @@ from autoprune.tasks.base import DEFAULT_METRIC, SPLITS, Batch, EpochCallback, M
 
 Evaluate = Callable[[nn.Module], float]
 Finetune = Callable[[nn.Module, float, "nn.Module | None"], None]
+Loss = Callable[[nn.Module, Batch], torch.Tensor]
 
 
 class CallableTask(Task):
     """``evaluate(model) -> float`` (the metric, on the user's validation data), optionally ``finetune(model, epochs,
     teacher)`` (trains in place; ``teacher`` is the unpruned model to distil from, or None) and ``test(model)`` (the
-    metric on held-out data; else ``evaluate`` stands in); ``calibration``: batches ``(inputs, targets)`` from the
-    training data (targets may be None); ``example_input``: one input batch for tracing and latency.
+    metric on held-out data; else ``evaluate`` stands in), ``loss(model, batch)`` (one training loss per sample of a
+    calibration batch: lets the ``taylor`` and ``hessian`` criteria rank channels); ``calibration``: batches
+    ``(inputs, targets)`` from the training data (targets may be None); ``example_input``: one input batch for
+    tracing and latency.
 
     Without ``finetune``, candidates are only recalibrated (batch norm) on the calibration batches. The ``proxy``
     split is ``evaluate`` too: pass a cheap one for staged evaluation. ``finetune`` is called once per whole epoch
@@ -36,15 +39,15 @@ class CallableTask(Task):
 
     def __init__(self, evaluate: Evaluate, example_input: torch.Tensor, *, finetune: Finetune | None = None,
                  calibration: Iterable[Batch] | None = None, test: Evaluate | None = None,
-                 metric: Metric = DEFAULT_METRIC) -> None:
+                 loss: Loss | None = None, metric: Metric = DEFAULT_METRIC) -> None:
         if not callable(evaluate):
             raise AutopruneError(f"evaluate must be a callable model -> float, got {type(evaluate).__name__}")
-        for name, fn in (("finetune", finetune), ("test", test)):
+        for name, fn in (("finetune", finetune), ("test", test), ("loss", loss)):
             if fn is not None and not callable(fn):
                 raise AutopruneError(f"{name} must be callable, got {type(fn).__name__}")
         if not isinstance(example_input, torch.Tensor):
             raise AutopruneError(f"example_input must be a tensor, got {type(example_input).__name__}")
-        self._evaluate, self._finetune, self._test = evaluate, finetune, test
+        self._evaluate, self._finetune, self._test, self._loss = evaluate, finetune, test, loss
         self.batches = [_batch(b, i) for i, b in enumerate(calibration)] if calibration is not None else []
         self._example = example_input.detach().cpu()[:1].clone()
         self.metric = metric
@@ -85,6 +88,15 @@ class CallableTask(Task):
     def trains(self) -> bool:
         return self._finetune is not None
 
+    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        if self._loss is None:
+            return super().loss(model, batch)
+        return self._loss(model, batch)
+
+    @property
+    def has_loss(self) -> bool:
+        return self._loss is not None
+
     def example_input(self) -> torch.Tensor:
         return self._example
 
@@ -108,7 +120,7 @@ def check_serialisable(task: CallableTask) -> None:
     from ray import cloudpickle
 
     for name, value in (("evaluate", task._evaluate), ("finetune", task._finetune), ("test", task._test),
-                        ("calibration", task.batches)):
+                        ("loss", task._loss), ("calibration", task.batches)):
         if value is None:
             continue
         try:

@@ -1,16 +1,17 @@
-"""The built-in task: image classification on in-memory data, top-1 accuracy, SGD fine-tuning with optional KD."""
+"""The built-in task: image classification (built-in or the user's Datasets), top-1 accuracy, SGD fine-tuning, KD."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from itertools import islice
 from typing import Any
 
+import torch
 from torch import nn
 
-from autoprune.data import ImageData
+from autoprune.data import ClassificationData
 from autoprune.errors import AutopruneError
 from autoprune.tasks.base import SPLITS, Batch, EpochCallback, Metric, Task, device_of
-from autoprune.tasks.training import TrainConfig, evaluate, train
+from autoprune.tasks.training import TrainConfig, classification_loss, evaluate, train
 
 CALIBRATION_BATCH = 64  # images per calibration batch
 
@@ -37,7 +38,7 @@ class ClassificationTask(Task):
 
     metric = Metric("accuracy", "max")
 
-    def __init__(self, data: ImageData, recipe: Recipe = Recipe()) -> None:
+    def __init__(self, data: ClassificationData, recipe: Recipe = Recipe()) -> None:
         self.data, self.recipe = data, recipe
 
     def calibration(self, count: int, seed: int = 0) -> list[Batch]:
@@ -66,6 +67,10 @@ class ClassificationTask(Task):
                 model.train()  # the callback may have evaluated it
 
         train(model, loader, config, teacher=teacher, device=device, on_epoch=report, progress=progress)
+
+    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        """Per-image cross-entropy."""
+        return classification_loss(model, batch)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "dataset": self.data.spec.dataset, **self.recipe.to_dict()}

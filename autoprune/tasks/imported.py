@@ -6,26 +6,19 @@ be importable on every worker (installed, on ``PYTHONPATH``, or in the Ray job's
 """
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
+import torch
 from torch import nn
 
 from autoprune.errors import AutopruneError
+from autoprune.imports import resolve
 from autoprune.tasks.base import Batch, EpochCallback, Task
 
 
 def task_class(path: str) -> type[Task]:
     """The ``Task`` subclass at ``package.module:Class``, or an error naming what is wrong with the path."""
-    module_name, sep, name = path.partition(":")
-    if not sep or not module_name or not name:
-        raise AutopruneError(f"config key 'task': '{path}' is not 'package.module:Class'")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise AutopruneError(f"config key 'task': cannot import '{module_name}' ({e}); install it or add its "
-                             f"directory to PYTHONPATH") from None
-    cls = getattr(module, name, None)
+    cls = resolve(path, "config key 'task'")
     if not isinstance(cls, type) or not issubclass(cls, Task):
         raise AutopruneError(f"config key 'task': '{path}' is not a subclass of autoprune.tasks.Task")
     return cls
@@ -67,6 +60,13 @@ class ImportedTask(Task):
     @property
     def trains(self) -> bool:
         return self.task.trains
+
+    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        return self.task.loss(model, batch)
+
+    @property
+    def has_loss(self) -> bool:
+        return task_class(self.path).loss is not Task.loss
 
     def example_input(self) -> Any:
         return self.task.example_input()

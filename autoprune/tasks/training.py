@@ -40,6 +40,12 @@ class TrainConfig:
     sparsity_l1: float = 0.0
 
 
+def classification_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Per-sample cross-entropy of ``model(inputs)`` against integer labels (the gradient criteria's default)."""
+    inputs, labels = batch
+    return F.cross_entropy(model(inputs), labels, reduction="none")
+
+
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, targets: torch.Tensor,
                       alpha: float, temperature: float) -> torch.Tensor:
     """(1 - alpha) * CE(student, targets) + alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T))."""

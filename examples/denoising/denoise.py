@@ -80,6 +80,11 @@ class DenoisingTask(Task):
             count += y.numel()
         return psnr(squared / count)
 
+    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        """Per-image MSE: optional, it lets the gradient criteria (taylor, hessian) rank channels."""
+        noisy, clean = batch
+        return ((model(noisy) - clean) ** 2).flatten(1).mean(1)
+
     def finetune(self, model: nn.Module, epochs: float, *, teacher: nn.Module | None = None,
                  on_epoch: EpochCallback | None = None, progress: dict[str, Any] | None = None) -> None:
         device = device_of(model)

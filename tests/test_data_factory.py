@@ -1,0 +1,134 @@
+"""The user's own Datasets by import path (``data.factory``): read lazily, pickled as their path, errors named."""
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import toy_data
+
+from autoprune.config import load_config
+from autoprune.data import DataSpec, FactoryData, load_data
+from autoprune.errors import AutopruneError
+from autoprune.searching.controller import data_spec
+from autoprune.tasks.classification import ClassificationTask, Recipe
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("files")
+    toy_data.write_images(root / "train", 90, seed=0)
+    toy_data.write_images(root / "val", 15, seed=1)
+    toy_data.write_images(root / "test", 30, seed=2)
+    return root
+
+
+def spec(root, factory="toy_data:image_files", **kwargs):
+    return DataSpec("factory", factory=factory, factory_args={"root": str(root), **kwargs.pop("args", {})}, **kwargs)
+
+
+def test_splits_shapes_and_classes_come_from_the_users_datasets(root):
+    data = load_data(spec(root))
+    assert isinstance(data, FactoryData)
+    assert (data.samples("train"), data.samples("val"), data.samples("test")) == (81, 9, 30)  # 10 % of 90 held out
+    assert data.num_classes == 3 and data.input_shape == (1, 12, 12) and data.preprocess() == {}
+    inputs, labels = next(iter(data.loader("train", 32, shuffle=True, seed=0)))
+    assert inputs.shape == (32, 1, 12, 12) and labels.dtype == torch.int64
+    assert sum(len(x) for x, _ in data.loader("val", 4, limit=5)) == 5
+    again = [y.tolist() for _, y in load_data(spec(root)).loader("train", 32, shuffle=True, seed=0)]
+    assert again == [y.tolist() for _, y in data.loader("train", 32, shuffle=True, seed=0)]  # seeded
+    own_val = load_data(spec(root, args={"with_val": True}, max_train_samples=40))
+    assert (own_val.samples("train"), own_val.samples("val")) == (40, 15)
+    assert load_data(spec(root, factory="toy_data:counted")).num_classes == 3
+
+
+def test_held_out_validation_is_disjoint_from_training(root):
+    data = load_data(spec(root, val_fraction=0.2))
+    train, val = data.splits.train, data.splits.val
+    assert set(train.indices).isdisjoint(val.indices) and len(train.indices) + len(val.indices) == 90
+
+
+def test_data_travels_as_its_spec_and_is_read_where_it_is_used(root):
+    data = load_data(spec(root))
+    first = next(iter(data.loader("test", 8)))[1].tolist()
+    payload = pickle.dumps(ClassificationTask(data, Recipe()))
+    assert len(payload) < 2000 and b"toy_data:image_files" in payload and b"vertical" not in payload
+    made = toy_data.MADE["count"]
+    task = pickle.loads(payload)
+    assert task.data._splits is None
+    assert next(iter(task.data.loader("test", 8)))[1].tolist() == first
+    assert toy_data.MADE["count"] == made + 1  # the factory ran again where the task was unpickled
+
+
+def test_batches_come_through_dataloader_workers(root):
+    data = load_data(spec(root, workers=2))
+    assert data.loader("train", 16).loader.num_workers == 2
+    assert sum(len(y) for _, y in data.loader("train", 16)) == 81
+
+
+@pytest.mark.parametrize("factory, needle", [
+    ("toy_data.image_files", "is not 'package.module:name'"),
+    ("no_such_module_xyz:f", "cannot import module 'no_such_module_xyz'"),
+    ("toy_data:missing", "'missing' not found in module 'toy_data'"),
+    ("toy_data:NOT_CALLABLE", "is not callable"),
+    ("toy_data:as_list", "must return a mapping with 'train' and 'test'"),
+    ("toy_data:without_test", "must return a mapping with 'train' and 'test'"),
+    ("toy_data:a_number", "'train' from toy_data:a_number is int, not a map-style Dataset"),
+    ("toy_data:no_classes", "must return 'num_classes'"),
+])
+def test_a_bad_factory_is_named(root, factory, needle):
+    with pytest.raises(AutopruneError, match=needle):
+        load_data(spec(root, factory=factory)).num_classes  # noqa: B018
+
+
+def test_bad_factory_arguments_are_named(root):
+    with pytest.raises(AutopruneError, match="'data.factory_args': toy_data:image_files does not take them"):
+        load_data(spec(root, args={"colour": "red"})).num_classes  # noqa: B018
+
+
+@pytest.mark.parametrize("overrides, needle", [
+    (["data.dataset=cifar10"], "give it or data.dataset \\('cifar10'\\), not both"),
+    (["task=toy_tasks:DenoisingTask"], "a task of your own \\('task'\\) loads its own data"),
+    (["data.workers=-1"], "'data.workers' must be >= 0"),
+])
+def test_config_conflicts_are_named(overrides, needle):
+    with pytest.raises(AutopruneError, match=needle):
+        load_config(None, ["data.factory=toy_data:image_files", *overrides])
+
+
+def test_the_config_names_the_factory_and_its_arguments(root):
+    config = load_config(None, ["data.factory=toy_data:image_files", f"data.factory_args.root={root}",
+                                "data.workers=1"])
+    assert config["data.dataset"] == "factory"
+    assert data_spec(config) == spec(root, workers=1)
+    with pytest.raises(AutopruneError, match="dataset 'factory' needs data.factory"):
+        load_config(None, ["data.dataset=factory"])
+
+
+def test_a_search_on_your_own_datasets_through_the_cli(root, tmp_path):
+    """Base trained on the factory's Datasets, searched (DataLoader workers in the trials), knee exported: the
+    export's re-evaluated test accuracy is the search's."""
+    tests = str(Path(__file__).parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")])}
+    (tmp_path / "own.yaml").write_text(f"""
+model: resnet20
+data: {{factory: "toy_data:image_files", factory_args: {{root: "{root}"}}, workers: 1}}
+base: {{checkpoint: {tmp_path / 'base.pt'}, epochs: 2}}
+space: {{ratio: {{high: 0.5}}, criteria: [l1]}}
+finetune: {{epochs: 1}}
+searcher: {{name: random, warm_start: 2}}
+trials: 2
+concurrency: 2
+latency: {{repeats: 20, reference_repeats: 40}}
+""")
+    cli = [sys.executable, "-m", "autoprune.cli"]
+    run = subprocess.run([*cli, "search", str(tmp_path / "own.yaml"), "--out", str(tmp_path / "run")],
+                         capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "2 trials finished" in run.stdout
+    export = subprocess.run([*cli, "export", str(tmp_path / "run"), "--pick", "knee", "--out", str(tmp_path / "x")],
+                            capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert export.returncode == 0, export.stderr[-2000:]
+    assert (tmp_path / "x" / "model.pt").is_file()
