@@ -15,10 +15,12 @@ $(STAMP): pyproject.toml
 
 # The main job: a full search on the embedded data (the base model is trained on first use, then reused),
 # then the knee of the Pareto front finalized: pruned again from the base, fine-tuned with the full budget and
-# distillation, exported. A fresh run directory each time.
+# distillation, exported. A fresh run directory each time. The demo asks for at least a 1.6x speedup
+# (latency <= 0.62 x the base's) on top of the config's accuracy constraint.
+DEMO_CONSTRAINTS := [accuracy >= base - 0.08, latency_ms <= base * 0.62]
 demo: $(STAMP)
 	rm -rf $(DEMO)/search $(DEMO)/final
-	$(BIN)/autoprune search $(CONFIG) --out $(DEMO)/search
+	$(BIN)/autoprune search $(CONFIG) --out $(DEMO)/search --set "constraints=$(DEMO_CONSTRAINTS)"
 	$(BIN)/autoprune finalize $(DEMO)/search --pick knee --out $(DEMO)/final
 	@echo "results: $(DEMO)/search/trials.parquet  front: $(DEMO)/search/front.parquet  plot: $(DEMO)/search/pareto.png"
 	@echo "model:   $(DEMO)/final/ (model card: $(DEMO)/final/README.md, metrics: $(DEMO)/final/metrics.json)"

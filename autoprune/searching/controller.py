@@ -627,9 +627,10 @@ def curves_key(config: SearchConfig, base_digest: str, settings: TrialSettings) 
     """What a sensitivity searcher's stage-0 curves depend on (beyond the space): the base's bytes, the data, the
     proxy and the latency settings. Equal keys share curves across run directories."""
     digest = hashlib.sha256(base_digest.encode())
-    digest.update(json.dumps([config["data"], config["searcher.proxy_samples"], settings.reconstruct, settings.bn_batches,
-                              settings.latency_batch_size, settings.threads, settings.device, config["latency.target"],
-                              settings.seed], sort_keys=True, default=str).encode())
+    digest.update(json.dumps([config["data"], config["searcher.proxy_samples"], settings.reconstruct,
+                              settings.proxy_bn_batches, settings.latency_batch_size, settings.threads,
+                              settings.device, config["latency.target"], settings.seed],
+                             sort_keys=True, default=str).encode())
     return digest.hexdigest()[:20]
 
 
