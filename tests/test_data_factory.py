@@ -50,6 +50,13 @@ def test_held_out_validation_is_disjoint_from_training(root):
     assert set(train.indices).isdisjoint(val.indices) and len(train.indices) + len(val.indices) == 90
 
 
+def test_subsets_of_data_sorted_by_class_draw_every_class():
+    data = load_data(DataSpec("factory", factory="toy_data:sorted_by_class", max_train_samples=12))
+    assert {int(y) for _, ys in data.loader("val") for y in ys} == {0, 1, 2}  # the held-out 10 %
+    assert {int(y) for _, ys in data.loader("val", limit=4) for y in ys} != {0}  # the proxy subset
+    assert {int(y) for _, ys in data.loader("train") for y in ys} == {0, 1, 2} and data.samples("train") == 12
+
+
 def test_data_travels_as_its_spec_and_is_read_where_it_is_used(root):
     data = load_data(spec(root))
     first = next(iter(data.loader("test", 8)))[1].tolist()
@@ -77,6 +84,7 @@ def test_batches_come_through_dataloader_workers(root):
     ("toy_data:without_test", "must return a mapping with 'train' and 'test'"),
     ("toy_data:a_number", "'train' from toy_data:a_number is int, not a map-style Dataset"),
     ("toy_data:no_classes", "must return 'num_classes'"),
+    ("toy_data:raising", "toy_data:raising raised ValueError: no bucket at"),
 ])
 def test_a_bad_factory_is_named(root, factory, needle):
     with pytest.raises(AutopruneError, match=needle):
@@ -98,13 +106,35 @@ def test_config_conflicts_are_named(overrides, needle):
         load_config(None, ["data.factory=toy_data:image_files", *overrides])
 
 
-def test_the_config_names_the_factory_and_its_arguments(root):
+def test_the_config_names_the_factory_and_its_arguments(root, monkeypatch):
+    monkeypatch.setenv("AUTOPRUNE_DATA", "/somewhere/else")  # a factory's arguments say where its data is
     config = load_config(None, ["data.factory=toy_data:image_files", f"data.factory_args.root={root}",
                                 "data.workers=1"])
     assert config["data.dataset"] == "factory"
     assert data_spec(config) == spec(root, workers=1)
     with pytest.raises(AutopruneError, match="dataset 'factory' needs data.factory"):
         load_config(None, ["data.dataset=factory"])
+    with pytest.raises(AutopruneError, match="dataset 'factory' needs data.factory"):
+        load_data(DataSpec("factory"))
+
+
+def test_each_factory_and_arguments_get_their_own_base_and_a_base_of_other_data_is_refused(root, tmp_path):
+    from autoprune.searching.controller import build_task, default_base_path, ensure_base
+
+    sets = ["data.factory=toy_data:image_files", f"data.factory_args.root={root}"]
+    config = load_config(None, sets)
+    other = load_config(None, [*sets, "data.factory_args.with_val=true"])
+    assert default_base_path(config) != default_base_path(other) != default_base_path(load_config(None, []))
+    assert "toy_data_image_files" in default_base_path(config).name
+    embedded = load_config(None, [f"base.checkpoint={tmp_path / 'base.pt'}", "base.epochs=0.05",
+                                  "data.max_train_samples=64"])
+    data = load_data(data_spec(embedded))
+    ensure_base(embedded, data, build_task(embedded, data), lambda m: None)  # trains and saves it
+    mine = load_config(None, [*sets, f"base.checkpoint={tmp_path / 'base.pt'}"])
+    data = load_data(data_spec(mine))
+    with pytest.raises(AutopruneError, match="'base.checkpoint'.*was trained on 'embedded', the config's data is "
+                                             "'toy_data:image_files'"):
+        ensure_base(mine, data, build_task(mine, data), lambda m: None)
 
 
 def test_a_search_on_your_own_datasets_through_the_cli(root, tmp_path):

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from autoprune.data.factory import FactoryData
-from autoprune.data.spec import DATASETS, DataSpec
+from autoprune.data.spec import DATASETS, DataSpec, sample_indices
 from autoprune.errors import AutopruneError
 
 EMBEDDED_FILE = Path(__file__).parent / "embedded" / "fashionmnist_subset.npz"
@@ -57,10 +57,11 @@ class ImageData:
 
     def loader(self, split: str, batch_size: int = 128, *, shuffle: bool = False, augment: bool = False,
                seed: int = 0, device: str | torch.device = "cpu", limit: int | None = None) -> "TensorLoader":
-        """Batches of ``split``; ``limit``: only its first N samples (a fixed subset)."""
+        """Batches of ``split``; ``limit``: a fixed, seeded random N of its samples."""
         data = {"train": self.train, "val": self.val, "test": self.test}[split]
         if limit is not None:
-            data = Split(data.images[:limit], data.labels[:limit])
+            keep = torch.tensor(sample_indices(len(data), limit, self.spec.seed))
+            data = Split(data.images[keep], data.labels[keep])
         flip = augment and FLIP_OK[self.spec.dataset]
         return TensorLoader(data, self.mean, self.std, batch_size, shuffle=shuffle,
                             crop_pad=(data.images.shape[-1] // 8) if augment else 0, flip=flip, seed=seed, device=device)
@@ -117,6 +118,8 @@ def load_data(spec: DataSpec) -> ImageData | FactoryData:
     Datasets (``spec.factory``) are only described, and read by their loaders where they are used."""
     if spec.factory is not None:
         return FactoryData(spec)
+    if spec.dataset == "factory":
+        raise AutopruneError("dataset 'factory' needs data.factory, 'package.module:function'")
     if spec.dataset not in DATASETS:
         raise AutopruneError(f"unknown dataset '{spec.dataset}': use one of {', '.join(DATASETS)}")
     if not 0.0 < spec.val_fraction < 1.0:
@@ -125,7 +128,10 @@ def load_data(spec: DataSpec) -> ImageData | FactoryData:
     num_classes = int(max(train.labels.max(), test.labels.max())) + 1
     train, val = _split_validation(train, spec.val_fraction, spec.seed, num_classes)
     if spec.max_train_samples is not None:
-        train = Split(train.images[: spec.max_train_samples], train.labels[: spec.max_train_samples])
+        if spec.max_train_samples < 1:
+            raise AutopruneError(f"config key 'data.max_train_samples' must be >= 1, got {spec.max_train_samples}")
+        keep = torch.tensor(sample_indices(len(train), spec.max_train_samples, spec.seed))
+        train = Split(train.images[keep], train.labels[keep])
     pixels = train.images.float().div_(255.0)
     mean = pixels.mean(dim=(0, 2, 3)).tolist()
     std = pixels.std(dim=(0, 2, 3)).clamp_min(1e-6).tolist()

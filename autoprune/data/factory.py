@@ -4,12 +4,17 @@
 ``val_fraction`` of ``train`` is held out, and ``num_classes``, else the train Dataset's ``classes`` are counted).
 Each is a map-style ``torch.utils.data.Dataset`` of ``(input tensor, integer label)`` whose transforms already
 turn samples into model inputs (and augment the training split, if wanted: autoprune adds no augmentation of its
-own to these). Only the path and the arguments travel: ``FactoryData`` calls the factory on first use in each
-process, so a Dataset that reads files from a path or a URI reads them on the worker that uses it, never through
-the driver, and batches come from a ``DataLoader`` with ``workers`` processes (pinned memory for CUDA).
+own to these; a held-out ``val`` would share train's transforms, so an augmenting train needs its own ``val``).
+Only the path and the arguments travel: ``FactoryData`` checks them where it is made (the import, the arguments
+against the signature) and calls the factory on first use in each process, so a Dataset that reads files from a
+path or a URI reads them on the worker that uses it, never through the driver (paths in ``factory_args`` must be
+absolute: workers run elsewhere). Batches come from a ``DataLoader`` with ``workers`` processes (started for each
+pass over a split; pinned memory for CUDA). Subsets (``max_train_samples``, the proxy's ``limit``) are seeded
+random samples, so data sorted by class yields every class.
 """
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +22,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from autoprune.data.spec import DataSpec
+from autoprune.data.spec import DataSpec, sample_indices
 from autoprune.errors import AutopruneError
 from autoprune.imports import resolve
 
@@ -54,7 +59,10 @@ class FactoryData:
             raise AutopruneError("FactoryData needs data.factory")
         if spec.workers < 0:
             raise AutopruneError(f"config key 'data.workers' must be >= 0, got {spec.workers}")
+        if spec.max_train_samples is not None and spec.max_train_samples < 1:
+            raise AutopruneError(f"config key 'data.max_train_samples' must be >= 1, got {spec.max_train_samples}")
         self.spec = spec
+        self._factory()  # a bad path or bad arguments fail here, not on the workers
         self._splits: _Splits | None = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -66,15 +74,26 @@ class FactoryData:
             self._splits = self._build()
         return self._splits
 
-    def _build(self) -> _Splits:
+    def _factory(self) -> Any:
         factory = resolve(str(self.spec.factory), KEY)
         if not callable(factory):
             raise AutopruneError(f"{KEY}: '{self.spec.factory}' is not callable")
         try:
-            made = factory(**self.spec.factory_args)
+            inspect.signature(factory).bind(**self.spec.factory_args)
         except TypeError as e:
             raise AutopruneError(f"config key 'data.factory_args': {self.spec.factory} does not take them: {e}") \
                 from None
+        except ValueError:  # no signature to check (some builtins): the call will tell
+            pass
+        return factory
+
+    def _build(self) -> _Splits:
+        try:
+            made = self._factory()(**self.spec.factory_args)
+        except AutopruneError:
+            raise
+        except Exception as e:
+            raise AutopruneError(f"{KEY}: {self.spec.factory} raised {type(e).__name__}: {e}") from e
         if not isinstance(made, Mapping) or "train" not in made or "test" not in made:
             raise AutopruneError(f"{KEY}: {self.spec.factory} must return a mapping with 'train' and 'test' Datasets "
                                  f"(and optionally 'val', 'num_classes'), got {type(made).__name__}")
@@ -90,14 +109,15 @@ class FactoryData:
         if "val" in made:
             val = made["val"]
         else:
-            order = torch.randperm(len(train), generator=torch.Generator().manual_seed(self.spec.seed)).tolist()
             held = round(len(train) * self.spec.val_fraction)
             if not 0 < held < len(train):
                 raise AutopruneError(f"config key 'data.val_fraction': {self.spec.val_fraction} of {len(train)} "
                                      f"training samples leaves no validation or no training split")
-            train, val = Subset(train, sorted(order[held:])), Subset(train, sorted(order[:held]))
+            val_indices = set(sample_indices(len(train), held, self.spec.seed))
+            train, val = (Subset(train, [i for i in range(len(train)) if i not in val_indices]),
+                          Subset(train, sorted(val_indices)))
         if self.spec.max_train_samples is not None:
-            train = Subset(train, range(min(self.spec.max_train_samples, len(train))))
+            train = Subset(train, sample_indices(len(train), self.spec.max_train_samples, self.spec.seed))
         for name, split in (("train", train), ("val", val), ("test", test)):
             if len(split) == 0:
                 raise AutopruneError(f"{KEY}: the '{name}' split of {self.spec.factory} is empty")
@@ -117,10 +137,11 @@ class FactoryData:
 
     def loader(self, split: str, batch_size: int = 128, *, shuffle: bool = False, augment: bool = False,
                seed: int = 0, device: str | torch.device = "cpu", limit: int | None = None) -> DeviceLoader:
-        """Batches of ``split`` (``augment`` is the train Dataset's own business); ``limit``: its first N samples."""
+        """Batches of ``split`` (``augment`` is the train Dataset's own business); ``limit``: a fixed, seeded random N
+        of its samples."""
         data: Dataset = {"train": self.splits.train, "val": self.splits.val, "test": self.splits.test}[split]
         if limit is not None:
-            data = Subset(data, range(min(limit, len(data))))  # type: ignore[arg-type]
+            data = Subset(data, sample_indices(len(data), limit, self.spec.seed))  # type: ignore[arg-type]
         device = torch.device(device)
         loader = DataLoader(data, batch_size=batch_size, shuffle=shuffle,
                             generator=torch.Generator().manual_seed(seed) if shuffle else None,

@@ -26,7 +26,7 @@ class DataSpec:
     seed: int = 0
     image_size: int = 32  # ImageFolder images are resized to this
     download: bool = False
-    max_train_samples: int | None = None  # keep only the first N training images (quick runs, tests)
+    max_train_samples: int | None = None  # keep a seeded random N of the training images (quick runs, tests)
     factory: str | None = None
     factory_args: dict[str, Any] = field(default_factory=dict)
     workers: int = 0
@@ -37,6 +37,14 @@ class DataSpec:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DataSpec":
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+def sample_indices(n: int, k: int, seed: int) -> list[int]:
+    """A seeded random ``k`` of ``range(n)`` (all of it when ``k >= n``), ascending: a fixed subset that does not
+    depend on how the data is ordered (an ImageFolder is sorted by class)."""
+    if k >= n:
+        return list(range(n))
+    return sorted(torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:k].tolist())
 
 
 class ClassificationData(Protocol):

@@ -72,7 +72,12 @@ class SearchSummary:
 
 
 def default_base_path(config: SearchConfig) -> Path:
-    slug = re.sub(r"[^A-Za-z0-9]+", "_", f"{config['model']}_{config['data.dataset']}").strip("_")
+    """``runs/bases/<model>_<dataset>.pt``; a factory's name carries its path and a digest of its arguments."""
+    data = config["data.dataset"]
+    if config["data.factory"] is not None:
+        args = json.dumps(config["data.factory_args"], sort_keys=True, default=str)
+        data = f"{config['data.factory']}_{hashlib.sha256(args.encode()).hexdigest()[:8]}"
+    slug = re.sub(r"[^A-Za-z0-9]+", "_", f"{config['model']}_{data}").strip("_")
     return Path("runs") / "bases" / f"{slug}.pt"
 
 
@@ -96,7 +101,8 @@ def _digest(path: Path) -> str:
 
 
 def data_spec(config: SearchConfig) -> DataSpec:
-    root = config["data.root"] or os.environ.get("AUTOPRUNE_DATA")
+    """The classification data the config names (a factory's data needs no root: its arguments say where)."""
+    root = None if config["data.factory"] else config["data.root"] or os.environ.get("AUTOPRUNE_DATA")
     return DataSpec(config["data.dataset"], root, config["data.val_fraction"], config["data.seed"],
                     config["data.image_size"], max_train_samples=config["data.max_train_samples"],
                     factory=config["data.factory"], factory_args=dict(config["data.factory_args"]),
@@ -126,6 +132,11 @@ def ensure_base(config: SearchConfig, data: ClassificationData | None, task: Tas
         if base.model_spec.arch != config["model"]:
             raise AutopruneError(f"base checkpoint '{path}' holds '{base.model_spec.arch}', "
                                  f"but the config's model is '{config['model']}'")
+        trained, wanted = base.data_spec, data.spec
+        if (trained.dataset, trained.factory, trained.factory_args) != (wanted.dataset, wanted.factory,
+                                                                        wanted.factory_args):
+            raise AutopruneError(f"config key 'base.checkpoint': '{path}' was trained on {_data_name(trained)}, "
+                                 f"the config's data is {_data_name(wanted)}: name another checkpoint")
         return slim_base(config, data, base, path, echo)
     spec = ModelSpec(config["model"], data.num_classes, data.input_shape[0])
     echo(f"base checkpoint {path} not found: training {spec.arch} for {config['base.epochs']} epochs")
@@ -142,6 +153,10 @@ def ensure_base(config: SearchConfig, data: ClassificationData | None, task: Tas
     ckpt_io.save(base, path)
     echo(f"saved base {path}: val_accuracy {metrics['val_accuracy']:.4f}")
     return slim_base(config, data, base, path, echo)
+
+
+def _data_name(spec: DataSpec) -> str:
+    return f"'{spec.factory}' {spec.factory_args}" if spec.factory else f"'{spec.dataset}'"
 
 
 def base_from_weights(config: SearchConfig, data: ClassificationData | None, task: Task,
@@ -627,7 +642,8 @@ def curves_key(config: SearchConfig, base_digest: str, settings: TrialSettings) 
     """What a sensitivity searcher's stage-0 curves depend on (beyond the space): the base's bytes, the data, the
     proxy and the latency settings. Equal keys share curves across run directories."""
     digest = hashlib.sha256(base_digest.encode())
-    digest.update(json.dumps([config["data"], config["searcher.proxy_samples"], settings.reconstruct,
+    data = {k: v for k, v in config["data"].items() if k != "workers"}  # how many loader processes: not what is read
+    digest.update(json.dumps([data, config["searcher.proxy_samples"], settings.reconstruct,
                               settings.proxy_bn_batches, settings.latency_batch_size, settings.threads,
                               settings.device, config["latency.target"], settings.seed],
                              sort_keys=True, default=str).encode())
