@@ -102,7 +102,7 @@ def cmd_prune(args: argparse.Namespace) -> None:
     base = checkpoint.load(args.base)
     model = base.build(args.base)
     data_spec = base.data_spec
-    if args.data_root or (data_spec.dataset != "embedded" and data_spec.root is None):
+    if data_spec.factory is None and (args.data_root or (data_spec.dataset != "embedded" and data_spec.root is None)):
         data_spec = type(data_spec)(**{**data_spec.to_dict(), "root": _data_root(args.data_root)})
     data = load_data(data_spec)
     timings["load"] = round(time.perf_counter() - start, 3)
