@@ -51,10 +51,12 @@ DEFAULTS: dict[str, Any] = {
     # staged evaluation: proxy_trials stage-0 candidates (prune + BN recalibration, accuracy on the first
     # proxy_samples validation images) before the fine-tuned ones (nsga2/tpe/gp/random; 0: fine-tune every
     # candidate); sensitivity and greedy always use stage 0. greedy: latency falls by greedy_step x base per
-    # iteration (NetAdapt's small steps), each proposal fine-tuned short_epochs. seed_from: sensitivity starts
+    # iteration (NetAdapt's small steps), the greedy_shortlist best proposals by stage 0 (0: all) fine-tuned
+    # short_epochs. seed_from: sensitivity starts
     # nsga2/tpe/gp/random from sensitivity allocations (population - warm_start of them) after the uniform ones.
     "searcher": {"name": "nsga2", "seed": 0, "warm_start": 3, "population": 8, "startup_trials": 6, "grid": 8,
                  "proxy_trials": 0, "proxy_samples": 1000, "short_epochs": 0.1, "greedy_step": 0.05,
+                 "greedy_shortlist": 3,
                  "seed_from": "uniform"},
     "scheduler": "none",  # or "asha": stop weak candidates early on validation accuracy (multi-fidelity)
     "trials": 16,
@@ -284,8 +286,9 @@ def _validate(c: SearchConfig) -> None:
                                  f"got low={low} high={high} step={step}")
     if c["searcher.proxy_trials"] < 0:
         raise AutopruneError(f"config key 'searcher.proxy_trials' must be >= 0, got {c['searcher.proxy_trials']}")
-    if not 0 < c["searcher.greedy_step"] < 1 or c["searcher.short_epochs"] < 0:
-        raise AutopruneError("config key 'searcher': need 0 < greedy_step < 1 and short_epochs >= 0")
+    if not 0 < c["searcher.greedy_step"] < 1 or c["searcher.short_epochs"] < 0 or c["searcher.greedy_shortlist"] < 0:
+        raise AutopruneError("config key 'searcher': need 0 < greedy_step < 1, short_epochs >= 0 and "
+                             "greedy_shortlist >= 0")
     if c["searcher.name"] not in SEARCHERS:
         raise AutopruneError(f"config key 'searcher.name': unknown searcher '{c['searcher.name']}', use one of "
                              f"{', '.join(SEARCHERS)}")

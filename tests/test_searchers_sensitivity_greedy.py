@@ -264,6 +264,41 @@ def test_greedy_proposes_per_group_keeps_the_best_and_walks_down():
     assert all(a > b for a, b in zip(predicted, predicted[1:]))
 
 
+def test_greedy_screens_proposals_at_stage_0_and_short_tunes_only_its_shortlist():
+    s = make("greedy", greedy_step=0.1, short_epochs=0.25, greedy_shortlist=2)
+    proxies, stop = drain(s)
+    assert stop == WAIT and len(proxies) == 3 and all(stage_of(p) == "proxy" and EPOCHS_KEY not in p
+                                                      for _, p in proxies)
+    for sid, p in proxies[:-1]:
+        s.tell(sid, evaluate(p))
+        assert s.ask() == WAIT  # the shortlist needs every proposal's stage-0 outcome
+    s.tell(proxies[-1][0], evaluate(proxies[-1][1]))
+    shorts, stop = drain(s)
+    ranked = sorted((p for _, p in proxies), key=lambda p: (-accuracy(p), latency(p)))
+    assert stop == WAIT and [groups_of(p) for _, p in shorts] == [groups_of(p) for p in ranked[:2]]
+    assert all(stage_of(p) == "short" and p[EPOCHS_KEY] == 0.25 for _, p in shorts)
+    for sid, p in shorts:
+        s.tell(sid, evaluate(p))
+    asked, _ = drain(s)
+    full = asked[0][1]  # the best after its short fine-tune, in full; then the next iteration's screening
+    assert stage_of(full) == "full" and groups_of(full) == groups_of(ranked[0])
+    assert asked[1:] and all(stage_of(p) == "proxy" for _, p in asked[1:])
+    # resumed from its rows: nothing evaluated again, the next iteration's screening comes next
+    resumed = make("greedy", greedy_step=0.1, short_epochs=0.25, greedy_shortlist=2)
+    for _, p in [*proxies, *shorts]:
+        resumed.replay(p, evaluate(p))
+    resumed.replay({k: v for k, v in full.items() if k != STAGE_KEY}, evaluate(full))
+    nxt, _ = drain(resumed)
+    assert nxt and all(stage_of(p) == "proxy" for _, p in nxt)
+    assert [groups_of(p) for p, _ in resumed.path] == [groups_of(p) for p, _ in s.path]
+
+
+def test_greedy_without_a_shortlist_short_tunes_every_proposal():
+    s = make("greedy", greedy_shortlist=0)
+    proposals, _ = drain(s)
+    assert len(proposals) == 3 and all(stage_of(p) == "short" for _, p in proposals)
+
+
 def test_greedy_stops_when_no_proposal_finishes():
     s = make("greedy")
     proposals, stop = drain(s)

@@ -669,6 +669,7 @@ def build_searcher(config: SearchConfig, space: SearchSpace, run_dir: RunDir, ma
                              objectives=config.objectives, study=StudyJournal(run_dir, marker["study"]),
                              run_dir=run_dir, short_epochs=config["searcher.short_epochs"],
                              greedy_step=config["searcher.greedy_step"], base_latency_ms=reference,
+                             greedy_shortlist=config["searcher.greedy_shortlist"],
                              constraints=config.constraints, trials=config["trials"], cache_key=cache_key,
                              predict_latency=predict_latency, predict_macs=structure.macs)
     then: Searcher = searcher

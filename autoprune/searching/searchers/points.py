@@ -46,16 +46,30 @@ def score_index(objectives: Sequence[Objective], searcher: str) -> int:
 
 
 class StageBook:
-    """The suggestions of a searcher that evaluates its own candidates at a cheap stage (``sensitivity``:
-    ``proxy``; ``greedy``: ``short``) before fine-tuning some in full: ids, what is running, the cheap stage's
-    outcomes by policy, and the policies already handed out (or replayed) as full trials."""
+    """The suggestions of a searcher that evaluates its own candidates at cheap stages (``sensitivity``: ``proxy``;
+    ``greedy``: ``proxy`` then ``short``) before fine-tuning some in full: ids, what is running (stage and policy),
+    each cheap stage's outcomes by policy (``outcomes``: the main cheap stage's), and the policies already handed out
+    (or replayed) as full trials."""
 
     def __init__(self, stage: str, epochs: float | None = None) -> None:
         self.stage, self.epochs = stage, epochs  # epochs: a "short" stage's fine-tuning
-        self.outcomes: dict[Key, Outcome] = {}
+        self.by_stage: dict[str, dict[Key, Outcome]] = {stage: {}}
         self.running: dict[int, tuple[str, Key]] = {}
         self.full: set[Key] = set()
         self._next_id = 0
+
+    @property
+    def outcomes(self) -> dict[Key, Outcome]:
+        return self.by_stage[self.stage]
+
+    def of(self, stage: str) -> dict[Key, Outcome]:
+        """The outcomes of a cheap ``stage``, by policy."""
+        return self.by_stage.setdefault(stage, {})
+
+    def pending(self, point: dict[str, Any], stage: str) -> bool:
+        """Neither evaluated at ``stage`` nor running there."""
+        key = policy_key(point)
+        return key not in self.of(stage) and (stage, key) not in self.running.values()
 
     def suggest(self, point: dict[str, Any], stage: str) -> tuple[int, dict[str, Any]]:
         self._next_id += 1
@@ -72,12 +86,12 @@ class StageBook:
 
     def tell(self, suggestion_id: int, outcome: Outcome) -> None:
         stage, key = self.running.pop(suggestion_id)
-        if stage == self.stage:
-            self.outcomes[key] = outcome
+        if stage != "full":
+            self.of(stage)[key] = outcome
 
     def replay(self, point: dict[str, Any], outcome: Outcome) -> None:
         stage = stage_of(point)
-        if stage == self.stage:
-            self.outcomes[policy_key(point)] = outcome
-        elif stage == "full":
+        if stage == "full":
             self.full.add(policy_key(point))
+        else:
+            self.of(stage)[policy_key(point)] = outcome
