@@ -329,6 +329,22 @@ def test_staged_search_fine_tunes_only_the_best_stage0_candidates(tmp_path, base
     assert front_ids and front_ids <= {r["trial_id"] for r in full}  # stage-0 rows never enter the front
 
 
+def test_greedy_screens_at_stage_0_and_short_tunes_its_shortlist_through_ray(tmp_path, base_path):
+    summary, _ = search(tmp_path, base_path, "searcher.name=greedy", "searcher.greedy_shortlist=1",
+                        "searcher.greedy_step=0.05", "searcher.short_epochs=0.1", "trials=1",
+                        "space.criteria=[l1]", "space.ratio.high=0.6", "constraints=[]")
+    rows = read_trials(summary.run_dir).to_pylist()
+    stages = [r["stage"] for r in rows]
+    proxies = [r for r in rows if r["stage"] == "proxy"]
+    shorts = [r for r in rows if r["stage"] == "short"]
+    full = [r for r in rows if r["stage"] == "full"]
+    assert len(proxies) > 1 and len(shorts) == 1 and len(full) == 1, stages
+    assert all(r["status"] == "ok" for r in rows)
+    first = [r for r in proxies if sum(v > 0 for k, v in r.items() if k.startswith("ratio:")) == 1]  # iteration 1
+    best = max(first, key=lambda r: (r["accuracy"], -r["latency_ms"]))
+    assert policy(shorts[0]) == policy(best) == policy(full[0])  # the best at stage 0, short-tuned, kept
+
+
 def test_candidates_predicted_to_break_a_latency_constraint_are_skipped_unpruned(tmp_path, base_path):
     summary, lines = search(tmp_path, base_path, "searcher.name=uniform", "searcher.grid=4", "trials=4",
                             "space.criteria=[l1]", "constraints=['latency_ms <= base * 0.5']")
