@@ -264,14 +264,15 @@ def test_export_picks_and_limits(nsga2_run):
 @pytest.mark.slow
 def test_early_stopped_trials_never_pollute_the_front(tmp_path, base_path):
     # one at a time, uniform ratios 0.3, 0.6, 0.9: the first trial sets ASHA's rung at epoch 1 and finishes; the
-    # more pruned ones score below it after one epoch and are stopped there
-    summary, _ = search(tmp_path, base_path, "trials=3", "concurrency=1", "searcher.name=uniform", "searcher.grid=3",
-                        "space.criteria=[l1]", "space.ratio.high=0.9", "space.ratio.step=0.3", "scheduler=asha",
-                        "finetune.epochs=3", "data.max_train_samples=128")
+    # more pruned ones score below it after one epoch and are stopped there. A base of its own, trained well above
+    # chance (a barely trained one leaves every candidate at chance, tied, and nothing is stopped)
+    summary, _ = search(tmp_path, tmp_path / "base.pt", "trials=3", "concurrency=1", "searcher.name=uniform",
+                        "searcher.grid=3", "space.criteria=[l1]", "space.ratio.high=0.9", "space.ratio.step=0.3",
+                        "scheduler=asha", "finetune.epochs=3", "data.max_train_samples=1024", "base.epochs=3")
     rows = read_trials(summary.run_dir).to_pylist()
     assert len(rows) == 3 and {r["status"] for r in rows} <= {"ok", "stopped"}
     stopped = [r for r in rows if r["status"] == "stopped"]
-    assert stopped and rows[0]["status"] == "ok"
+    assert stopped and rows[0]["status"] == "ok", [(r["status"], r["accuracy"]) for r in rows]
     front_ids = {r["trial_id"] for r in summary.front.rows}
     assert front_ids and not front_ids & {r["trial_id"] for r in stopped}
     assert not (Path(summary.run_dir.path) / JOURNAL_FILE).exists()  # uniform keeps no study
