@@ -17,6 +17,7 @@ import yaml
 
 from autoprune.errors import AutopruneError
 from autoprune.objectives import COSTS, Objective, metric_objective, parse_objectives
+from autoprune.searching.registry import SEARCHERS
 
 DEFAULTS: dict[str, Any] = {
     "name": "search",
@@ -252,7 +253,6 @@ def _check_type(key: str, value: Any, default: Any) -> Any:
 def _validate(c: SearchConfig) -> None:
     from autoprune.data import DATASETS
     from autoprune.pruning.policy import CRITERIA
-    from autoprune.searching.searchers import SEARCHERS
 
     if c["data.dataset"] not in DATASETS:
         raise AutopruneError(f"config key 'data.dataset': unknown dataset '{c['data.dataset']}', use one of "

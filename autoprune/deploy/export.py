@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from autoprune.config import SearchConfig, load_config
 from autoprune.errors import AutopruneError
 from autoprune.objectives import Objective
 from autoprune.pruning import checkpoint as ckpt_io
@@ -175,9 +176,16 @@ def load_python_run(run: RunDir) -> Any:
     return load(run)
 
 
+def run_config(run: RunDir) -> SearchConfig:
+    """The run's ``config.yaml``, loaded as ``--resume`` loads it (keys added since take their defaults)."""
+    if not run.exists("config.yaml"):
+        raise AutopruneError(f"run '{run}' has no config.yaml")
+    with run.local_path("config.yaml") as saved:
+        return load_config(saved)
+
+
 def run_task(run: RunDir) -> Task:
     """The task the run searched with (from its ``config.yaml``): exports are checked with it."""
-    from autoprune.deploy.finalize import run_config
     from autoprune.searching.controller import build_task, classification_data
 
     config = run_config(run)

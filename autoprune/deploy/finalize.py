@@ -16,7 +16,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from autoprune.deploy.export import metrics_differ, model_card, pick_trial, write_export
+from autoprune.deploy.export import metrics_differ, model_card, pick_trial, run_config, write_export
 from autoprune.errors import AutopruneError
 from autoprune.pruning import checkpoint as ckpt_io
 from autoprune.searching.results import read_marker
@@ -29,16 +29,6 @@ if TYPE_CHECKING:
 
 Echo = Callable[[str], None]
 COST_KEYS = ("latency_ms", "latency_iqr_ms", "size_bytes", "params", "macs")
-
-
-def run_config(run: RunDir) -> SearchConfig:
-    """The run's ``config.yaml``, loaded as ``--resume`` loads it (keys added since take their defaults)."""
-    from autoprune.config import load_config
-
-    if not run.exists("config.yaml"):
-        raise AutopruneError(f"run '{run}' has no config.yaml")
-    with run.local_path("config.yaml") as saved:
-        return load_config(saved)
 
 
 def finalize(run_dir: str | Path | RunDir, pick: str = "knee", epochs: float | None = None, kd: bool = True,

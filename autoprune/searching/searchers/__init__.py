@@ -5,18 +5,8 @@ import importlib
 from typing import Any
 
 from autoprune.errors import AutopruneError
+from autoprune.searching.registry import SEARCHERS
 from autoprune.searching.searchers.base import Outcome, Searcher
-
-# name -> "module:class"; imported on demand so Optuna loads only when a search runs.
-SEARCHERS = {
-    "nsga2": "autoprune.searching.searchers.nsga2:NSGA2Searcher",
-    "tpe": "autoprune.searching.searchers.tpe:TPESearcher",
-    "gp": "autoprune.searching.searchers.gp:GPSearcher",
-    "random": "autoprune.searching.searchers.random:RandomSearcher",
-    "uniform": "autoprune.searching.searchers.uniform:UniformSearcher",
-    "sensitivity": "autoprune.searching.searchers.sensitivity:SensitivitySearcher",
-    "greedy": "autoprune.searching.searchers.greedy:GreedySearcher",
-}
 
 
 def make_searcher(name: str, space: Any, **kwargs: Any) -> Searcher:
