@@ -83,3 +83,15 @@ def submit_and_wait(out: Path, sets: list[str], address: str = "http://127.0.0.1
         time.sleep(3)
     logs = subprocess.run([*autoprune, "logs", job_id, "--address", address], capture_output=True, text=True).stdout
     return status, logs
+
+
+AUTOPRUNE = [sys.executable, "-m", "autoprune.cli"]
+
+
+def run_ok(command: list, cwd: Path, paths: tuple = ()) -> str:
+    """Run ``command`` (e.g. ``[*AUTOPRUNE, "search", ...]``) as a user would, ``paths`` ahead on PYTHONPATH (their
+    modules); its stdout, once it exited 0."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([*map(str, paths), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([str(c) for c in command], capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout

@@ -1,13 +1,11 @@
 """The user's own Datasets by import path (``data.factory``): read lazily, pickled as their path, errors named."""
-import os
 import pickle
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import toy_data
+from conftest import AUTOPRUNE, run_ok
 
 from autoprune.config import load_config
 from autoprune.data import DataSpec, FactoryData, load_data
@@ -140,8 +138,6 @@ def test_each_factory_and_arguments_get_their_own_base_and_a_base_of_other_data_
 def test_a_search_on_your_own_datasets_through_the_cli(root, tmp_path):
     """Base trained on the factory's Datasets, searched (DataLoader workers in the trials), knee exported: the
     export's re-evaluated test accuracy is the search's."""
-    tests = str(Path(__file__).parent)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")])}
     (tmp_path / "own.yaml").write_text(f"""
 model: resnet20
 data: {{factory: "toy_data:image_files", factory_args: {{root: "{root}"}}, workers: 1}}
@@ -153,12 +149,8 @@ trials: 2
 concurrency: 2
 latency: {{repeats: 20, reference_repeats: 40}}
 """)
-    cli = [sys.executable, "-m", "autoprune.cli"]
-    run = subprocess.run([*cli, "search", str(tmp_path / "own.yaml"), "--out", str(tmp_path / "run")],
-                         capture_output=True, text=True, env=env, cwd=tmp_path)
-    assert run.returncode == 0, run.stderr[-2000:]
-    assert "2 trials finished" in run.stdout
-    export = subprocess.run([*cli, "export", str(tmp_path / "run"), "--pick", "knee", "--out", str(tmp_path / "x")],
-                            capture_output=True, text=True, env=env, cwd=tmp_path)
-    assert export.returncode == 0, export.stderr[-2000:]
+    tests = (Path(__file__).parent,)
+    searched = run_ok([*AUTOPRUNE, "search", tmp_path / "own.yaml", "--out", tmp_path / "run"], tmp_path, tests)
+    assert "2 trials finished" in searched
+    run_ok([*AUTOPRUNE, "export", tmp_path / "run", "--pick", "knee", "--out", tmp_path / "x"], tmp_path, tests)
     assert (tmp_path / "x" / "model.pt").is_file()

@@ -1,8 +1,10 @@
 """Tasks named by import path, and bases from the user's own weights."""
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
+from conftest import AUTOPRUNE, run_ok
 from toy_tasks import Denoiser
 
 from autoprune.config import load_config
@@ -110,18 +112,11 @@ def test_callables_are_checked_when_the_task_is_made():
 def test_a_task_of_your_own_searched_and_finalized_through_the_cli(tmp_path):
     """The denoising toy task, its model factory and trained weights: search, front and finalize by the CLI,
     the metric (mse, to minimise) named in the table and the model card."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
     torch.manual_seed(0)
     model = Denoiser()
     task = ImportedTask("toy_tasks:DenoisingTask", {"samples": 48}).task
     task.finetune(model, 3)
     torch.save(model.state_dict(), tmp_path / "weights.pt")
-    tests = str(Path(__file__).parent)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")])}
     (tmp_path / "denoise.yaml").write_text(f"""
 model: toy_tasks:Denoiser
 task: toy_tasks:DenoisingTask
@@ -136,14 +131,11 @@ trials: 3
 concurrency: 2
 latency: {{repeats: 20, reference_repeats: 40}}
 """)
-    cli = [sys.executable, "-m", "autoprune.cli"]
-    run = subprocess.run([*cli, "search", str(tmp_path / "denoise.yaml"), "--out", str(tmp_path / "run")],
-                         capture_output=True, text=True, env=env, cwd=tmp_path)
-    assert run.returncode == 0, run.stderr[-2000:]
-    assert "base from weights" in run.stdout and "3 trials finished" in run.stdout
-    header = next(line for line in run.stdout.splitlines() if "criterion" in line and "ratios mean" in line)
+    tests = (Path(__file__).parent,)
+    searched = run_ok([*AUTOPRUNE, "search", tmp_path / "denoise.yaml", "--out", tmp_path / "run"], tmp_path, tests)
+    assert "base from weights" in searched and "3 trials finished" in searched
+    header = next(line for line in searched.splitlines() if "criterion" in line and "ratios mean" in line)
     assert "mse" in header and "accuracy" not in header
-    final = subprocess.run([*cli, "finalize", str(tmp_path / "run"), "--pick", "best", "--out", str(tmp_path / "final")],
-                           capture_output=True, text=True, env=env, cwd=tmp_path)
-    assert final.returncode == 0, final.stderr[-2000:]
-    assert "test mse" in final.stdout and "test mse" in (tmp_path / "final" / "README.md").read_text()
+    final = run_ok([*AUTOPRUNE, "finalize", tmp_path / "run", "--pick", "best", "--out", tmp_path / "final"],
+                   tmp_path, tests)
+    assert "test mse" in final and "test mse" in (tmp_path / "final" / "README.md").read_text()

@@ -58,7 +58,7 @@ class ImageData:
     def loader(self, split: str, batch_size: int = 128, *, shuffle: bool = False, augment: bool = False,
                seed: int = 0, device: str | torch.device = "cpu", limit: int | None = None) -> "TensorLoader":
         """Batches of ``split``; ``limit``: a fixed, seeded random N of its samples."""
-        data = {"train": self.train, "val": self.val, "test": self.test}[split]
+        data = self.split(split)
         if limit is not None:
             keep = torch.tensor(sample_indices(len(data), limit, self.spec.seed))
             data = Split(data.images[keep], data.labels[keep])
@@ -66,8 +66,11 @@ class ImageData:
         return TensorLoader(data, self.mean, self.std, batch_size, shuffle=shuffle,
                             crop_pad=(data.images.shape[-1] // 8) if augment else 0, flip=flip, seed=seed, device=device)
 
+    def split(self, name: str) -> Split:
+        return {"train": self.train, "val": self.val, "test": self.test}[name]
+
     def samples(self, split: str) -> int:
-        return len({"train": self.train, "val": self.val, "test": self.test}[split])
+        return len(self.split(split))
 
     def preprocess(self) -> dict[str, list[float]]:
         return {"mean": list(self.mean), "std": list(self.std)}

@@ -139,7 +139,7 @@ class FactoryData:
                seed: int = 0, device: str | torch.device = "cpu", limit: int | None = None) -> DeviceLoader:
         """Batches of ``split`` (``augment`` is the train Dataset's own business); ``limit``: a fixed, seeded random N
         of its samples."""
-        data: Dataset = {"train": self.splits.train, "val": self.splits.val, "test": self.splits.test}[split]
+        data = self.split(split)
         if limit is not None:
             data = Subset(data, sample_indices(len(data), limit, self.spec.seed))  # type: ignore[arg-type]
         device = torch.device(device)
@@ -148,8 +148,12 @@ class FactoryData:
                             num_workers=self.spec.workers, pin_memory=device.type == "cuda")
         return DeviceLoader(loader, device)
 
+    def split(self, name: str) -> Dataset:
+        splits = self.splits
+        return {"train": splits.train, "val": splits.val, "test": splits.test}[name]
+
     def samples(self, split: str) -> int:
-        return len({"train": self.splits.train, "val": self.splits.val, "test": self.splits.test}[split])  # type: ignore[arg-type]
+        return len(self.split(split))  # type: ignore[arg-type]
 
     def preprocess(self) -> dict[str, list[float]]:
         """Nothing of autoprune's: the factory's Datasets turn samples into inputs."""

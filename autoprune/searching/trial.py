@@ -32,7 +32,7 @@ class TrialSettings:
     calib_batches: int = 8         # calibration batches for data-driven criteria
     bn_batches: int = 40           # calibration batches for adaptive BN recalibration before fine-tuning
     # stage 0's recalibration: on ResNet-20 / Fashion-MNIST, 24 policies' proxy accuracies after 10 batches rank as
-    # after 40 (Spearman 0.998, mean difference 0.4 point) for a quarter of the forward passes (2.4 s -> 0.6 s)
+    # after 40 (Spearman 0.998, mean difference 0.4 point) for a quarter of the forward passes (40 took 2.4 s)
     proxy_bn_batches: int = 10
     latency_batch_size: int = 32
     latency_repeats: int = 50
