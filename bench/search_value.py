@@ -18,6 +18,8 @@ seeded 10 % validation split, ``--train-samples`` of the rest when given) and pe
 2. Finalize. For each latency target t (a fraction of the base's measured latency), the trial with the best
    validation accuracy among those at <= t x base latency is finalized (``autoprune.finalize``: re-pruned,
    ``--final-epochs`` of KD fine-tuning, test split evaluated once, latency timed interleaved with the base).
+   A policy already finalized for this architecture and seed (several searchers ship their uniform warm start) is
+   finalized once: the later methods reuse its figures and are charged its finalize compute.
 3. FastNAS (``bench/peer_fastnas.py``) at ``--fastnas-flops`` (FLOPs fractions: at batch 1, 0.25 and 0.5 of
    the FLOPs time near 0.5x and 0.7x of the latency), and uniform L1 at FastNAS's MACs, fine-tuned the same way.
 
@@ -87,8 +89,17 @@ def pick(rows: list[dict[str, Any]], target: float) -> dict[str, Any] | None:
     return max(ok, key=lambda r: r["accuracy"]) if ok else None
 
 
+def policy_key(row: dict[str, Any]) -> str:
+    """A trial's policy: the criterion it pruned with and every group's ratio."""
+    ratios = {k.removeprefix("ratio:"): v for k, v in sorted(row.items()) if k.startswith("ratio:") and v is not None}
+    return json.dumps({"criterion": row.get("criterion_used") or row["criterion"], "ratios": ratios})
+
+
 def run_searcher(arch: str, seed: int, name: str, args: argparse.Namespace, common: list[str],
-                 out: Path) -> list[dict[str, Any]]:
+                 out: Path, finalized: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Search, then finalize the pick at each target. ``finalized`` holds this (arch, seed)'s finalized policies:
+    a policy another method already finalized is not finalized again (same base, policy, seed and recipe: the same
+    model); its metrics and finalize compute are reused."""
     run_dir = out / arch / f"seed{seed}" / name
     shutil.rmtree(run_dir, ignore_errors=True)  # every search starts from nothing: equal compute
     # no sensitivity curves from an earlier search either (the latency references stay shared: they are how
@@ -112,13 +123,19 @@ def run_searcher(arch: str, seed: int, name: str, args: argparse.Namespace, comm
         if row is None:
             results.append({**result, "test_accuracy": None})
             continue
-        with Meter() as final:
-            metrics = finalize(run_dir, pick=f"trial:{row['trial_id']}", epochs=args.final_epochs, kd=True,
-                               out=run_dir / f"final_{target:g}", echo=lambda m: None)
-        results.append({**result, "trial_id": row["trial_id"], "search_val_accuracy": row["accuracy"],
+        key = policy_key(row)
+        if key not in finalized:
+            with Meter() as final:
+                metrics = finalize(run_dir, pick=f"trial:{row['trial_id']}", epochs=args.final_epochs, kd=True,
+                                   out=run_dir / f"final_{target:g}", echo=lambda m: None)
+            finalized[key] = {"metrics": metrics, "cpu": final.cpu, "wall": final.wall, "by": f"{name}@{target:g}"}
+        done = finalized[key]
+        metrics = done["metrics"]
+        results.append({**result, "trial_id": row["trial_id"], "policy": json.loads(key),
+                        "search_val_accuracy": row["accuracy"], "finalized_by": done["by"],
                         "test_accuracy": metrics["test_accuracy"], "speedup": metrics["final"]["speedup"],
                         "macs": metrics["macs"], "base_test_accuracy": metrics["base"]["test_accuracy"],
-                        "final_cpu_seconds": final.cpu, "final_seconds": final.wall})
+                        "final_cpu_seconds": done["cpu"], "final_seconds": done["wall"]})
         print(f"[{arch} s{seed} {name}] target {target:g}: trial {row['trial_id']} test {metrics['test_accuracy']:.4f} "
               f"at {metrics['final']['speedup']:.2f}x ({search.cpu + final.cpu:.0f} CPU-s)", flush=True)
     return results
@@ -232,11 +249,12 @@ def main() -> int:
         data = load_data(data_spec(config))
         ensure_base(config, data, build_task(config, data), print)
         for seed in (int(s) for s in args.seeds.split(",")):
+            finalized: dict[str, dict[str, Any]] = {}
             for name in args.methods.split(","):
                 if name == "fastnas":
                     rows += run_peer(arch, seed, args, base, out)
                 else:
-                    rows += run_searcher(arch, seed, name, args, common, out)
+                    rows += run_searcher(arch, seed, name, args, common, out, finalized)
                 (out / "search_value.json").write_text(json.dumps(rows, indent=1))
     print("\n" + summarise(rows))
     plot(rows, out / "search_value.png")
