@@ -137,7 +137,8 @@ def run_searcher(arch: str, seed: int, name: str, args: argparse.Namespace, comm
                         "macs": metrics["macs"], "base_test_accuracy": metrics["base"]["test_accuracy"],
                         "final_cpu_seconds": done["cpu"], "final_seconds": done["wall"]})
         print(f"[{arch} s{seed} {name}] target {target:g}: trial {row['trial_id']} test {metrics['test_accuracy']:.4f} "
-              f"at {metrics['final']['speedup']:.2f}x ({search.cpu + final.cpu:.0f} CPU-s)", flush=True)
+              f"at {metrics['final']['speedup']:.2f}x ({search.cpu + done['cpu']:.0f} CPU-s; finalized by "
+              f"{done['by']})", flush=True)
     return results
 
 
