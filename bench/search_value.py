@@ -154,7 +154,7 @@ def run_peer(arch: str, seed: int, args: argparse.Namespace, base: Path, out: Pa
     results = []
     for flops in args.fastnas_flops:
         report = run_fastnas(base, [flops], settings=settings, recipe=replace(recipe(config), seed=seed), uniform=True,
-                             workdir=out / arch / f"seed{seed}" / "fastnas")
+                             divisor=args.fastnas_divisor, workdir=out / arch / f"seed{seed}" / "fastnas")
         for row in report["rows"]:  # FastNAS, then uniform L1 at FastNAS's MACs
             method = "fastnas" if row["method"] == "fastnas" else "uniform@fastnas"
             results.append({"arch": arch, "seed": seed, "method": method, "target": flops,
@@ -227,6 +227,8 @@ def main() -> int:
     p.add_argument("--space-high", type=float, default=0.9, help="the highest ratio of every group: at batch 1 "
                    "ResNet-20's smallest model times 0.31x the base at 0.9 (0.49x at 0.7)")
     p.add_argument("--fastnas-flops", default="0.25,0.5", help="FastNAS's FLOPs targets as fractions of the base's")
+    p.add_argument("--fastnas-divisor", type=int, default=4, help="FastNAS's channel divisor: 4 for CIFAR-width "
+                   "ResNets (16-64 channels); ModelOpt's default 32 for VGG's 64-512 (4 makes 560 sub-nets to score)")
     p.add_argument("--out", default=str(ROOT / "runs" / "bench-value"))
     args = p.parse_args()
     args.targets = [float(t) for t in args.targets.split(",")]
