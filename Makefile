@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO := runs/demo
 CONFIG := search_spaces/resnet20_fashionmnist.yaml
 
-.PHONY: demo prune-demo test test-slow test-all lint clean
+.PHONY: demo prune-demo test test-slow test-all lint gpu-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,11 @@ test-slow: $(STAMP)
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -m ""
+
+# On a CUDA machine: four trials sharing one GPU (resources.gpu 0.25) and a finalize; device, trials per hour,
+# GPU utilisation, CUDA latency. Exits 2 where there is no CUDA device.
+gpu-check: $(STAMP)
+	$(BIN)/python bench/gpu_check.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check autoprune tests bench examples

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from autoprune import devices
 from autoprune.errors import AutopruneError
 from autoprune.searching.storage import RunDir
 
@@ -17,16 +18,6 @@ EXIT_USAGE = 2
 
 def default_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def resolve_device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise AutopruneError(f"device '{name}' requested but CUDA is not available")
-    return name
 
 
 def _add_runtime(p: argparse.ArgumentParser) -> None:
@@ -51,7 +42,7 @@ def cmd_train_base(args: argparse.Namespace) -> None:
     data = load_data(DataSpec(args.dataset, _data_root(args.data_root), args.val_fraction, args.seed,
                               args.image_size, args.download, args.max_train_samples))
     spec = ModelSpec(args.model, data.num_classes, data.input_shape[0])
-    device = resolve_device(args.device)
+    device = devices.resolve(args.device)
     torch.manual_seed(args.seed)
     model = build_model(spec)
     loader = data.loader("train", args.batch_size, shuffle=True, augment=True, seed=args.seed, device=device)
@@ -106,9 +97,10 @@ def cmd_prune(args: argparse.Namespace) -> None:
         data_spec = type(data_spec)(**{**data_spec.to_dict(), "root": _data_root(args.data_root)})
     data = load_data(data_spec)
     timings["load"] = round(time.perf_counter() - start, 3)
+    device = devices.resolve(args.device)
     settings = TrialSettings(finetune_epochs=args.finetune_epochs, kd=args.kd, steps=args.steps,
                              latency_batch_size=args.latency_batch_size, threads=args.threads,
-                             device=resolve_device(args.device), seed=args.seed)
+                             device=device, latency_device=device, seed=args.seed)
     task = ClassificationTask(data, Recipe(lr=args.lr, batch_size=args.batch_size, seed=args.seed))
     print(f"pruning {base.model_spec.arch} with criterion '{policy.criterion}' "
           f"({'iterative, %d steps' % args.steps if args.steps > 1 else 'one-shot'}), "

@@ -43,9 +43,11 @@ DEFAULTS: dict[str, Any] = {
              "sparsity_epochs": 1.0},
     "space": {"ratio": {"low": 0.0, "high": 0.7, "step": 0.1}, "groups": {}, "ignore": [], "round_to": 1,
               "criteria": ["l1"], "reconstruct": False},  # reconstruct: least-squares re-fit of pruned layers' consumers
-    # final_epochs: what 'autoprune finalize' fine-tunes the chosen policy for (epochs: each trial's budget)
+    # final_epochs: what 'autoprune finalize' fine-tunes the chosen policy for (epochs: each trial's budget);
+    # precision (the base's training too): auto is bf16 autocast on a GPU that has it, else fp16 with a gradient
+    # scaler, and fp32 on CPUs; or fp32, bf16, fp16
     "finetune": {"epochs": 1.0, "lr": 0.02, "kd": True, "kd_alpha": 0.5, "kd_temperature": 4.0, "steps": 1,
-                 "batch_size": 128, "final_epochs": 8.0},
+                 "batch_size": 128, "final_epochs": 8.0, "precision": "auto"},
     # two or three of the metric and autoprune.objectives.COSTS; null: [<metric>, size_bytes, latency_ms]
     "objectives": None,
     "constraints": [],
@@ -76,6 +78,7 @@ NULLABLE = {"task": str, "base.weights": str, "objectives": list, "time_budget_s
             "data.max_train_samples": int, "data.factory": str,
             "base.checkpoint": str, "latency.threads": int, "latency.target": str, "latency.table": str,
             "latency.screen_margin": float}
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # autoprune.tasks.training.autocast_dtype
 SEEDABLE = ("nsga2", "tpe", "gp", "random")  # searchers that start from warm-start points (Optuna-backed)
 PATH_KEYS = ("data.root", "base.checkpoint", "base.weights", "latency.table")
 # space.groups: group name -> {low, high, step}; task_args, data.factory_args: anything
@@ -312,6 +315,9 @@ def _validate(c: SearchConfig) -> None:
         raise AutopruneError(f"config key 'time_budget_s' must be > 0 seconds or null, got {c['time_budget_s']}")
     if c["scheduler"] not in ("none", "asha"):
         raise AutopruneError(f"config key 'scheduler' must be none or asha, got '{c['scheduler']}'")
+    if c["finetune.precision"] not in PRECISIONS:
+        raise AutopruneError(f"config key 'finetune.precision' must be one of {', '.join(PRECISIONS)}, "
+                             f"got '{c['finetune.precision']}'")
     if c["latency.device"] not in ("auto", "cpu", "cuda"):
         raise AutopruneError(f"config key 'latency.device' must be auto, cpu or cuda, got '{c['latency.device']}'")
     _ = c.constraints  # parse every constraint now, naming the bad one

@@ -53,6 +53,7 @@ import torch
 from torch import nn
 
 import autoprune
+from autoprune import devices
 from autoprune.data import ImageData, load_data
 from autoprune.measure.latency import LatencyMeter, local_meter
 from autoprune.measure.metrics import count_macs, count_params, serialized_size, torch_threads
@@ -98,7 +99,7 @@ def fastnas_search(base: nn.Module, data: ImageData, flops_fraction: float, sett
     from modelopt.torch.nas.autonas import MODELOPT_QUEUE_MAXLEN
     from modelopt.torch.opt.dynamic import DynamicModule
 
-    device = torch.device(settings.device)
+    device = torch.device(devices.resolve(settings.device))
     model = copy.deepcopy(base).to(device).eval()
     calib_batch = min(math.ceil(settings.bn_batches * CALIBRATION_BATCH / MODELOPT_QUEUE_MAXLEN),
                       len(data.train) // MODELOPT_QUEUE_MAXLEN)
@@ -151,7 +152,7 @@ def uniform_at_macs(base: nn.Module, example: torch.Tensor, max_macs: int,
 def finetune_and_measure(model: nn.Module, base: nn.Module, task: ClassificationTask, settings: TrialSettings,
                          meter: LatencyMeter) -> dict[str, Any]:
     """autoprune's trial recipe after pruning: measure, adaptive BN, fine-tune (KD from ``base``), evaluate."""
-    device = torch.device(settings.device)
+    device = torch.device(devices.resolve(settings.device))
     input_shape = task.data.input_shape
     channels = layer_channels(model)
     latency = meter.measure(model, channels)
@@ -197,7 +198,7 @@ def run_fastnas(base: str | Path | checkpoints.Checkpoint, targets: Sequence[flo
     ckpt = checkpoints.load(base) if isinstance(base, (str, Path)) else base
     data = data if data is not None else load_data(ckpt.data_spec)
     task = ClassificationTask(data, recipe)
-    device = torch.device(settings.device)
+    device = torch.device(devices.resolve(settings.device))
     input_shape = tuple(data.input_shape)
     rows: list[dict[str, Any]] = []
     with torch_threads(settings.threads), ExitStack() as stack:
@@ -264,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.divisor < 1 or not math.isfinite(args.epochs) or args.epochs < 0:
         p.error("--divisor must be >= 1 and --epochs >= 0")
     settings = TrialSettings(finetune_epochs=args.epochs, kd=True, threads=args.threads, device=args.device,
-                             seed=args.seed)
+                             latency_device=args.device, seed=args.seed)
     print(HEADER, flush=True)
     result = run_fastnas(args.base, args.targets, settings=settings, recipe=Recipe(lr=args.lr, seed=args.seed),
                          divisor=args.divisor, uniform=not args.no_uniform,

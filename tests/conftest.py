@@ -32,6 +32,14 @@ def embedded():
     return load_data(DataSpec())
 
 
+@pytest.fixture
+def ray_local():
+    """The local Ray instance searches start (or the one running)."""
+    from autoprune.searching.tuning import init_ray
+
+    init_ray(2)
+
+
 def calib_batches(shape, n=2, batch=8, classes=10, seed=0):
     g = torch.Generator().manual_seed(seed)
     return [(torch.randn(batch, *shape, generator=g), torch.randint(0, classes, (batch,), generator=g))

@@ -78,7 +78,7 @@ def test_model_that_cannot_be_traced(tmp_path):
 
 def test_missing_data_root(tmp_path):
     refused(cli("search", ROOT / "search_spaces/resnet56_cifar10.yaml", "--set", f"data.root={tmp_path / 'no'}",
-                "--out", tmp_path / "run"), str(tmp_path / "no"), "cifar-10-batches-py")
+                "--set", "resources.gpu=0", "--out", tmp_path / "run"), str(tmp_path / "no"), "cifar-10-batches-py")
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage"])
@@ -164,3 +164,20 @@ def test_a_time_budget_spent_before_any_fine_tune_says_so(tmp_path, base):
     refused(proc, "the time budget (1 s, time_budget_s) ended the search before any fine-tuned trial finished",
             f"--resume {tmp_path / 'run'}")
     assert (tmp_path / "run" / "autoprune-run.json").is_file()  # the run directory stays, resumable
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU: the requests are valid")
+@pytest.mark.parametrize("sets, needle", [
+    (["resources.gpu=0.5"], "config key 'resources.gpu': each trial asks for 0.5 GPU, but no node of the Ray "
+                            "cluster has a GPU"),
+    (["latency.device=cuda"], "config key 'latency.device': candidates are timed on CUDA, but no node of the Ray "
+                              "cluster has a GPU"),
+])
+def test_a_gpu_the_cluster_does_not_have_is_refused_at_start(tmp_path, base, sets, needle):
+    """Tune would wait for ever for the GPU (or every trial would fail on CUDA): refused before anything runs."""
+    out = tmp_path / "run"
+    proc = cli("search", ROOT / "search_spaces/resnet20_fashionmnist.yaml", "--out", out, "--set",
+               f"base.checkpoint={base}", *TINY,
+               *[a for s in sets for a in ("--set", s)])
+    refused(proc, needle)
+    assert not out.exists()  # nothing trained, nothing written

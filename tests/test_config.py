@@ -33,6 +33,7 @@ def test_defaults_and_overrides(tmp_path):
     ("constraints: ['latency_ms < = 2']\n", "constraints[0]"),
     ("constraints: ['test_accuracy >= 0.5']\n", "unknown metric 'test_accuracy'"),
     ("concurrency: 0\n", "config key 'concurrency' must be >= 1"),
+    ("finetune: {precision: fp8}\n", "config key 'finetune.precision' must be one of auto, fp32, bf16, fp16"),
     ("time_budget_s: 0\n", "config key 'time_budget_s' must be > 0 seconds or null"),
     ("time_budget_s: soon\n", "config key 'time_budget_s' must be float"),
     ("searcher: {seed_from: fastnas}\n", "config key 'searcher.seed_from' must be uniform or sensitivity"),

@@ -79,7 +79,33 @@ def test_imagefolder_is_read_and_resized(tmp_path):
                 Image.new("RGB", (20, 24), (colour, i * 10, 0)).save(d / f"{i}.png")
     data = load_data(DataSpec("imagefolder", str(tmp_path), val_fraction=0.5, image_size=16))
     assert data.input_shape == (3, 16, 16) and data.num_classes == 2
-    assert len(data.train) == 6 and len(data.val) == 6 and len(data.test) == 12
+    assert [data.samples(s) for s in ("train", "val", "test")] == [6, 6, 12]
+    x, y = next(iter(data.loader("val", 4)))
+    assert x.shape == (4, 3, 16, 16) and x.dtype == torch.float32 and set(y.tolist()) <= {0, 1}
+
+
+def test_imagefolder_is_read_lazily_by_dataloader_workers_and_travels_as_file_lists(tmp_path):
+    import pickle
+
+    from PIL import Image
+
+    for split in ("train", "test"):
+        for cls in ("a", "b", "c"):
+            d = tmp_path / split / cls
+            d.mkdir(parents=True)
+            for i in range(10):
+                Image.new("RGB", (12, 12), (i * 20, 50, 100)).save(d / f"{i}.png")
+    data = load_data(DataSpec("imagefolder", str(tmp_path), val_fraction=0.2, image_size=8, workers=2))
+    assert [data.samples(s) for s in ("train", "val", "test")] == [24, 6, 30]  # 2 of every class held out
+    assert len(pickle.dumps(data)) < 4096  # file lists and statistics, no pixels
+    for split, n in (("train", 24), ("val", 6)):
+        loader = data.loader(split, 5, shuffle=True, augment=split == "train", seed=3)
+        assert loader.loader.num_workers == 2  # decoded in worker processes
+        batches = list(loader)
+        assert sum(len(y) for _, y in batches) == n and batches[0][0].shape[1:] == (3, 8, 8)
+    first = [y.tolist() for _, y in data.loader("train", 5, shuffle=True, seed=3)]
+    again = [y.tolist() for _, y in pickle.loads(pickle.dumps(data)).loader("train", 5, shuffle=True, seed=3)]
+    assert first == again  # the same seed draws the same order wherever the data is unpickled
 
 
 def test_unknown_dataset_and_bad_fraction():
@@ -87,3 +113,46 @@ def test_unknown_dataset_and_bad_fraction():
         load_data(DataSpec("svhn"))
     with pytest.raises(AutopruneError, match="val_fraction"):
         load_data(DataSpec(val_fraction=1.5))
+
+
+def test_in_memory_splits_travel_as_out_of_band_buffers(embedded):
+    """Ray's object store hands protocol-5 buffers to every process of a node without copying: concurrent trials
+    share one copy of the data instead of unpickling their own."""
+    import pickle
+
+    buffers: list = []
+    payload = pickle.dumps(embedded.train, protocol=5, buffer_callback=buffers.append)
+    assert len(buffers) == 2 and len(payload) < 1024  # images and labels out of band, nothing copied in
+    back = pickle.loads(payload, buffers=buffers)
+    assert torch.equal(back.images, embedded.train.images) and torch.equal(back.labels, embedded.train.labels)
+
+
+def test_trials_of_a_node_map_one_copy_of_the_data(embedded, ray_local):
+    import ray
+
+    ref = ray.put(embedded)
+    first, second = ray.get(ref), ray.get(ref)
+    assert first.train.images.data_ptr() == second.train.images.data_ptr()  # both views of the object store
+    assert first.train.images.data_ptr() != embedded.train.images.data_ptr()
+    assert torch.equal(first.train.images[:5], embedded.train.images[:5])
+
+
+def test_imagefolder_from_a_relative_root_is_found_from_any_directory_and_checks_its_listing(tmp_path, monkeypatch):
+    import pickle
+
+    from PIL import Image
+
+    for split in ("train", "test"):
+        for cls in ("a", "b"):
+            d = tmp_path / "imgs" / split / cls
+            d.mkdir(parents=True)
+            for i in range(4):
+                Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(d / f"{i}.png")
+    monkeypatch.chdir(tmp_path)
+    data = load_data(DataSpec("imagefolder", "imgs", val_fraction=0.25, image_size=8))
+    travelled = pickle.dumps(data)
+    monkeypatch.chdir(tmp_path / "imgs" / "train")  # trials run from the run directory, or on another node
+    assert sum(len(y) for _, y in pickle.loads(travelled).loader("train", 4)) == 6
+    Image.new("RGB", (8, 8)).save(tmp_path / "imgs" / "train" / "a" / "extra.png")  # this node's copy differs
+    with pytest.raises(AutopruneError, match="lists other files than where the search started"):
+        list(pickle.loads(travelled).loader("train", 4))

@@ -1,20 +1,23 @@
 """Image-classification datasets held in memory as uint8 tensors, with a seeded validation split.
 
 Sources: the embedded Fashion-MNIST subset shipped in the package (no files needed), and
-torchvision's FashionMNIST, MNIST, CIFAR10 and ImageFolder from a local root. Nothing is ever
-downloaded unless the user asks for it (``--download``). A user's own Datasets come from
-``autoprune.data.factory`` (``data.factory``), read lazily where they are used.
+torchvision's FashionMNIST, MNIST and CIFAR10 from a local root (each a few arrays that torchvision reads whole;
+pickled for Ray as NumPy arrays, so every node holds one copy in its object store, shared by its trials). Nothing is
+ever downloaded unless the user asks for it (``--download``). ImageFolder trees (``autoprune.data.folder``) and a
+user's own Datasets (``autoprune.data.factory``, ``data.factory``) are read lazily where they are used.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 
 from autoprune.data.factory import FactoryData
+from autoprune.data.folder import FolderData
 from autoprune.data.spec import DATASETS, DataSpec, sample_indices
 from autoprune.errors import AutopruneError
 
@@ -32,11 +35,24 @@ FLIP_OK = {"embedded": True, "fashionmnist": True, "mnist": False, "cifar10": Tr
 
 @dataclass
 class Split:
+    """One split's images and labels. Pickled as NumPy arrays, which Ray's object store hands to every process of a
+    node without copying (pickle protocol 5 buffers): the concurrent trials of a node share one copy of the data."""
+
     images: torch.Tensor  # uint8, N x C x H x W
     labels: torch.Tensor  # int64, N
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def __reduce__(self) -> tuple[Any, tuple[np.ndarray, np.ndarray]]:
+        return _shared_split, (self.images.numpy(), self.labels.numpy())
+
+
+def _shared_split(images: np.ndarray, labels: np.ndarray) -> Split:
+    """A split over arrays that may be read-only views of Ray's shared memory (never written: batches are copies)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return Split(torch.from_numpy(images), torch.from_numpy(labels))
 
 
 @dataclass
@@ -116,11 +132,14 @@ class TensorLoader:
         return padded[..., dy:dy + h, dx:dx + w]
 
 
-def load_data(spec: DataSpec) -> ImageData | FactoryData:
-    """Load ``spec.dataset`` into memory, carve the validation split and compute normalisation; the user's factory's
-    Datasets (``spec.factory``) are only described, and read by their loaders where they are used."""
+def load_data(spec: DataSpec) -> ImageData | FactoryData | FolderData:
+    """Load ``spec.dataset`` into memory, carve the validation split and compute normalisation; an ImageFolder and
+    the user's factory's Datasets (``spec.factory``) are only described, and read by their loaders where they are
+    used."""
     if spec.factory is not None:
         return FactoryData(spec)
+    if spec.dataset == "imagefolder":
+        return FolderData(spec)
     if spec.dataset == "factory":
         raise AutopruneError("dataset 'factory' needs data.factory, 'package.module:function'")
     if spec.dataset not in DATASETS:
@@ -164,8 +183,6 @@ def _read(spec: DataSpec) -> tuple[Split, Split]:
         raise AutopruneError(f"dataset '{spec.dataset}' needs a data root (--data-root or AUTOPRUNE_DATA)")
     root = Path(spec.root).expanduser()
     try:
-        if spec.dataset == "imagefolder":
-            return _read_imagefolder(root, spec.image_size)
         return _read_torchvision(spec.dataset, root, spec.download)
     except (RuntimeError, FileNotFoundError, OSError) as e:
         if isinstance(e, AutopruneError):
@@ -186,18 +203,4 @@ def _read_torchvision(name: str, root: Path, download: bool) -> tuple[Split, Spl
         images = torch.as_tensor(np.asarray(ds.data))
         images = images.unsqueeze(1) if images.ndim == 3 else images.permute(0, 3, 1, 2)
         splits.append(Split(images.contiguous(), torch.as_tensor(np.asarray(ds.targets)).long()))
-    return splits[0], splits[1]
-
-
-def _read_imagefolder(root: Path, size: int) -> tuple[Split, Split]:
-    """``root/train/<class>/`` and ``root/test/<class>/`` (or ``val/``), resized to ``size`` x ``size``."""
-    from torchvision import datasets, transforms
-
-    test_dir = root / "test" if (root / "test").is_dir() else root / "val"
-    to_uint8 = transforms.Compose([transforms.Resize((size, size)), transforms.PILToTensor()])
-    splits = []
-    for folder in (root / "train", test_dir):
-        ds = datasets.ImageFolder(str(folder), transform=to_uint8)
-        images = torch.stack([img for img, _ in ds]) if len(ds) else torch.empty(0, 3, size, size, dtype=torch.uint8)
-        splits.append(Split(images, torch.tensor(ds.targets, dtype=torch.long)))
     return splits[0], splits[1]

@@ -37,6 +37,7 @@ def finalize(run_dir: str | Path | RunDir, pick: str = "knee", epochs: float | N
     (default: the run's ``finetune.final_epochs``) with distillation from the base unless ``kd`` is False, and
     write the export files into ``out``. Returns the contents of ``metrics.json``."""
     # imported here: ``import autoprune`` imports this module and stays light (controller brings matplotlib)
+    from autoprune import devices
     from autoprune.measure.latency import local_meter
     from autoprune.pruning.policy import discover
     from autoprune.searching.controller import (
@@ -59,6 +60,8 @@ def finalize(run_dir: str | Path | RunDir, pick: str = "knee", epochs: float | N
     read_marker(run)  # only directories autoprune created
     row = pick_trial(run, pick)
     config = run_config(run)
+    devices.check_local_latency(trial_settings(config).latency_device, f"finalize of run '{run}' (timed as the "
+                                f"search was)", config["latency.device"])
     epochs = config["finetune.final_epochs"] if epochs is None else float(epochs)
     if epochs < 0:
         raise AutopruneError(f"--epochs must be >= 0, got {epochs}")
@@ -88,7 +91,8 @@ def finalize(run_dir: str | Path | RunDir, pick: str = "knee", epochs: float | N
     policy = space.policy(space_point(row, space))
     searched = trial_settings(config)
     # fine-tune on every core this process may use; time latency as the search did (its threads and batch)
-    settings = replace(searched, finetune_epochs=epochs, kd=kd, threads=max(searched.threads, _cores()))
+    settings = replace(searched, finetune_epochs=epochs, kd=kd, threads=max(searched.threads, _cores()),
+                       device=devices.resolve(searched.device))
     spec = searched.latency_spec(base.input_shape)
     meter = local_meter(base_model, base.example_input, groups, spec,
                         shared_reference=config["latency.shared_reference"])

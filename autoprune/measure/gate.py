@@ -17,6 +17,8 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import ContextManager
 
+import torch
+
 
 class MeasurementGate:
     def __init__(self, name: str) -> None:
@@ -28,13 +30,16 @@ class MeasurementGate:
 
     @contextmanager
     def step(self) -> Iterator[None]:
-        """Around one training or evaluation step: waits while a measurement runs."""
+        """Around one training or evaluation step: waits while a measurement runs. CUDA work is asynchronous: the
+        step's kernels finish before the gate is released, so none runs while the meter times."""
         fcntl.flock(self._turnstile, fcntl.LOCK_EX)
         fcntl.flock(self._turnstile, fcntl.LOCK_UN)
         fcntl.flock(self._gate, fcntl.LOCK_SH)
         try:
             yield
         finally:
+            if torch.cuda.is_initialized():
+                torch.cuda.synchronize()
             fcntl.flock(self._gate, fcntl.LOCK_UN)
 
     @contextmanager

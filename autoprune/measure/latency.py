@@ -498,11 +498,15 @@ def check_target(target: str | None) -> None:
 
 def start_meter(base: nn.Module, spec: LatencySpec, structure: StructureModel, table: LatencyTable | None,
                 target: str | None, state: dict[str, Any] | None = None,
-                shared_reference: bool = True, gate: str | None = None) -> tuple[Any, bool]:
-    """Start the search's latency actor (on the node advertising ``target`` when one is named, else on the
-    head node, which outlives any worker; hard affinity: Ray's soft affinity placed it on workers), restore
-    a saved ``state`` if it fits, else time the reference, before any trial runs. Returns the handle and
-    whether the state was restored."""
+                shared_reference: bool = True, gate: str | None = None,
+                node: str | None = None) -> tuple[Any, bool]:
+    """Start the search's latency actor (on the node advertising ``target`` when one is named, else on ``node``,
+    else on the head node, which outlives any worker; hard affinity: Ray's soft affinity placed it on workers),
+    restore a saved ``state`` if it fits, else time the reference, before any trial runs. Returns the handle and
+    whether the state was restored.
+
+    On CUDA the actor asks Ray for no GPU (a fraction would take a trial's share) and times on the node's first
+    device, which Ray 2.60 leaves visible to it; trials on that node pause while it times (the gate)."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -510,13 +514,26 @@ def start_meter(base: nn.Module, spec: LatencySpec, structure: StructureModel, t
     options: dict[str, Any] = {"num_cpus": 0, "max_concurrency": 1}
     if target:
         options["resources"] = {target: 1}
-    else:  # on a cluster the head, where no trial trains
-        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(_head_node_id(), soft=False)
+    else:  # on a cluster the head, where no trial trains (or the GPU node that times on CUDA)
+        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node or _head_node_id(), soft=False)
+    if spec.device.startswith("cuda"):
+        options["runtime_env"] = {"env_vars": {"RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"}}  # keep the GPU visible
+        probe = {k: v for k, v in options.items() if k in ("resources", "scheduling_strategy", "runtime_env")}
+        where, available = ray.get(ray.remote(_cuda_here).options(num_cpus=0, **probe).remote())
+        if not available:
+            raise AutopruneError(f"config key 'latency.device': candidates are timed on CUDA, but torch on {where} "
+                                 f"has no CUDA device: set latency.device: cpu, or install a CUDA build of torch there")
     handle: Any = ray.remote(LatencyMeter).options(**options).remote(_cpu_copy(base), spec, structure, table,
                                                                      shared_reference, gate)
     restored = bool(state) and bool(ray.get(handle.restore.remote(state)))
     ray.get(handle.reference.remote())
     return handle, restored
+
+
+def _cuda_here() -> tuple[str, bool]:
+    import socket
+
+    return socket.gethostname(), torch.cuda.is_available()
 
 
 def _head_node_id() -> str:

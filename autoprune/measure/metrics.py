@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 import statistics
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Iterator, Mapping
 
@@ -73,20 +73,37 @@ def measure_latency(models: Mapping[str, nn.Module], input_shape: tuple[int, ...
     times: dict[str, list[float]] = {n: [] for n in names}
     for m in models.values():
         m.to(device).eval()
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    with torch_threads(threads), torch.inference_mode():
+    timed = _cuda_timed if device.type == "cuda" else _wall_timed
+    on_device = torch.cuda.device(device) if device.type == "cuda" else nullcontext()  # the events' stream
+    with torch_threads(threads), torch.inference_mode(), on_device:
         for _ in range(warmup):
             for n in names:
                 models[n](x)
-        sync()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         for r in range(repeats):
             for n in (names if r % 2 == 0 else reversed(names)):
-                start = time.perf_counter()
-                models[n](x)
-                sync()
-                times[n].append((time.perf_counter() - start) * 1e3)
+                times[n].append(timed(models[n], x))
     result = {}
     for n, t in times.items():
         q1, _, q3 = statistics.quantiles(t, n=4)
         result[n] = Latency(statistics.median(t), q3 - q1, len(t), batch_size, threads, str(device), tuple(t))
     return result
+
+
+def _wall_timed(model: nn.Module, x: torch.Tensor) -> float:
+    """Milliseconds of one forward pass on the CPU (wall clock)."""
+    start = time.perf_counter()
+    model(x)
+    return (time.perf_counter() - start) * 1e3
+
+
+def _cuda_timed(model: nn.Module, x: torch.Tensor) -> float:
+    """Milliseconds of one forward pass on the GPU, between CUDA events recorded on the stream around it (the
+    kernels' time, not the host's launch overhead alone)."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    model(x)
+    end.record()
+    end.synchronize()
+    return float(start.elapsed_time(end))

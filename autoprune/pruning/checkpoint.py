@@ -78,7 +78,7 @@ class Checkpoint:
 def from_model(model: nn.Module, model_spec: ModelSpec, data_spec: DataSpec, input_shape: tuple[int, ...],
                preprocess: dict[str, list[float]], metrics: dict[str, Any] | None = None) -> Checkpoint:
     """Snapshot ``model`` (pruned or not) as a checkpoint."""
-    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu().clone(memory_format=torch.contiguous_format) for k, v in model.state_dict().items()}
     return Checkpoint(model_spec, data_spec, tuple(input_shape), preprocess, state, dict(metrics or {}),
                       getattr(model, RECORD_ATTR, None))
 

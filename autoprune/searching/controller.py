@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from autoprune import devices
 from autoprune.config import SearchConfig, violations
 from autoprune.data import ClassificationData, DataSpec, load_data
 from autoprune.errors import AutopruneError
@@ -37,6 +38,13 @@ from autoprune.pruning import checkpoint as ckpt_io
 from autoprune.pruning.checkpoint import PYTHON
 from autoprune.pruning.criteria import LOSS_CRITERIA
 from autoprune.pruning.policy import discover
+from autoprune.searching.capacity import (
+    NODE_JOIN_WAIT_S,
+    await_capacity,
+    latency_device,
+    release_gpu_node,
+    wait_for_gpu_node,
+)
 from autoprune.searching.feasibility import check_constraints, format_report, space_report
 from autoprune.searching.front import Front, format_rows, is_full, write_front
 from autoprune.searching.results import MARKER, ResultsStore, read_marker, run_metric, run_objectives
@@ -119,7 +127,8 @@ def ensure_base(config: SearchConfig, data: ClassificationData | None, task: Tas
     import torch
 
     from autoprune.models import ModelSpec, build_model
-    from autoprune.tasks.training import TrainConfig, evaluate, train
+    from autoprune.searching.base_training import fit
+    from autoprune.tasks.training import TrainConfig
 
     if config["base.weights"]:
         return base_from_weights(config, data, task, echo)
@@ -142,16 +151,13 @@ def ensure_base(config: SearchConfig, data: ClassificationData | None, task: Tas
     echo(f"base checkpoint {path} not found: training {spec.arch} for {config['base.epochs']} epochs")
     torch.manual_seed(config["data.seed"])
     model = build_model(spec)
-    loader = data.loader("train", config["base.batch_size"], shuffle=True, augment=True)
-    start = time.perf_counter()
-    train(model, loader, TrainConfig(epochs=config["base.epochs"], lr=config["base.lr"], seed=config["data.seed"]),
-          on_epoch=lambda epoch, loss: echo(f"  base epoch {epoch}: loss {loss:.4f}"))
-    metrics = {"val_accuracy": evaluate(model, data.loader("val", 256)),
-               "test_accuracy": evaluate(model, data.loader("test", 256)),
-               "train_seconds": round(time.perf_counter() - start, 1)}
-    base = ckpt_io.from_model(model, spec, data.spec, data.input_shape, data.preprocess(), metrics)
+    init_search_ray(config)
+    fitted = fit(model, data, TrainConfig(epochs=config["base.epochs"], lr=config["base.lr"], seed=config["data.seed"],
+                                          precision=config["finetune.precision"]), config["base.batch_size"], echo,
+                 want_gpu=config["resources.gpu"] > 0)
+    base = ckpt_io.from_model(model, spec, data.spec, data.input_shape, data.preprocess(), fitted.metrics)
     ckpt_io.save(base, path)
-    echo(f"saved base {path}: val_accuracy {metrics['val_accuracy']:.4f}")
+    echo(f"saved base {path}: val_accuracy {fitted.metrics['val_accuracy']:.4f}")
     return slim_base(config, data, base, path, echo)
 
 
@@ -223,7 +229,8 @@ def slim_base(config: SearchConfig, data: ClassificationData, base: ckpt_io.Chec
     drop; the result is saved beside the base as ``<base>.slim-<l1>-<epochs>ep.pt`` and reused while it
     is newer than the base.
     """
-    from autoprune.tasks.training import TrainConfig, evaluate, small_bn_scales, train
+    from autoprune.searching.base_training import fit
+    from autoprune.tasks.training import TrainConfig, small_bn_scales
 
     l1, epochs = config["base.sparsity_l1"], config["base.sparsity_epochs"]
     if l1 <= 0:
@@ -236,15 +243,12 @@ def slim_base(config: SearchConfig, data: ClassificationData, base: ckpt_io.Chec
     before = small_bn_scales(model)
     echo(f"sparsity training: {path} for {epochs:g} epochs with L1 {l1:g} on batch-norm scales, "
          f"lr {config['base.lr'] * 0.1:g}")
-    start = time.perf_counter()
-    loader = data.loader("train", config["base.batch_size"], shuffle=True, augment=True, seed=config["data.seed"])
-    train(model, loader, TrainConfig(epochs=epochs, lr=config["base.lr"] * 0.1, seed=config["data.seed"],
-                                     sparsity_l1=l1),
-          on_epoch=lambda epoch, loss: echo(f"  sparsity epoch {epoch}: loss {loss:.4f}"))
-    metrics = {"val_accuracy": evaluate(model, data.loader("val", 256)),
-               "test_accuracy": evaluate(model, data.loader("test", 256)),
-               "train_seconds": round(time.perf_counter() - start, 1), "sparsity_l1": l1,
-               "sparsity_epochs": epochs, "sparsity_trained_from": str(path)}
+    init_search_ray(config)
+    fitted = fit(model, data, TrainConfig(epochs=epochs, lr=config["base.lr"] * 0.1, seed=config["data.seed"],
+                                          sparsity_l1=l1, precision=config["finetune.precision"]),
+                 config["base.batch_size"], echo, want_gpu=config["resources.gpu"] > 0, what="sparsity",
+                 loader_seed=config["data.seed"])
+    metrics = {**fitted.metrics, "sparsity_l1": l1, "sparsity_epochs": epochs, "sparsity_trained_from": str(path)}
     slim = ckpt_io.from_model(model, base.model_spec, base.data_spec, base.input_shape, base.preprocess, metrics)
     ckpt_io.save(slim, slim_path)
     echo(f"saved {slim_path}: val_accuracy {metrics['val_accuracy']:.4f} (base "
@@ -279,12 +283,13 @@ def space_command(config: SearchConfig, echo: Echo) -> None:
     groups = discover(model, example, ignore=config["space.ignore"])
     space = SearchSpace.from_config(config, groups)
     settings = trial_settings(config)
+    devices.check_local_latency(settings.latency_device, "'autoprune space'", config["latency.device"])
     table = LatencyTable.load(config["latency.table"]) if config["latency.table"] else None
     meter = local_meter(model, example, groups, settings.latency_spec(tuple(example.shape[1:])), table,
                         config["latency.shared_reference"])
     echo(f"{config['model']}: {len(groups)} prunable groups, ratios "
          f"{min(p.low for p in space.params)}..{max(p.high for p in space.params)}, {settings.threads} thread(s), "
-         f"device {settings.device}")
+         f"latency on {settings.latency_device}")
     feasible(model, example, space, config, meter, echo)
 
 
@@ -307,6 +312,8 @@ def latency_table_command(config: SearchConfig, out: str, echo: Echo) -> None:
         task = ray.remote(build_table).options(num_cpus=0, resources={config["latency.target"]: 1})
         table = ray.get(task.remote(structure, spec, fractions))
     else:
+        devices.check_local_latency(spec.device, "'autoprune latency-table' without latency.target",
+                                    config["latency.device"])
         table = build_table(structure, spec, fractions)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(table.to_json() + "\n")
@@ -316,25 +323,23 @@ def latency_table_command(config: SearchConfig, out: str, echo: Echo) -> None:
 
 
 def trial_settings(config: SearchConfig) -> TrialSettings:
-    import torch
-
-    gpu = config["resources.gpu"] > 0 and torch.cuda.is_available()
-    device = config["latency.device"]
-    device = ("cuda" if gpu else "cpu") if device == "auto" else device
+    """How the config's candidates are pruned, fine-tuned and timed; each trains on the device Ray gave it
+    (``device='auto'``, decided on the worker) and is timed on ``latency.device``."""
     threads = max(1, int(config["resources.cpu"]))
     return TrialSettings(finetune_epochs=config["finetune.epochs"], kd=config["finetune.kd"],
                          steps=config["finetune.steps"], latency_batch_size=config["latency.batch_size"],
                          latency_repeats=config["latency.repeats"],
                          latency_reference_repeats=config["latency.reference_repeats"],
                          reconstruct=config["space.reconstruct"], threads=config["latency.threads"] or threads,
-                         device=device, seed=config["searcher.seed"])
+                         device="auto", latency_device=latency_device(config), seed=config["searcher.seed"])
 
 
 def recipe(config: SearchConfig) -> Recipe:
     """The classification task's fine-tuning recipe from the config's ``finetune`` keys."""
     return Recipe(lr=config["finetune.lr"], batch_size=config["finetune.batch_size"],
                   kd_alpha=config["finetune.kd_alpha"], kd_temperature=config["finetune.kd_temperature"],
-                  seed=config["searcher.seed"], proxy_samples=config["searcher.proxy_samples"])
+                  seed=config["searcher.seed"], proxy_samples=config["searcher.proxy_samples"],
+                  precision=config["finetune.precision"])
 
 
 def classification_data(config: SearchConfig) -> ClassificationData | None:
@@ -372,18 +377,27 @@ def check_task_metric(config: SearchConfig, task: Task) -> None:
 
 
 def start_latency_meter(config: SearchConfig, run_dir: RunDir, base_model: Any, input_shape: tuple[int, ...],
-                        structure: StructureModel, settings: TrialSettings, echo: Echo) -> Any:
-    """The search's latency actor on ``latency.target`` (the head node when null), continuing the run
-    directory's ``latency.json`` (reference and timed structures) when it was taken with the same settings."""
+                        structure: StructureModel, settings: TrialSettings, echo: Echo) -> tuple[Any, bool]:
+    """The search's latency actor on ``latency.target`` (the head node when null; a GPU node to time on CUDA),
+    continuing the run directory's ``latency.json`` (reference and timed structures) when it was taken with the
+    same settings; and whether the autoscaler was asked for its GPU node (``release_gpu_node`` when done)."""
     table = LatencyTable.load(config["latency.table"]) if config["latency.table"] else None
     spec = settings.latency_spec(input_shape)
     state = json.loads(run_dir.read_text(LATENCY_FILE)) if run_dir.exists(LATENCY_FILE) else None
-    meter, restored = start_meter(base_model, spec, structure, table, config["latency.target"], state,
-                                  config["latency.shared_reference"], settings.gate)
+    node, requested = None, False
+    if spec.device == "cuda" and not config["latency.target"]:  # a GPU node, the head if it has one
+        node, requested = wait_for_gpu_node(config, echo)
+    try:
+        meter, restored = start_meter(base_model, spec, structure, table, config["latency.target"], state,
+                                      config["latency.shared_reference"], settings.gate, node)
+    except BaseException:
+        if requested:
+            release_gpu_node()
+        raise
     if state is not None:
         echo(f"latency: continuing {LATENCY_FILE} (same reference and cache)" if restored else
              f"latency: {LATENCY_FILE} was timed with other settings: timing afresh")
-    return meter
+    return meter, requested
 
 
 def save_latency_state(run_dir: RunDir, meter: Any, echo: Echo) -> None:
@@ -531,6 +545,9 @@ def run_search(config: SearchConfig, run_dir: str | Path | RunDir, *, resume: bo
     """Run (or resume) the search described by ``config`` into ``run_dir`` (a path or a filesystem URI); ``python``:
     the base model and task given as Python objects (``autoprune.search``) instead of by the config."""
     run_dir = as_run_dir(run_dir)
+    init_search_ray(config)  # what the cluster can give is checked before anything is trained or written
+    for note in await_capacity(config, echo, NODE_JOIN_WAIT_S if os.environ.get("RAY_ADDRESS") else 0.0):
+        echo(note)
     if python is not None:
         python = PythonRun(copy.deepcopy(python.model).cpu().eval(), python.task)  # the user's model stays as it is
         check_criteria(config, python.task)
@@ -600,13 +617,12 @@ def _search(config: SearchConfig, run_dir: RunDir, marker: dict[str, Any], task:
     Returns whether the time budget ended them."""
     import ray
 
-    from autoprune.searching.tuning import init_ray, run_tune
+    from autoprune.searching.tuning import run_tune
 
-    init_ray(max(os.cpu_count() or 1, config["concurrency"] * config["resources.cpu"]))
     gate_name = "run-" + hashlib.sha256(run_dir.uri.encode()).hexdigest()[:16]
     settings = dataclasses.replace(trial_settings(config), gate=gate_name)
     structure = StructureModel.from_model(base_model, base.example_input, groups)
-    meter = start_latency_meter(config, run_dir, base_model, base.input_shape, structure, settings, echo)
+    meter, requested = start_latency_meter(config, run_dir, base_model, base.input_shape, structure, settings, echo)
     try:
         feasible(base_model, base.example_input, space, config, RemoteMeter(meter), echo)
         searcher = build_searcher(config, space, run_dir, marker, meter, structure,
@@ -618,8 +634,17 @@ def _search(config: SearchConfig, run_dir: RunDir, marker: dict[str, Any], task:
                                   meter)
     finally:
         save_latency_state(run_dir, meter, echo)
+        if requested:
+            release_gpu_node()
     echo(latency_summary(ray.get(meter.summary.remote())))
     return budget_reached
+
+
+def init_search_ray(config: SearchConfig) -> None:
+    """Ray for the search: the cluster named by ``RAY_ADDRESS``, else a local instance with room for every trial."""
+    from autoprune.searching.tuning import init_ray
+
+    init_ray(max(os.cpu_count() or 1, config["concurrency"] * config["resources.cpu"]))
 
 
 def counts_as_trial(row: dict[str, Any]) -> bool:
@@ -645,7 +670,7 @@ def curves_key(config: SearchConfig, base_digest: str, settings: TrialSettings) 
     data = {k: v for k, v in config["data"].items() if k != "workers"}  # how many loader processes: not what is read
     digest.update(json.dumps([data, config["searcher.proxy_samples"], settings.reconstruct,
                               settings.proxy_bn_batches, settings.latency_batch_size, settings.threads,
-                              settings.device, config["latency.target"], settings.seed],
+                              settings.latency_device, config["latency.target"], settings.seed],
                              sort_keys=True, default=str).encode())
     return digest.hexdigest()[:20]
 

@@ -26,7 +26,7 @@ FIXED_COLUMNS = ["trial_id", "status", "error", "searcher", "criterion", "criter
 # timings under whatever load there was, the prediction made before measuring, and whether it came from the cache
 LATENCY_COLUMNS = ["latency_ratio", "latency_raw_ms", "latency_raw_base_ms", "latency_predicted_ms", "latency_cached"]
 
-STRING_COLUMNS = {"trial_id", "status", "error", "searcher", "criterion", "criterion_used", "host", "checkpoint",
+STRING_COLUMNS = {"trial_id", "status", "error", "searcher", "criterion", "criterion_used", "host", "device", "checkpoint",
                   "finished_at", "stage"}
 INT_COLUMNS = {"params", "size_bytes", "macs", "base_params", "base_size_bytes", "base_macs", "resumed_from_epoch"}
 
@@ -41,7 +41,7 @@ def schema(groups: Iterable[str], metric: str = ACCURACY.name) -> pa.Schema:
     is that proxy value."""
     measured = [metric, f"test_{metric}", *COST_COLUMNS]
     tail = ["feasible", "stage", "epochs", f"proxy_{metric}", *measured, *[f"base_{c}" for c in measured],
-            *LATENCY_COLUMNS, *SECONDS_COLUMNS, "host", "checkpoint", "resumed_from_epoch", "finished_at"]
+            *LATENCY_COLUMNS, *SECONDS_COLUMNS, "host", "device", "checkpoint", "resumed_from_epoch", "finished_at"]
     fields = []
     for name in [*FIXED_COLUMNS, *[f"ratio:{g}" for g in groups], *tail]:
         if name in STRING_COLUMNS:

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from ray import tune
 
+from autoprune import devices
 from autoprune.measure import gate
 from autoprune.measure.latency import RemoteMeter
 from autoprune.pruning import checkpoint as ckpt_io
@@ -68,8 +69,10 @@ def policy_trial(config: dict[str, Any], *, base: ckpt_io.Checkpoint, task: Task
     """
     torch.set_num_threads(settings.threads)
     gate.install(settings.gate)
-    host, metric = socket.gethostname(), task.metric.name
+    host, metric, device = socket.gethostname(), task.metric.name, None
     try:
+        device = devices.resolve(settings.device)  # what Ray gave this trial, decided here, not in the driver
+        settings = dataclasses.replace(settings, device=device)
         policy = space.policy(config["point"])
         resume = _restore(base)
 
@@ -77,7 +80,7 @@ def policy_trial(config: dict[str, Any], *, base: ckpt_io.Checkpoint, task: Task
             with tempfile.TemporaryDirectory() as tmp:
                 _save(tmp, base, state, epoch, final=False, progress=progress)
                 tune.report({**_objectives(metrics, metric), "status": "running", "epoch": epoch, "final": False,
-                             "host": host}, checkpoint=tune.Checkpoint.from_directory(tmp))
+                             "host": host, "device": device}, checkpoint=tune.Checkpoint.from_directory(tmp))
 
         stage, remote = stage_of(config["point"]), RemoteMeter(meter) if meter is not None else None
         if stage == "proxy":
@@ -89,7 +92,7 @@ def policy_trial(config: dict[str, Any], *, base: ckpt_io.Checkpoint, task: Task
     except Exception as e:  # recorded as a failed trial; the search continues
         message = str(e).strip().splitlines()[0] if str(e).strip() else ""
         tune.report({"status": "failed", "error": f"{type(e).__name__}: {message}"[:500], "final": True,
-                     "host": host, "epoch": 0, metric: math.nan,
+                     "host": host, "device": device, "epoch": 0, metric: math.nan,
                      **{k: math.nan for k in ("size_bytes", "latency_ms", "params", "macs")}})
         return
     base_metrics = {f"base_{k}": v for k, v in _objectives(result.base, metric).items()}
@@ -98,7 +101,7 @@ def policy_trial(config: dict[str, Any], *, base: ckpt_io.Checkpoint, task: Task
              f"proxy_{metric}": result.pruned[f"proxy_{metric}"], "stage": stage,
              "criterion_used": result.pruned["criterion_used"],
              "epochs": 0.0 if stage == "proxy" else settings.finetune_epochs,
-             "status": "ok", "error": None, "final": True, "host": host,
+             "status": "ok", "error": None, "final": True, "host": host, "device": device,
              "epoch": math.ceil(settings.finetune_epochs) if stage != "proxy" else 0,
              "resumed_from_epoch": resume.epochs_done if resume else None,
              **{f"seconds_{k}": v for k, v in result.seconds.items()}}

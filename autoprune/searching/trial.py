@@ -9,6 +9,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
+from autoprune import devices
 from autoprune.measure.latency import LatencySpec, Meter, local_meter
 from autoprune.measure.metrics import count_macs, count_params, serialized_size, torch_threads
 from autoprune.pruning import prune
@@ -40,14 +41,15 @@ class TrialSettings:
     reconstruct: bool = False      # least-squares reconstruction of the pruned consumers before BN recalibration
     gate: str | None = None        # the search's measurement gate (autoprune/measure/gate.py): steps pause while it times
     threads: int = 1
-    device: str = "cpu"
+    device: str = "auto"           # where the candidate trains: auto is decided where it runs (autoprune.devices)
+    latency_device: str = "cpu"    # where it is timed (the search's latency actor, or finalize's meter)
     seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def latency_spec(self, input_shape: tuple[int, ...]) -> LatencySpec:
-        return LatencySpec(tuple(input_shape), self.latency_batch_size, self.threads, self.device,
+        return LatencySpec(tuple(input_shape), self.latency_batch_size, self.threads, self.latency_device,
                            self.latency_repeats, reference_repeats=self.latency_reference_repeats)
 
 
@@ -109,7 +111,7 @@ def run_trial(base_model: nn.Module, task: Task, policy: Policy, settings: Trial
     measurements, the state and the training progress to checkpoint. With ``resume``, pruning and measuring
     are skipped and fine-tuning continues where it stopped, on the same learning-rate schedule.
     """
-    device = torch.device(settings.device)
+    device = torch.device(devices.resolve(settings.device))
     watch = _Stopwatch()
     name = task.metric.name
     if resume is not None:
@@ -181,7 +183,7 @@ def run_proxy(base_model: nn.Module, task: Task, policy: Policy, settings: Trial
               meter: Meter | None = None) -> TrialResult:
     """Stage 0, seconds per candidate: prune, measure, recalibrate batch norm, evaluate on the task's ``proxy``
     split. ``pruned["val_<metric>"]`` is that proxy value."""
-    device = torch.device(settings.device)
+    device = torch.device(devices.resolve(settings.device))
     watch = _Stopwatch()
     name = task.metric.name
     with torch_threads(settings.threads):

@@ -154,7 +154,8 @@ class StoreCallback(tune.Callback):
         outcome = outcome_of(result, error is not None, lambda r: violations(self.constraints, r), self.objectives)
         row: dict[str, Any] = {f"ratio:{g}": point[g] for g in self.space.groups}
         row.update(trial_id=trial.trial_id, searcher=trial.config["searcher"], criterion=point["criterion"],
-                   status=outcome.state, error=None, host=result.get("host"))
+                   status=outcome.state, error=None, host=result.get("host"),
+                   device=result.get("device"))
         if outcome.state == "ok":
             row.update({k: v for k, v in result.items() if k in self.store.schema.names and k not in row})
             row["feasible"] = all(v <= 0 for v in outcome.violations.values())

@@ -20,7 +20,7 @@ CALIBRATION_BATCH = 64  # images per calibration batch
 class Recipe:
     """How the classification task fine-tunes: SGD (Nesterov, cosine schedule) at ``lr``, batches of
     ``batch_size`` with crop / flip augmentation, distillation weight ``kd_alpha`` and temperature when a teacher
-    is given; ``proxy_samples``: the validation images stage-0 accuracy is measured on."""
+    is given, in mixed ``precision``; ``proxy_samples``: the validation images stage-0 accuracy is measured on."""
 
     lr: float = 0.02
     batch_size: int = 128
@@ -28,6 +28,7 @@ class Recipe:
     kd_temperature: float = 4.0
     seed: int = 0
     proxy_samples: int = 1000
+    precision: str = "auto"  # autoprune.tasks.training.autocast_dtype
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -59,7 +60,7 @@ class ClassificationTask(Task):
         done = int(progress["epoch"]) if progress else 0  # a resumed run draws the batches of the epochs it has left
         loader = self.data.loader("train", r.batch_size, shuffle=True, augment=True, seed=r.seed + done, device=device)
         config = TrainConfig(epochs=epochs, lr=r.lr, seed=r.seed, kd_alpha=r.kd_alpha if teacher is not None else 0.0,
-                             kd_temperature=r.kd_temperature)
+                             kd_temperature=r.kd_temperature, precision=r.precision)
 
         def report(epoch: int, loss: float) -> None:
             if on_epoch is not None:
