@@ -38,6 +38,7 @@ from autoprune.pruning import checkpoint as ckpt_io
 from autoprune.pruning.checkpoint import PYTHON
 from autoprune.pruning.criteria import LOSS_CRITERIA
 from autoprune.pruning.policy import discover
+from autoprune.searching.base_training import fit
 from autoprune.searching.capacity import (
     NODE_JOIN_WAIT_S,
     await_capacity,
@@ -127,7 +128,6 @@ def ensure_base(config: SearchConfig, data: ClassificationData | None, task: Tas
     import torch
 
     from autoprune.models import ModelSpec, build_model
-    from autoprune.searching.base_training import fit
     from autoprune.tasks.training import TrainConfig
 
     if config["base.weights"]:
@@ -229,7 +229,6 @@ def slim_base(config: SearchConfig, data: ClassificationData, base: ckpt_io.Chec
     drop; the result is saved beside the base as ``<base>.slim-<l1>-<epochs>ep.pt`` and reused while it
     is newer than the base.
     """
-    from autoprune.searching.base_training import fit
     from autoprune.tasks.training import TrainConfig, small_bn_scales
 
     l1, epochs = config["base.sparsity_l1"], config["base.sparsity_epochs"]
@@ -545,21 +544,23 @@ def run_search(config: SearchConfig, run_dir: str | Path | RunDir, *, resume: bo
     """Run (or resume) the search described by ``config`` into ``run_dir`` (a path or a filesystem URI); ``python``:
     the base model and task given as Python objects (``autoprune.search``) instead of by the config."""
     run_dir = as_run_dir(run_dir)
-    init_search_ray(config)  # what the cluster can give is checked before anything is trained or written
-    for note in await_capacity(config, echo, NODE_JOIN_WAIT_S if os.environ.get("RAY_ADDRESS") else 0.0):
-        echo(note)
+    data = None
     if python is not None:
         python = PythonRun(copy.deepcopy(python.model).cpu().eval(), python.task)  # the user's model stays as it is
         check_criteria(config, python.task)
         check_task_metric(config, python.task)
         pickled = pickle_python_run(python)  # before the run directory and any trial
-    marker = prepare_run_dir(run_dir, config, resume, python is not None)
-    if python is not None:
-        task = python.task
-        base, base_digest = python_base(run_dir, config, python, pickled, echo)
-    else:
+        task: Task = python.task
+    else:  # read before Ray connects: in a Ray Job the package's files are a working_dir copy Ray may remove then
         data = classification_data(config)
         task = build_task(config, data)
+    init_search_ray(config)  # what the cluster can give is checked before anything is trained or written
+    for note in await_capacity(config, echo, NODE_JOIN_WAIT_S if os.environ.get("RAY_ADDRESS") else 0.0):
+        echo(note)
+    marker = prepare_run_dir(run_dir, config, resume, python is not None)
+    if python is not None:
+        base, base_digest = python_base(run_dir, config, python, pickled, echo)
+    else:
         base, base_path = ensure_base(config, data, task, echo)
         base_digest = _digest(base_path)
     base_model = base.build()
