@@ -156,3 +156,10 @@ def test_imagefolder_from_a_relative_root_is_found_from_any_directory_and_checks
     Image.new("RGB", (8, 8)).save(tmp_path / "imgs" / "train" / "a" / "extra.png")  # this node's copy differs
     with pytest.raises(AutopruneError, match="lists other files than where the search started"):
         list(pickle.loads(travelled).loader("train", 4))
+
+
+@pytest.mark.parametrize("field, value, needle", [("workers", -1, "'data.workers' must be >= 0, got -1"),
+                                                  ("max_train_samples", 0, "'data.max_train_samples' must be >= 1")])
+def test_a_data_spec_refuses_bad_counts_whatever_loads_it(field, value, needle):
+    with pytest.raises(AutopruneError, match=needle):
+        DataSpec(**{field: value})

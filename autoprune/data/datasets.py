@@ -150,8 +150,6 @@ def load_data(spec: DataSpec) -> ImageData | FactoryData | FolderData:
     num_classes = int(max(train.labels.max(), test.labels.max())) + 1
     train, val = _split_validation(train, spec.val_fraction, spec.seed, num_classes)
     if spec.max_train_samples is not None:
-        if spec.max_train_samples < 1:
-            raise AutopruneError(f"config key 'data.max_train_samples' must be >= 1, got {spec.max_train_samples}")
         keep = torch.tensor(sample_indices(len(train), spec.max_train_samples, spec.seed))
         train = Split(train.images[keep], train.labels[keep])
     pixels = train.images.float().div_(255.0)

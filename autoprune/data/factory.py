@@ -51,16 +51,25 @@ class DeviceLoader:
             yield inputs.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
 
 
+def batches(data: Dataset, spec: DataSpec, batch_size: int, *, shuffle: bool, seed: int,
+            device: str | torch.device, limit: int | None) -> DeviceLoader:
+    """A DataLoader over ``data`` with ``spec.workers`` processes (pinned memory for CUDA) moving batches to
+    ``device``; ``seed`` fixes the order and the workers' random streams, ``limit`` keeps a fixed, seeded random N
+    of the samples."""
+    if limit is not None:
+        data = Subset(data, sample_indices(len(data), limit, spec.seed))  # type: ignore[arg-type]
+    device = torch.device(device)
+    loader = DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=torch.Generator().manual_seed(seed),
+                        num_workers=spec.workers, pin_memory=device.type == "cuda")
+    return DeviceLoader(loader, device)
+
+
 class FactoryData:
     """The splits of ``spec.factory``, built on first use in each process; pickles as its spec alone."""
 
     def __init__(self, spec: DataSpec) -> None:
         if spec.factory is None:
             raise AutopruneError("FactoryData needs data.factory")
-        if spec.workers < 0:
-            raise AutopruneError(f"config key 'data.workers' must be >= 0, got {spec.workers}")
-        if spec.max_train_samples is not None and spec.max_train_samples < 1:
-            raise AutopruneError(f"config key 'data.max_train_samples' must be >= 1, got {spec.max_train_samples}")
         self.spec = spec
         self._factory()  # a bad path or bad arguments fail here, not on the workers
         self._splits: _Splits | None = None
@@ -139,14 +148,7 @@ class FactoryData:
                seed: int = 0, device: str | torch.device = "cpu", limit: int | None = None) -> DeviceLoader:
         """Batches of ``split`` (``augment`` is the train Dataset's own business); ``limit``: a fixed, seeded random N
         of its samples."""
-        data = self.split(split)
-        if limit is not None:
-            data = Subset(data, sample_indices(len(data), limit, self.spec.seed))  # type: ignore[arg-type]
-        device = torch.device(device)
-        loader = DataLoader(data, batch_size=batch_size, shuffle=shuffle,
-                            generator=torch.Generator().manual_seed(seed) if shuffle else None,
-                            num_workers=self.spec.workers, pin_memory=device.type == "cuda")
-        return DeviceLoader(loader, device)
+        return batches(self.split(split), self.spec, batch_size, shuffle=shuffle, seed=seed, device=device, limit=limit)
 
     def split(self, name: str) -> Dataset:
         splits = self.splits

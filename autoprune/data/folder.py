@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from autoprune.data.factory import DeviceLoader
+from autoprune.data.factory import DeviceLoader, batches
 from autoprune.data.spec import DataSpec, sample_indices
 from autoprune.errors import AutopruneError
 
@@ -54,8 +54,6 @@ class FolderData:
     def __init__(self, spec: DataSpec) -> None:
         if spec.root is None:
             raise AutopruneError("dataset 'imagefolder' needs a data root (--data-root or AUTOPRUNE_DATA)")
-        if spec.workers < 0:
-            raise AutopruneError(f"config key 'data.workers' must be >= 0, got {spec.workers}")
         root = Path(spec.root).expanduser().resolve()  # trials run from other working directories
         self.spec = DataSpec.from_dict({**spec.to_dict(), "root": str(root)})
         self._opened: dict[str, Any] = {}
@@ -102,9 +100,6 @@ class FolderData:
         held_set = set(held)
         kept = [i for i in range(len(targets)) if i not in held_set]
         if self.spec.max_train_samples is not None:
-            if self.spec.max_train_samples < 1:
-                raise AutopruneError(f"config key 'data.max_train_samples' must be >= 1, got "
-                                     f"{self.spec.max_train_samples}")
             kept = [kept[i] for i in sample_indices(len(kept), self.spec.max_train_samples, self.spec.seed)]
         test = self._folder("test")
         if not kept or not held or not len(test):
@@ -150,14 +145,8 @@ class FolderData:
     def loader(self, split: str, batch_size: int = 128, *, shuffle: bool = False, augment: bool = False,
                seed: int = 0, device: str | torch.device = "cpu", limit: int | None = None) -> DeviceLoader:
         """Batches of ``split``; ``limit``: a fixed, seeded random N of its samples."""
-        data = self.split(split, augment)
-        if limit is not None:
-            data = torch.utils.data.Subset(data, sample_indices(len(data), limit, self.spec.seed))  # type: ignore[arg-type]
-        device = torch.device(device)
-        generator = torch.Generator().manual_seed(seed)  # the order and the workers' augmentation seeds
-        loader = DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=generator,
-                            num_workers=self.spec.workers, pin_memory=device.type == "cuda")
-        return DeviceLoader(loader, device)
+        return batches(self.split(split, augment), self.spec, batch_size, shuffle=shuffle, seed=seed, device=device,
+                       limit=limit)
 
     def samples(self, split: str) -> int:
         return len(getattr(self.split_indices, split))

@@ -7,6 +7,8 @@ from typing import Any, Protocol
 
 import torch
 
+from autoprune.errors import AutopruneError
+
 DATASETS = ("embedded", "fashionmnist", "mnist", "cifar10", "imagefolder", "factory")
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
@@ -30,6 +32,12 @@ class DataSpec:
     factory: str | None = None
     factory_args: dict[str, Any] = field(default_factory=dict)
     workers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.workers < 0:
+            raise AutopruneError(f"config key 'data.workers' must be >= 0, got {self.workers}")
+        if self.max_train_samples is not None and self.max_train_samples < 1:
+            raise AutopruneError(f"config key 'data.max_train_samples' must be >= 1, got {self.max_train_samples}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
