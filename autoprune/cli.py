@@ -225,26 +225,69 @@ def cmd_export(args: argparse.Namespace) -> None:
     if not run_dir.is_dir():
         raise AutopruneError(f"run directory '{args.run_dir}' does not exist")
     row = pick_trial(run_dir, args.pick, args.max_latency_ms, args.metric_bound, args.max_size_mb)
-    m = export_trial(run_dir, row, args.out)
+    m = export_trial(run_dir, row, args.out, deploy_options(run_dir, args), echo=lambda line: print(line, flush=True))
     test = f"test_{m['metric']}"
     print(f"exported trial {m['trial_id']} ({args.pick}) to {args.out}: {test} {m[test]:.4f} "
           f"(base {m['base'][test]:.4f}), latency {m['latency_ms']:.3f} ms "
           f"(base {m['base']['latency_ms']:.3f}), {m['params']:,} params (base {m['base']['params']:,})")
-    print("files: policy.json, model.pt, model.pt2, metrics.json, README.md, MANIFEST.sha256")
+    print(format_runtimes(m))
+    print(f"files: {', '.join(sorted(p.name for p in Path(args.out).iterdir()))}")
+
+
+def deploy_options(run_dir: RunDir, args: argparse.Namespace) -> Any:
+    """The run's ``deploy.*`` keys with the command line's deploy flags over them."""
+    from dataclasses import replace
+
+    from autoprune.deploy.artefacts import DeployOptions
+    from autoprune.deploy.export import run_config
+
+    flags = {"onnx": args.onnx, "int8": args.int8, "share_bits": args.share_bits, "qat_epochs": args.qat_epochs}
+    options = DeployOptions.from_config(run_config(run_dir))
+    return replace(options, **{k: v for k, v in flags.items() if v is not None})
+
+
+def format_runtimes(m: dict[str, Any]) -> str:
+    """One line per runtime of an export: test metric, size, latency, speedup against the base in torch."""
+    test, lines = f"test_{m['metric']}", []
+    for runtime, r in m["runtimes"].items():
+        if runtime != "timing":
+            lines.append(f"  {runtime:<12} {test} {r[test]:.4f}  {r['size_bytes']:>11,} bytes  "
+                         f"{r['latency_ms']:.3f} ms  {r['speedup_vs_base_torch']:.2f}x vs the base in torch")
+    shared = m.get("weight_sharing")
+    if shared and "error" not in shared:
+        lines.append(f"  shared {shared['bits']}-bit weights: {test} {shared[test]:.4f}, {shared['size_bytes']:,} bytes")
+    return "runtimes (CPU, interleaved in one process):\n" + "\n".join(lines)
 
 
 def cmd_finalize(args: argparse.Namespace) -> None:
-    from autoprune.deploy.export import EXPORT_FILES
     from autoprune.deploy.finalize import finalize
 
     start = time.perf_counter()
-    m = finalize(args.run_dir, args.pick, args.epochs, args.kd, args.out, echo=lambda line: print(line, flush=True))
+    run_dir = RunDir(args.run_dir)
+    if not run_dir.is_dir():
+        raise AutopruneError(f"run directory '{args.run_dir}' does not exist")
+    m = finalize(run_dir, args.pick, args.epochs, args.kd, args.out, deploy=deploy_options(run_dir, args),
+                 echo=lambda line: print(line, flush=True))
     b, f = m["base"], m["final"]
     print(f"finalized trial {m['trial_id']} ({args.pick}) in {time.perf_counter() - start:.0f} s -> {args.out}")
     test = f"test_{m['metric']}"
     print(f"test {m['metric']} {f[test]:.4f} (base {b[test]:.4f}), latency {f['latency_ms']:.3f} ms "
           f"(base {b['latency_ms']:.3f} ms), speedup {f['speedup']:.2f}x")
-    print(f"files: {', '.join(EXPORT_FILES)}; model card: {Path(args.out) / 'README.md'}")
+    print(format_runtimes(m))
+    print(f"files: {', '.join(sorted(p.name for p in Path(args.out).iterdir()))}; model card: "
+          f"{Path(args.out) / 'README.md'}")
+
+
+def add_deploy_flags(p: argparse.ArgumentParser) -> None:
+    """export's and finalize's flags over the run's ``deploy.*`` config keys."""
+    p.add_argument("--onnx", action=argparse.BooleanOptionalAction, default=None,
+                   help="write model.onnx, checked in onnxruntime (default: the run's deploy.onnx, on)")
+    p.add_argument("--int8", action=argparse.BooleanOptionalAction, default=None,
+                   help="write model.int8.onnx, quantized by onnxruntime (default: the run's deploy.int8, on)")
+    p.add_argument("--share-bits", type=int, choices=range(4, 9), metavar="{4..8}",
+                   help="also write model.shared.npz: each layer's weights as 2**BITS shared values")
+    p.add_argument("--qat-epochs", type=float, help="quantization-aware fine-tune when int8 loses more than "
+                   "deploy.int8_max_drop (default: the run's deploy.qat_epochs; 0: never)")
 
 
 def format_comparison(report: dict[str, Any]) -> str:
@@ -335,6 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "to minimise), e.g. 0.85 for accuracy")
     p.add_argument("--max-size-mb", type=float)
     p.add_argument("--out", required=True, help="export directory")
+    add_deploy_flags(p)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("finalize", help="prune the base to a trial's policy again, fine-tune it fully with "
@@ -345,6 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kd", action=argparse.BooleanOptionalAction, default=True,
                    help="distil from the base while fine-tuning (default: on)")
     p.add_argument("--out", required=True, help="output directory (everything export writes)")
+    add_deploy_flags(p)
     p.set_defaults(func=cmd_finalize)
 
     p = sub.add_parser("submit", help="submit a search to a Ray cluster as a Ray Job; prints the job id")

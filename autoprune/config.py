@@ -70,15 +70,24 @@ DEFAULTS: dict[str, Any] = {
     # lookup table from 'autoprune latency-table'; screen_margin: skip candidates predicted to break a latency
     # constraint by more than this fraction (null: never skip); shared_reference: the base's reference latency is the
     # lowest this target has measured for it (kept in $AUTOPRUNE_CACHE_DIR/latency), so searches share one
+    # runtime: what candidates are timed in, so the front is drawn in the runtime you ship: torch (eager), onnxruntime
+    # (the ONNX export in fp32) or int8 (the ONNX export quantized by onnxruntime); the last two on the CPU
     "latency": {"device": "auto", "batch_size": 1, "threads": None, "repeats": 100, "reference_repeats": 300,
-                "target": None, "table": None, "screen_margin": 0.15, "shared_reference": True},
+                "target": None, "table": None, "screen_margin": 0.15, "shared_reference": True, "runtime": "torch"},
     "max_failures": 1,
+    # what export and finalize write beside the PyTorch files (autoprune/deploy/artefacts.py): model.onnx (checked in
+    # onnxruntime), model.int8.onnx (onnxruntime static quantization calibrated on calibration_batches training
+    # batches; a qat_epochs quantization-aware fine-tune when it loses more than int8_max_drop of the metric on the
+    # validation split, 0: never), model.shared.npz with share_bits (4 to 8) bits per weight (null: none)
+    "deploy": {"onnx": True, "int8": True, "share_bits": None, "qat_epochs": 1.0, "int8_max_drop": 0.01,
+               "calibration_batches": 8},
 }
 NULLABLE = {"task": str, "base.weights": str, "objectives": list, "time_budget_s": float, "data.root": str,
             "data.max_train_samples": int, "data.factory": str,
             "base.checkpoint": str, "latency.threads": int, "latency.target": str, "latency.table": str,
-            "latency.screen_margin": float}
+            "latency.screen_margin": float, "deploy.share_bits": int}
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # autoprune.tasks.training.autocast_dtype
+RUNTIMES = ("torch", "onnxruntime", "int8")  # latency.runtime: autoprune/measure/runtimes.py
 SEEDABLE = ("nsga2", "tpe", "gp", "random")  # searchers that start from warm-start points (Optuna-backed)
 PATH_KEYS = ("data.root", "base.checkpoint", "base.weights", "latency.table")
 # space.groups: group name -> {low, high, step}; task_args, data.factory_args: anything
@@ -320,4 +329,21 @@ def _validate(c: SearchConfig) -> None:
                              f"got '{c['finetune.precision']}'")
     if c["latency.device"] not in ("auto", "cpu", "cuda"):
         raise AutopruneError(f"config key 'latency.device' must be auto, cpu or cuda, got '{c['latency.device']}'")
+    if c["latency.runtime"] not in RUNTIMES:
+        raise AutopruneError(f"config key 'latency.runtime' must be one of {', '.join(RUNTIMES)}, "
+                             f"got '{c['latency.runtime']}'")
+    if c["latency.runtime"] != "torch":
+        if c["latency.device"] == "cuda":
+            raise AutopruneError(f"config key 'latency.runtime': {c['latency.runtime']} times on the CPU "
+                                 f"(onnxruntime's CPU provider); set latency.device: cpu or latency.runtime: torch")
+        if c["latency.table"]:
+            raise AutopruneError(f"config key 'latency.table': the per-layer table times eager torch layers; with "
+                                 f"latency.runtime {c['latency.runtime']} leave it out (MACs predict latency)")
     _ = c.constraints  # parse every constraint now, naming the bad one
+    bits = c["deploy.share_bits"]
+    if bits is not None and not 4 <= bits <= 8:
+        raise AutopruneError(f"config key 'deploy.share_bits' must be 4 to 8 bits per weight or null, got {bits}")
+    if c["deploy.qat_epochs"] < 0 or c["deploy.int8_max_drop"] < 0 or c["deploy.calibration_batches"] < 1:
+        raise AutopruneError("config key 'deploy': need qat_epochs >= 0, int8_max_drop >= 0 and calibration_batches >= 1")
+    if c["deploy.int8"] and not c["deploy.onnx"]:
+        raise AutopruneError("config key 'deploy.int8': int8 quantizes the ONNX export; set deploy.onnx: true too")

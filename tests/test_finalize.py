@@ -12,10 +12,15 @@ import autoprune
 from autoprune import AutopruneError
 from autoprune.cli import main
 from autoprune.data import load_data
+from autoprune.deploy.artefacts import DeployOptions
 from autoprune.deploy.export import EXPORT_FILES, check_test_metric, export_trial, pick_trial, verify_manifest
 from autoprune.pruning import checkpoint
 from autoprune.searching.results import MARKER, read_trials
+from autoprune.measure.runtimes import OrtModel
 from autoprune.tasks.training import evaluate
+
+# the run's config (tests/test_search.TINY) leaves the ONNX files out; finalized below writes them
+TORCH_FILES = sorted(f for f in EXPORT_FILES if not f.endswith(".onnx"))
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +34,7 @@ def run(tmp_path_factory):
 def finalized(run, tmp_path_factory):
     out = tmp_path_factory.mktemp("final") / "knee"
     lines = []
-    metrics = autoprune.finalize(run, pick="knee", epochs=1, out=out, echo=lines.append)
+    metrics = autoprune.finalize(run, pick="knee", epochs=1, out=out, deploy=DeployOptions(), echo=lines.append)
     return out, metrics, lines
 
 
@@ -71,18 +76,38 @@ def test_finalize_writes_a_verified_export_of_the_trials_policy(run, finalized):
     card = (out / "README.md").read_text()
     assert f"trial {row['trial_id']}, finalized" in card and "| search (0.5 epochs) | final (1 epoch) |" in card
     assert any("fine-tune epoch 1" in line for line in lines)
+    # model.onnx runs in onnxruntime as the model does, at any batch size; int8 and the runtimes are reported
+    assert saved["onnx"]["max_abs_diff"] <= 1e-4
+    for batch in (1, 3):
+        x = torch.randn(batch, 1, 28, 28)
+        torch.testing.assert_close(OrtModel(out / "model.onnx")(x), model(x).detach(), rtol=0, atol=1e-4)
+    assert OrtModel(out / "model.int8.onnx")(x).shape == (3, 10)
+    runtimes = saved["runtimes"]
+    assert runtimes["torch"]["test_accuracy"] == final["test_accuracy"]
+    assert runtimes["onnxruntime"]["test_accuracy"] == pytest.approx(final["test_accuracy"], abs=0.001)
+    assert 0 <= runtimes["int8"]["test_accuracy"] == saved["int8"]["test_accuracy"] <= 1
+    assert runtimes["int8"]["size_bytes"] == (out / "model.int8.onnx").stat().st_size
+    assert "| onnxruntime | model.onnx |" in card and "| int8 | model.int8.onnx |" in card
 
 
 def test_finalize_cli_trial_without_kd(run, tmp_path, capsys):
     trial = read_trials(run).to_pylist()[1]["trial_id"]
     out = tmp_path / "final"
-    assert main(["finalize", str(run), "--pick", f"trial:{trial}", "--epochs", "0", "--no-kd", "--out", str(out)]) == 0
+    assert main(["finalize", str(run), "--pick", f"trial:{trial}", "--epochs", "0", "--no-kd", "--out", str(out),
+                 "--onnx", "--no-int8", "--share-bits", "4"]) == 0
     printed = capsys.readouterr().out
     assert f"finalized trial {trial} (trial:{trial})" in printed and "speedup" in printed
+    assert "shared 4-bit weights: test_accuracy" in printed and "onnxruntime " in printed
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["search"]["trial_id"] == trial and saved["finetune"]["kd"] is False
     assert saved["finetune"]["finetune_epochs"] == 0
-    assert sorted(p.name for p in out.iterdir()) == sorted(EXPORT_FILES)
+    assert sorted(p.name for p in out.iterdir()) == sorted([*TORCH_FILES, "model.onnx", "model.shared.npz"])
+    # weight sharing: every convolution keeps at most 16 distinct weights, and the export reloads with them
+    shared = autoprune.load(out, shared=True)
+    convs = [m for m in shared.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(m.weight.unique().numel() <= 16 for m in convs)
+    assert conv_widths(shared) == conv_widths(autoprune.load(out))
+    assert 0 <= saved["weight_sharing"]["test_accuracy"] <= 1 and saved["weight_sharing"]["bits"] == 4
 
 
 def copy_run(run, to, *names):
@@ -131,8 +156,10 @@ def test_public_export(run, tmp_path):
     metrics = autoprune.export(run, pick="knee", out=tmp_path / "export")
     row = pick_trial(run, "knee")
     assert metrics["trial_id"] == row["trial_id"] and metrics["test_accuracy"] == row["test_accuracy"]
-    assert sorted(p.name for p in (tmp_path / "export").iterdir()) == sorted(EXPORT_FILES)
+    assert sorted(p.name for p in (tmp_path / "export").iterdir()) == TORCH_FILES
     assert sum(p.numel() for p in autoprune.load(tmp_path / "export").parameters()) == row["params"]
+    with pytest.raises(AutopruneError, match="has no model.shared.npz"):
+        autoprune.load(tmp_path / "export", shared=True)
     # a recorded figure the written model does not reproduce: refused, nothing written
     with pytest.raises(AutopruneError, match="the model does not match its metrics"):
         export_trial(run, {**row, "test_accuracy": row["test_accuracy"] + 0.01}, tmp_path / "bad")

@@ -1,4 +1,5 @@
-"""Export a chosen trial: policy, weights, a ``torch.export`` program, metrics and a model card.
+"""Export a chosen trial: policy, weights, a ``torch.export`` program, ONNX and int8 ONNX models, metrics and a
+model card (``autoprune/deploy/artefacts.py`` writes the ONNX files, and the weight-shared one on request).
 
 ``autoprune.load(DIR)`` rebuilds the model from the zoo architecture, the recorded pruning history
 and the weights (``torch.load(weights_only=True)``); ``model.pt2`` needs plain torch only:
@@ -8,11 +9,12 @@ and the weights (``torch.load(weights_only=True)``); ``model.pt2`` needs plain t
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,17 @@ import torch
 from torch import nn
 
 from autoprune.config import SearchConfig, load_config
+from autoprune.deploy.artefacts import (
+    INT8_FILE,
+    ONNX_FILE,
+    DeployOptions,
+    deploy_card,
+    with_shared_weights,
+    write_deployables,
+)
 from autoprune.errors import AutopruneError
+from autoprune.measure.latency import LatencySpec
+from autoprune.models.zoo import build_model
 from autoprune.objectives import Objective
 from autoprune.pruning import checkpoint as ckpt_io
 from autoprune.pruning.policy import Policy
@@ -30,7 +42,8 @@ from autoprune.tasks.base import Task
 
 PICKS = ("knee", "best", "min-latency", "min-size")  # best: the best validation metric
 MODEL_FILE, PROGRAM_FILE, MANIFEST_FILE = "model.pt", "model.pt2", "MANIFEST.sha256"
-EXPORT_FILES = ("policy.json", MODEL_FILE, PROGRAM_FILE, "metrics.json", "README.md", MANIFEST_FILE)
+EXPORT_FILES = ("policy.json", MODEL_FILE, PROGRAM_FILE, ONNX_FILE, INT8_FILE, "metrics.json", "README.md",
+                MANIFEST_FILE)  # and model.shared.npz with weight sharing
 # how far the written model's test metric may be from the recorded one: 0.1 % of it, and at least 0.001 (0.1 point
 # of accuracy; a model evaluated on a GPU, in bf16 or with other kernels, can score slightly differently on CPU)
 TOLERANCE = 0.001
@@ -130,15 +143,18 @@ def pick_trial(run_dir: str | Path | RunDir, pick: str, max_latency_ms: float | 
 
 def export(run_dir: str | Path | RunDir, pick: str = "knee", out: str | Path = "export", *,
            max_latency_ms: float | None = None, metric_bound: float | None = None,
-           max_size_mb: float | None = None) -> dict[str, Any]:
-    """Export the trial ``pick`` chooses (see ``pick_trial``) from ``run_dir`` into ``out``; return its metrics."""
+           max_size_mb: float | None = None, deploy: DeployOptions | None = None,
+           echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Export the trial ``pick`` chooses (see ``pick_trial``) from ``run_dir`` into ``out``; return its metrics.
+    ``deploy``: what to write beside the PyTorch files (default: the run's ``deploy.*`` config keys)."""
     run = as_run_dir(run_dir)
     if not run.is_dir():
         raise AutopruneError(f"run directory '{run_dir}' does not exist")
-    return export_trial(run, pick_trial(run, pick, max_latency_ms, metric_bound, max_size_mb), out)
+    return export_trial(run, pick_trial(run, pick, max_latency_ms, metric_bound, max_size_mb), out, deploy, echo)
 
 
-def export_trial(run_dir: str | Path | RunDir, row: dict[str, Any], out: str | Path) -> dict[str, Any]:
+def export_trial(run_dir: str | Path | RunDir, row: dict[str, Any], out: str | Path,
+                 deploy: DeployOptions | None = None, echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Write the export of ``row`` (its trial checkpoint) into ``out`` and return its metrics."""
     run = as_run_dir(run_dir)
     if not row.get("checkpoint") or not run.exists(row["checkpoint"]):
@@ -165,8 +181,17 @@ def export_trial(run_dir: str | Path | RunDir, row: dict[str, Any], out: str | P
                       metrics)
     if python is not None:
         ckpt.module = python.model
-    write_export(Path(out), ckpt, policy, metrics, card, python.task if python is not None else run_task(run))
+    config = run_config(run)
+    write_export(Path(out), ckpt, policy, metrics, card, python.task if python is not None else run_task(run),
+                 latency_spec(config, ckpt.input_shape), deploy or DeployOptions.from_config(config), echo)
     return metrics
+
+
+def latency_spec(config: SearchConfig, input_shape: tuple[int, ...]) -> LatencySpec:
+    """How the run timed candidates (batch, threads, repeats): the runtimes table of the card times the same way."""
+    from autoprune.searching.controller import trial_settings
+
+    return trial_settings(config).latency_spec(input_shape)
 
 
 def load_python_run(run: RunDir) -> Any:
@@ -193,9 +218,10 @@ def run_task(run: RunDir) -> Task:
 
 
 def write_export(out: Path, ckpt: ckpt_io.Checkpoint, policy: Policy, metrics: dict[str, Any], card: str,
-                 task: Task) -> None:
+                 task: Task, spec: LatencySpec, deploy: DeployOptions, echo: Callable[[str], None]) -> None:
     """Write ``EXPORT_FILES`` into ``out`` (replaced atomically) once the written model, rebuilt from
-    ``model.pt``, gives ``metrics['test_<metric>']`` on the task's test split within ``TOLERANCE``."""
+    ``model.pt``, gives ``metrics['test_<metric>']`` on the task's test split within ``TOLERANCE``. ``metrics``
+    and the card gain the deployable files' report (``artefacts.write_deployables``), timed as ``spec``."""
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -209,8 +235,12 @@ def write_export(out: Path, ckpt: ckpt_io.Checkpoint, policy: Policy, metrics: d
         batch = torch.export.Dim("batch", min=1, max=65536)
         program = torch.export.export(model.eval(), (example,), dynamic_shapes=({0: batch},))
         torch.export.save(program, tmp / PROGRAM_FILE)
+        base = copy.deepcopy(ckpt.module) if ckpt.module is not None else build_model(ckpt.model_spec)
+        report = write_deployables(tmp, model, base, task, spec, deploy, metrics[f"test_{name}"],
+                                   metrics["size_bytes"], echo)
+        metrics.update(report)
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        (tmp / "README.md").write_text(card)
+        (tmp / "README.md").write_text(card + deploy_card(report, name))
         write_manifest(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -260,13 +290,14 @@ model = torch.export.load("model.pt2").module()      # plain torch, no autoprune
 """
 
 
-def load(directory: str | Path, model: nn.Module | None = None) -> nn.Module:
+def load(directory: str | Path, model: nn.Module | None = None, shared: bool = False) -> nn.Module:
     """Rebuild an exported model from ``DIR/model.pt`` (``weights_only=True``) after checking ``MANIFEST.sha256``.
     ``model``: the unpruned model, for an export of a model given in Python (``autoprune.search``); ``model.pt2``
-    needs none."""
+    needs none. ``shared``: with the weights of ``model.shared.npz`` (weight sharing) instead."""
     directory = Path(directory)
     if not directory.is_dir():
         raise AutopruneError(f"export directory '{directory}' does not exist")
     verify_manifest(directory)
     path = directory / MODEL_FILE
-    return ckpt_io.load(path).build(path, base_module=model)
+    rebuilt = ckpt_io.load(path).build(path, base_module=model)
+    return with_shared_weights(directory, rebuilt).eval() if shared else rebuilt

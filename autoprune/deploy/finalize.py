@@ -16,6 +16,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from autoprune.deploy.artefacts import DeployOptions
 from autoprune.deploy.export import metrics_differ, model_card, pick_trial, run_config, write_export
 from autoprune.errors import AutopruneError
 from autoprune.pruning import checkpoint as ckpt_io
@@ -32,10 +33,11 @@ COST_KEYS = ("latency_ms", "latency_iqr_ms", "size_bytes", "params", "macs")
 
 
 def finalize(run_dir: str | Path | RunDir, pick: str = "knee", epochs: float | None = None, kd: bool = True,
-             out: str | Path = "final", *, echo: Echo = print) -> dict[str, Any]:
+             out: str | Path = "final", *, deploy: DeployOptions | None = None, echo: Echo = print) -> dict[str, Any]:
     """Re-prune the base to the policy of the trial ``pick`` chooses (as ``export``), fine-tune it for ``epochs``
     (default: the run's ``finetune.final_epochs``) with distillation from the base unless ``kd`` is False, and
-    write the export files into ``out``. Returns the contents of ``metrics.json``."""
+    write the export files into ``out`` (``deploy``: what beside the PyTorch files; default: the run's
+    ``deploy.*`` keys). Returns the contents of ``metrics.json``."""
     # imported here: ``import autoprune`` imports this module and stays light (controller brings matplotlib)
     from autoprune import devices
     from autoprune.measure.latency import local_meter
@@ -112,7 +114,8 @@ def finalize(run_dir: str | Path | RunDir, pick: str = "knee", epochs: float | N
                               result.pruned)
     ckpt.module = base.module
     metrics["seconds"] = {"load": loaded, **result.seconds}
-    write_export(Path(out), ckpt, policy, metrics, finalized_card(metrics, policy.criterion), task)
+    write_export(Path(out), ckpt, policy, metrics, finalized_card(metrics, policy.criterion), task, spec,
+                 deploy or DeployOptions.from_config(config), echo)
     return metrics
 
 

@@ -32,6 +32,7 @@ from torch import nn
 from autoprune.errors import AutopruneError
 from autoprune.measure.gate import MeasurementGate
 from autoprune.measure.metrics import MIN_REPEATS, measure_latency
+from autoprune.measure.runtimes import in_runtime
 from autoprune.pruning.graph import forward_with_hooks
 from autoprune.pruning.policy import PrunableGroup
 
@@ -45,7 +46,9 @@ def structure_key(channels: Channels) -> str:
 
 @dataclass(frozen=True)
 class LatencySpec:
-    """How a target times models: input shape, batch, torch threads, device, repeats."""
+    """How a target times models: input shape, batch, threads, device, repeats, and the runtime (``torch``: eager
+    PyTorch; ``onnxruntime`` or ``int8``: the model exported to ONNX, in fp32 or quantized, run by onnxruntime on
+    the CPU)."""
 
     input_shape: tuple[int, ...]
     batch_size: int = 1            # batch 1: on CPU larger batches are memory-bound and their ratios drift with load
@@ -55,6 +58,7 @@ class LatencySpec:
     warmup: int = 10
     reference_repeats: int = 300
     max_rounds: int = 600          # candidate timing goes on, in chunks of ``repeats``, until precise or this many
+    runtime: str = "torch"
 
 
 @dataclass(frozen=True)
@@ -237,6 +241,9 @@ class LatencyTable:
 
 def build_table(structure: StructureModel, spec: LatencySpec, fractions: list[float], repeats: int = 15) -> LatencyTable:
     """Time every layer alone at every (input, output) fraction pair; identical layer shapes are timed once."""
+    if spec.runtime != "torch":
+        raise AutopruneError(f"the latency table times eager torch layers; latency.runtime is {spec.runtime}: "
+                             f"set latency.runtime: torch to build one")
     fractions = sorted(set(round(f, 4) for f in fractions) | {1.0})
     timed: dict[tuple[Any, ...], float] = {}
     entries: dict[str, list[list[float]]] = {}
@@ -324,7 +331,8 @@ class LatencyMeter:
         self.spec = spec
         self.gate = MeasurementGate(gate) if gate else None  # pauses training steps on this node while timing
         self.store = ReferenceStore.default() if shared_reference else None  # where the meter runs: the target
-        self.base = base.to(spec.device).eval()
+        self.base_name = type(base).__name__
+        self.base = self._runnable(base)
         self.structure = structure
         self.table = table
         self._reference: LatencyReport | None = None
@@ -361,7 +369,7 @@ class LatencyMeter:
         import socket
 
         layers = [layer.config(1.0, 1.0) for layer in self.structure.layers]
-        text = json.dumps([type(self.base).__name__, layers, asdict(self.spec), socket.gethostname()], default=str)
+        text = json.dumps([self.base_name, layers, asdict(self.spec), socket.gethostname()], default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:20]
 
     def predict(self, channels: Channels) -> float:
@@ -388,7 +396,7 @@ class LatencyMeter:
         if dict(channels) == self.structure.group_channels:  # the base's own structure: ratio 1 by definition
             report = LatencyReport(**{**asdict(reference), "predicted_ms": predicted})
         else:
-            ratios, lat = self._ratios(candidate.to(self.spec.device).eval())
+            ratios, lat = self._ratios(self._runnable(candidate))
             q1, _, q3 = statistics.quantiles(ratios, n=4)
             ratio = statistics.median(ratios)
             report = LatencyReport(ratio * reference.latency_ms, (q3 - q1) * reference.latency_ms, ratio,
@@ -397,6 +405,12 @@ class LatencyMeter:
         self._observed.append((self._feature(channels), report.latency_ms))
         self._errors.append(abs(predicted - report.latency_ms) / report.latency_ms)
         return report
+
+    def _runnable(self, model: nn.Module) -> nn.Module:
+        """``model`` in the runtime the target times: on its device for torch, exported for onnxruntime and int8."""
+        if self.spec.runtime == "torch":
+            return model.to(self.spec.device).eval()
+        return in_runtime(model.cpu().eval(), self.spec.runtime, self.spec.input_shape, self.spec.threads)
 
     def _exclusive(self) -> ContextManager[None]:
         return self.gate.measuring() if self.gate is not None else nullcontext()
@@ -444,7 +458,8 @@ class LatencyMeter:
         return {"measured": len(self._cache), "cache_hits": self._hits, "reference_ms": ref,
                 "measured_reference_ms": self._measured_reference,
                 "prediction_mape": mape, "predictor": "lookup table" if self.table is not None else "MACs",
-                "node": _node_id(), "device": self.spec.device, "threads": self.spec.threads}
+                "node": _node_id(), "device": self.spec.device, "threads": self.spec.threads,
+                "runtime": self.spec.runtime}
 
 
 def _node_id() -> str | None:

@@ -106,7 +106,8 @@ def latency_device(config: SearchConfig) -> str:
     ``latency.target`` names the device to time on (a CPU box or an edge device: its CPU)."""
     device = str(config["latency.device"])
     if device == "auto":
-        return "cuda" if config["resources.gpu"] > 0 and not config["latency.target"] else "cpu"
+        torch_on_gpu = config["resources.gpu"] > 0 and config["latency.runtime"] == "torch"
+        return "cuda" if torch_on_gpu and not config["latency.target"] else "cpu"
     return device
 
 

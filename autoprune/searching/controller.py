@@ -330,7 +330,8 @@ def trial_settings(config: SearchConfig) -> TrialSettings:
                          latency_repeats=config["latency.repeats"],
                          latency_reference_repeats=config["latency.reference_repeats"],
                          reconstruct=config["space.reconstruct"], threads=config["latency.threads"] or threads,
-                         device="auto", latency_device=latency_device(config), seed=config["searcher.seed"])
+                         device="auto", latency_device=latency_device(config),
+                         latency_runtime=config["latency.runtime"], seed=config["searcher.seed"])
 
 
 def recipe(config: SearchConfig) -> Recipe:
@@ -671,7 +672,8 @@ def curves_key(config: SearchConfig, base_digest: str, settings: TrialSettings) 
     data = {k: v for k, v in config["data"].items() if k != "workers"}  # how many loader processes: not what is read
     digest.update(json.dumps([data, config["searcher.proxy_samples"], settings.reconstruct,
                               settings.proxy_bn_batches, settings.latency_batch_size, settings.threads,
-                              settings.latency_device, config["latency.target"], settings.seed],
+                              settings.latency_device, config["latency.target"], settings.seed]
+                             + ([settings.latency_runtime] if settings.latency_runtime != "torch" else []),
                              sort_keys=True, default=str).encode())
     return digest.hexdigest()[:20]
 

@@ -43,6 +43,7 @@ class TrialSettings:
     threads: int = 1
     device: str = "auto"           # where the candidate trains: auto is decided where it runs (autoprune.devices)
     latency_device: str = "cpu"    # where it is timed (the search's latency actor, or finalize's meter)
+    latency_runtime: str = "torch"  # what it is timed in: torch, onnxruntime or int8 (autoprune/measure/runtimes.py)
     seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -50,7 +51,8 @@ class TrialSettings:
 
     def latency_spec(self, input_shape: tuple[int, ...]) -> LatencySpec:
         return LatencySpec(tuple(input_shape), self.latency_batch_size, self.threads, self.latency_device,
-                           self.latency_repeats, reference_repeats=self.latency_reference_repeats)
+                           self.latency_repeats, reference_repeats=self.latency_reference_repeats,
+                           runtime=self.latency_runtime)
 
 
 @dataclass

@@ -1,0 +1,95 @@
+"""A short quantization-aware fine-tune for when int8 post-training quantization loses too much.
+
+The model's batch norms are folded into their convolutions first (``torch.fx.experimental.optimization.fuse``),
+so the weights trained here are the ones onnxruntime quantizes. During the fine-tune every convolution and linear
+layer sees its weights and its input through fake quantization on onnxruntime's grid (``runtimes.quantize_int8``):
+weights int8, symmetric, one scale per output channel (``torch.fake_quantize_per_channel_affine``), inputs uint8,
+one scale and zero point per tensor from a running min/max (``torch.fake_quantize_per_tensor_affine``); gradients
+pass straight through. Afterwards the fake quantization is removed and the trained float weights are quantized
+by onnxruntime as before, now that they sit where the rounding does little harm.
+"""
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from autoprune.measure.runtimes import QuantizationError
+from autoprune.tasks.base import Task
+
+QUANTIZED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+class _WeightFakeQuant(nn.Module):
+    """int8 symmetric per-output-channel fake quantization of a weight."""
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        flat = weight.detach().reshape(weight.shape[0], -1)
+        scale = (flat.abs().amax(dim=1) / 127.0).clamp_min(1e-12).float()
+        zero = torch.zeros(weight.shape[0], dtype=torch.int32, device=weight.device)
+        return torch.fake_quantize_per_channel_affine(weight, scale, zero, 0, -127, 127)
+
+
+class _InputFakeQuant:
+    """uint8 per-tensor fake quantization of a layer's input, its range a running min/max (updated in training)."""
+
+    def __init__(self, momentum: float = 0.01) -> None:
+        self.low: float | None = None
+        self.high: float | None = None
+        self.momentum = momentum
+
+    def __call__(self, module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        x = inputs[0]
+        if module.training or self.low is None:
+            low, high = min(float(x.detach().min()), 0.0), max(float(x.detach().max()), 0.0)
+            if self.low is None or self.high is None:
+                self.low, self.high = low, high
+            else:
+                self.low += self.momentum * (low - self.low)
+                self.high += self.momentum * (high - self.high)
+        assert self.low is not None and self.high is not None
+        scale = max((self.high - self.low) / 255.0, 1e-12)
+        zero = int(min(255, max(0, round(-self.low / scale))))
+        return (torch.fake_quantize_per_tensor_affine(x, scale, zero, 0, 255), *inputs[1:])
+
+
+def fold_batch_norm(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` (eval mode) with every batch norm that follows a convolution or linear layer folded
+    into it; an error naming the problem when the model cannot be traced symbolically."""
+    from torch.fx.experimental.optimization import fuse
+
+    try:
+        return fuse(copy.deepcopy(model).cpu().eval())
+    except Exception as e:  # torch.fx raises many types for untraceable code
+        raise QuantizationError(f"quantization-aware fine-tuning folds batch norm with torch.fx, which cannot "
+                                f"trace the model: {type(e).__name__}: {str(e).strip().splitlines()[0][:200]}") from None
+
+
+@contextmanager
+def fake_quantized(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` with fake quantization on every convolution's and linear layer's weight and input, removed on
+    exit (the trained float weights stay)."""
+    layers = [m for m in model.modules() if isinstance(m, QUANTIZED)]
+    hooks = [m.register_forward_pre_hook(_InputFakeQuant()) for m in layers]
+    for m in layers:
+        parametrize.register_parametrization(m, "weight", _WeightFakeQuant())
+    try:
+        yield model
+    finally:
+        for h in hooks:
+            h.remove()
+        for m in layers:
+            parametrize.remove_parametrizations(m, "weight", leave_parametrized=False)
+
+
+def quantization_aware_finetune(model: nn.Module, task: Task, epochs: float) -> nn.Module:
+    """A batch-norm-folded copy of ``model`` fine-tuned ``epochs`` under int8 fake quantization, distilling from
+    ``model``; hand it to ``runtimes.to_onnx`` and ``runtimes.quantize_int8``."""
+    folded = fold_batch_norm(model)
+    with fake_quantized(folded):
+        task.finetune(folded, epochs, teacher=copy.deepcopy(model).cpu().eval())
+    return folded.cpu().eval()

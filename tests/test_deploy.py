@@ -1,0 +1,321 @@
+"""Deployable exports: ONNX checked in onnxruntime, int8 by onnxruntime's static quantizer, quantization-aware
+fine-tuning, weight sharing, and ``latency.runtime`` (what the search times)."""
+import io
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from autoprune import AutopruneError
+from autoprune.config import load_config
+from autoprune.data import DataSpec, load_data
+from autoprune.deploy import artefacts, qat, sharing
+from autoprune.deploy.artefacts import DeployOptions, write_deployables
+from autoprune.measure.latency import LatencySpec, local_meter
+from autoprune.measure.runtimes import (
+    OnnxExportError,
+    OrtModel,
+    QuantizationError,
+    in_runtime,
+    quantize_int8,
+    to_onnx,
+)
+from autoprune.pruning.policy import discover
+from autoprune.tasks.classification import ClassificationTask, Recipe
+
+SHAPE = (1, 28, 28)
+
+
+def small_cnn(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+                         nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10)).eval()
+
+
+@torch.library.custom_op("autoprune_test::mystery", mutates_args=())
+def mystery(x: torch.Tensor) -> torch.Tensor:
+    return x.clone()
+
+
+@mystery.register_fake
+def _(x):
+    return torch.empty_like(x)
+
+
+class Mystery(nn.Module):
+    """A model with an operator that has no ONNX translation."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.head = nn.Conv2d(1, 4, 3), nn.Linear(4, 10)
+
+    def forward(self, x):
+        return self.head(mystery(self.conv(x)).mean((2, 3)))
+
+
+@pytest.fixture(scope="module")
+def task():
+    return ClassificationTask(load_data(DataSpec(max_train_samples=256)), Recipe(batch_size=64))
+
+
+@pytest.fixture(scope="module")
+def fp32():
+    return to_onnx(small_cnn(), SHAPE)
+
+
+def test_onnx_export_matches_torch_at_any_batch(fp32):
+    model = small_cnn()
+    graph = onnx.load_from_string(fp32)
+    onnx.checker.check_model(graph)
+    assert [i.name for i in graph.graph.input] == ["input"]
+    assert graph.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # symbolic: any batch
+    runner = OrtModel(fp32)
+    for batch in (1, 5):
+        x = torch.randn(batch, *SHAPE)
+        out = runner(x)
+        assert out.shape == (batch, 10)
+        assert float((out - model(x).detach()).abs().max()) <= artefacts.ONNX_TOLERANCE
+    assert artefacts.max_abs_difference(model, fp32, SHAPE) <= artefacts.ONNX_TOLERANCE
+
+
+def test_an_unexportable_operator_is_named():
+    with pytest.raises(OnnxExportError) as e:
+        to_onnx(Mystery(), SHAPE)
+    assert "operator 'autoprune_test.mystery' has no ONNX translation" in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_int8_stores_int8_weights_and_follows_fp32(fp32):
+    calibration = [torch.randn(16, *SHAPE, generator=torch.Generator().manual_seed(i)) for i in range(4)]
+    int8 = quantize_int8(fp32, calibration)
+    graph = onnx.load_from_string(int8)
+    ops = {n.op_type for n in graph.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    weights = [t for t in graph.graph.initializer if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 4]
+    assert len(weights) == 2  # both convolutions' weights stored as int8, one scale per output channel
+    scales = {t.name: t for t in graph.graph.initializer}
+    assert any(len(t.dims) == 1 and t.dims[0] == 64 and t.data_type == onnx.TensorProto.FLOAT for t in scales.values())
+    assert len(int8) < 0.5 * len(fp32)
+    x = calibration[0]
+    a, b = OrtModel(fp32)(x), OrtModel(int8)(x)
+    assert float(torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0)) > 0.9
+
+
+def test_quantization_failure_is_one_line():
+    with pytest.raises(QuantizationError) as e:
+        quantize_int8(b"not an onnx model", [torch.randn(2, *SHAPE)])
+    assert str(e.value).startswith("int8 quantization failed: ") and "\n" not in str(e.value)
+    with pytest.raises(QuantizationError, match="at least one calibration batch"):
+        quantize_int8(b"", [])
+
+
+def test_in_runtime():
+    model = small_cnn()
+    assert in_runtime(model, "torch", SHAPE) is model
+    assert isinstance(in_runtime(model, "onnxruntime", SHAPE), OrtModel)
+    with pytest.raises(AutopruneError, match="unknown runtime 'tflite'"):
+        in_runtime(model, "tflite", SHAPE)
+
+
+# weight sharing
+
+def test_cluster_keeps_few_distinct_values_exactly():
+    values = np.array([0.5, -1.0, 0.5, 2.0], dtype=np.float32)
+    codebook, labels = sharing.cluster(values, 4)
+    assert np.array_equal(codebook[labels], values)
+
+
+@pytest.mark.parametrize("bits", [4, 5, 8])
+def test_packed_indices_round_trip(bits):
+    indices = np.random.default_rng(bits).integers(0, 2 ** bits, size=1001)
+    packed = sharing._pack(indices, bits)
+    assert packed.nbytes == -(-1001 * bits // 8)
+    assert np.array_equal(sharing._unpack(packed, bits, 1001), indices)
+
+
+def test_shared_weights_round_trip_with_at_most_2_to_the_bits_values(tmp_path):
+    model = small_cnn()
+    original = {k: v.clone() for k, v in model.state_dict().items()}
+    sizes = {}
+    for bits in (4, 8):
+        shared = sharing.share_weights(model, bits)
+        sizes[bits] = shared.save(tmp_path / f"{bits}.npz")
+        state = sharing.shared_state_dict(tmp_path / f"{bits}.npz")
+        assert state.keys() == original.keys()
+        for key, tensor in state.items():
+            assert tensor.shape == original[key].shape and tensor.dtype == original[key].dtype
+            if key.endswith("weight") and original[key].dim() > 1:  # convolutions and the linear layer: shared
+                assert tensor.unique().numel() <= 2 ** bits
+                spread = float(original[key].max() - original[key].min())
+                assert float((tensor - original[key]).abs().max()) <= spread / 2 ** bits
+            else:  # biases and batch norm stay exact
+                assert torch.equal(tensor, original[key])
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    assert sizes[4] < sizes[8] < buffer.getbuffer().nbytes
+
+
+@pytest.mark.parametrize("bits", [3, 9, True, 4.0])
+def test_bad_bits_are_refused(bits):
+    with pytest.raises(AutopruneError, match="4 to 8 bits per weight"):
+        sharing.check_bits(bits)
+
+
+def test_a_file_that_is_not_shared_weights_is_refused(tmp_path):
+    (tmp_path / "x.npz").write_bytes(b"nope")
+    with pytest.raises(AutopruneError, match="not a readable shared-weights file"):
+        sharing.shared_state_dict(tmp_path / "x.npz")
+
+
+# quantization-aware fine-tuning
+
+def test_fold_batch_norm_keeps_the_outputs():
+    model = small_cnn()
+    for m in model.modules():  # non-trivial statistics
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+    folded = qat.fold_batch_norm(model)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    x = torch.randn(4, *SHAPE)
+    assert torch.allclose(folded(x), model(x), atol=1e-5)
+
+
+def test_fake_quantization_puts_weights_on_the_int8_grid_and_comes_off():
+    model = qat.fold_batch_norm(small_cnn())
+    conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    before = conv.weight.detach().clone()
+    with qat.fake_quantized(model):
+        w = conv.weight.detach()
+        scale = before.abs().amax(dim=(1, 2, 3), keepdim=True) / 127
+        steps = w / scale
+        assert torch.allclose(steps, steps.round(), atol=1e-3)  # each channel's weights are multiples of its scale
+        assert not torch.equal(w, before)
+        model(torch.randn(2, *SHAPE))
+    assert not hasattr(conv, "parametrizations") and isinstance(conv.weight, nn.Parameter)
+    assert torch.equal(conv.weight.detach(), before)
+
+
+def test_quantization_aware_finetune_trains_the_folded_model(task):
+    model = small_cnn()
+    tuned = qat.quantization_aware_finetune(model, task, 0.25)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in tuned.modules())
+    assert not any(hasattr(m, "parametrizations") for m in tuned.modules())
+    folded = qat.fold_batch_norm(model)
+    x = torch.randn(2, *SHAPE)
+    assert not torch.allclose(tuned(x), folded(x))  # trained
+    assert isinstance(OrtModel(quantize_int8(to_onnx(tuned, SHAPE), [x])), OrtModel)
+
+
+# write_deployables: what export and finalize write beside model.pt
+
+def deployables(tmp_path, task, model, options=DeployOptions(), base=None):
+    lines = []
+    report = write_deployables(tmp_path, model, base if base is not None else small_cnn(1), task,
+                               LatencySpec(SHAPE, repeats=30), options, 0.5, 1000, lines.append)
+    return report, lines
+
+
+def test_write_deployables_writes_and_reports_every_runtime(tmp_path, task):
+    report, lines = deployables(tmp_path, task, small_cnn(), DeployOptions(share_bits=6))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.int8.onnx", "model.onnx", "model.shared.npz"]
+    assert report["onnx"]["max_abs_diff"] <= 1e-4 and report["onnx"]["size_bytes"] == (tmp_path / "model.onnx").stat().st_size
+    assert report["int8"]["size_bytes"] == (tmp_path / "model.int8.onnx").stat().st_size
+    assert report["weight_sharing"]["bits"] == 6
+    assert report["weight_sharing"]["size_bytes"] == (tmp_path / "model.shared.npz").stat().st_size
+    runtimes = report["runtimes"]
+    assert set(runtimes) == {"torch", "onnxruntime", "int8", "timing"}
+    for name in ("torch", "onnxruntime", "int8"):
+        r = runtimes[name]
+        assert r["latency_ms"] > 0 and r["base_latency_ms"] > 0 and 0 <= r["test_accuracy"] <= 1
+        assert r["speedup"] == pytest.approx(r["base_latency_ms"] / r["latency_ms"])
+    assert runtimes["torch"]["test_accuracy"] == 0.5 and runtimes["torch"]["size_bytes"] == 1000  # as recorded
+    assert runtimes["timing"]["base_error"] is None
+    assert lines == []
+    card = artefacts.deploy_card(report, "accuracy")
+    assert "| int8 | model.int8.onnx |" in card and "6 bits per weight" in card
+
+
+def test_an_unexportable_model_still_gets_its_other_files(tmp_path, task):
+    report, lines = deployables(tmp_path, task, Mystery(), DeployOptions(share_bits=4), base=Mystery())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.shared.npz"]
+    assert "autoprune_test.mystery" in report["onnx"]["error"]
+    assert "int8" not in report and set(report["runtimes"]) == {"torch", "timing"}
+    assert len(lines) == 1 and lines[0].startswith("warning: model.onnx not written: ") and "autoprune_test.mystery" in lines[0]
+    assert "not written" in artefacts.deploy_card(report, "accuracy")
+
+
+def test_a_quantization_failure_leaves_the_fp32_files(tmp_path, task, monkeypatch):
+    def fail(*_):
+        raise QuantizationError("int8 quantization failed: RuntimeError: boom")
+
+    monkeypatch.setattr(artefacts, "quantize_int8", fail)
+    report, lines = deployables(tmp_path, task, small_cnn())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+    assert report["int8"] == {"error": "int8 quantization failed: RuntimeError: boom"}
+    assert lines == ["warning: model.int8.onnx not written: int8 quantization failed: RuntimeError: boom"]
+    assert set(report["runtimes"]) == {"torch", "onnxruntime", "timing"}
+
+
+def test_int8_that_loses_too_much_gets_a_quantization_aware_finetune(tmp_path, task, monkeypatch):
+    monkeypatch.setattr(artefacts, "_loss", lambda task, a, b: 0.05)  # as if int8 lost 5 points
+    report, lines = deployables(tmp_path, task, small_cnn(), DeployOptions(qat_epochs=0.25))
+    q = report["int8"]["qat"]
+    assert q["epochs"] == 0.25 and 0 <= q["val_accuracy"] <= 1 and isinstance(q["kept"], bool)
+    assert lines[0].startswith("int8 loses 0.0500 accuracy on the validation split")
+    assert (tmp_path / "model.int8.onnx").is_file()
+    never = tmp_path / "never"
+    never.mkdir()
+    report, _ = deployables(never, task, small_cnn(), DeployOptions(qat_epochs=0))
+    assert report["int8"]["qat"] is None
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(share_bits=3), "4 to 8 bits"), (dict(qat_epochs=-1), "qat_epochs >= 0"),
+    (dict(onnx=False), "needs onnx"), (dict(calibration_batches=0), "calibration_batches >= 1")])
+def test_bad_deploy_options(options, message):
+    with pytest.raises(AutopruneError, match=message):
+        DeployOptions(**options)
+
+
+# latency.runtime: what the search times
+
+@pytest.mark.parametrize("sets, message", [
+    (["latency.runtime=tflite"], "'latency.runtime' must be one of torch, onnxruntime, int8"),
+    (["latency.runtime=int8", "latency.device=cuda"], "int8 times on the CPU"),
+    (["latency.runtime=onnxruntime", "latency.table=t.json"], "leave it out"),
+    (["deploy.share_bits=9"], "'deploy.share_bits' must be 4 to 8"),
+    (["deploy.onnx=false"], "set deploy.onnx: true too"),
+])
+def test_runtime_and_deploy_config_errors(sets, message):
+    with pytest.raises(AutopruneError, match=message):
+        load_config(None, sets)
+
+
+def test_auto_latency_device_is_the_cpu_for_onnxruntime():
+    from autoprune.searching.capacity import latency_device
+
+    assert latency_device(load_config(None, ["resources.gpu=0.5"])) == "cuda"
+    assert latency_device(load_config(None, ["resources.gpu=0.5", "latency.runtime=int8"])) == "cpu"
+
+
+def test_the_meter_times_in_its_runtime():
+    model = small_cnn()
+    example = torch.randn(1, *SHAPE)
+    groups = discover(model, example)
+    meter = local_meter(model, example, groups, LatencySpec(SHAPE, repeats=30, reference_repeats=30,
+                                                            max_rounds=60, runtime="int8"), shared_reference=False)
+    assert isinstance(meter.base, OrtModel)
+    candidate = small_cnn()
+    candidate[0] = nn.Conv2d(1, 16, 3, padding=1)  # a narrower first layer (structure only matters)
+    candidate[1], candidate[3] = nn.BatchNorm2d(16), nn.Conv2d(16, 64, 3, stride=2, padding=1)
+    report = meter.measure(candidate.eval(), {g.name: g.channels // (2 if i == 0 else 1) for i, g in enumerate(groups)})
+    assert report.latency_ms > 0 and report.ratio > 0 and not report.cached
+    assert meter.summary()["runtime"] == "int8"
+    with pytest.raises(AutopruneError, match="times eager torch layers"):
+        from autoprune.measure.latency import StructureModel, build_table
+
+        build_table(StructureModel.from_model(model, example, groups), LatencySpec(SHAPE, runtime="onnxruntime"), [0.5])
