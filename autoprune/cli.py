@@ -251,7 +251,8 @@ def format_runtimes(m: dict[str, Any]) -> str:
     test, lines = f"test_{m['metric']}", []
     for runtime, r in m["runtimes"].items():
         if runtime != "timing":
-            lines.append(f"  {runtime:<12} {test} {r[test]:.4f}  {r['size_bytes']:>11,} bytes  "
+            score = f"{r[test]:.4f}" if r[test] is not None else "-"
+            lines.append(f"  {runtime:<12} {test} {score}  {r['size_bytes']:>11,} bytes  "
                          f"{r['latency_ms']:.3f} ms  {r['speedup_vs_base_torch']:.2f}x vs the base in torch")
     shared = m.get("weight_sharing")
     if shared and "error" not in shared:

@@ -103,3 +103,24 @@ def run_ok(command: list, cwd: Path, paths: tuple = ()) -> str:
     done = subprocess.run([str(c) for c in command], capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
+
+
+@torch.library.custom_op("autoprune_test::mystery", mutates_args=())
+def mystery(x: torch.Tensor) -> torch.Tensor:
+    return x.clone()
+
+
+@mystery.register_fake
+def _(x):
+    return torch.empty_like(x)
+
+
+class Mystery(torch.nn.Module):
+    """A model with an operator that has no ONNX translation."""
+
+    def __init__(self, in_channels=1, classes=10):
+        super().__init__()
+        self.conv, self.head = torch.nn.Conv2d(in_channels, 4, 3), torch.nn.Linear(4, classes)
+
+    def forward(self, x):
+        return self.head(mystery(self.conv(x)).mean((2, 3)))

@@ -107,3 +107,12 @@ def test_a_callable_that_cannot_be_pickled_is_refused_before_any_trial(trained, 
     with pytest.raises(AutopruneError, match="evaluate cannot be sent to the Ray workers"):
         autoprune.search(trained, TRAIN[0][:1], evaluate=evaluate, out=tmp_path / "run", **QUICK)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_model_that_does_not_export_cannot_be_timed_in_onnxruntime(tmp_path):
+    from conftest import Mystery
+
+    settings = {**QUICK, "latency": {**QUICK["latency"], "runtime": "onnxruntime"}}
+    with pytest.raises(AutopruneError, match="config key 'latency.runtime': onnxruntime times the model's ONNX export, "
+                                             "but the model does not export to ONNX: operator 'autoprune_test.mystery'"):
+        autoprune.search(Mystery(3, 4).eval(), TRAIN[0][:1], evaluate=accuracy, out=tmp_path / "run", **settings)

@@ -6,6 +6,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from conftest import Mystery
 from torch import nn
 
 from autoprune import AutopruneError
@@ -33,27 +34,6 @@ def small_cnn(seed=0):
     return nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
                          nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10)).eval()
-
-
-@torch.library.custom_op("autoprune_test::mystery", mutates_args=())
-def mystery(x: torch.Tensor) -> torch.Tensor:
-    return x.clone()
-
-
-@mystery.register_fake
-def _(x):
-    return torch.empty_like(x)
-
-
-class Mystery(nn.Module):
-    """A model with an operator that has no ONNX translation."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv, self.head = nn.Conv2d(1, 4, 3), nn.Linear(4, 10)
-
-    def forward(self, x):
-        return self.head(mystery(self.conv(x)).mean((2, 3)))
 
 
 @pytest.fixture(scope="module")
@@ -212,17 +192,18 @@ def test_quantization_aware_finetune_trains_the_folded_model(task):
 
 # write_deployables: what export and finalize write beside model.pt
 
-def deployables(tmp_path, task, model, options=DeployOptions(), base=None):
+def deployables(tmp_path, task, model, options=None, base=None):
     lines = []
     report = write_deployables(tmp_path, model, base if base is not None else small_cnn(1), task,
-                               LatencySpec(SHAPE, repeats=30), options, 0.5, 1000, lines.append)
+                               LatencySpec(SHAPE, repeats=30), options or DeployOptions(), 0.5, 1000, lines.append)
     return report, lines
 
 
 def test_write_deployables_writes_and_reports_every_runtime(tmp_path, task):
     report, lines = deployables(tmp_path, task, small_cnn(), DeployOptions(share_bits=6))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.int8.onnx", "model.onnx", "model.shared.npz"]
-    assert report["onnx"]["max_abs_diff"] <= 1e-4 and report["onnx"]["size_bytes"] == (tmp_path / "model.onnx").stat().st_size
+    assert report["onnx"]["max_abs_diff"] <= 1e-4
+    assert report["onnx"]["size_bytes"] == (tmp_path / "model.onnx").stat().st_size
     assert report["int8"]["size_bytes"] == (tmp_path / "model.int8.onnx").stat().st_size
     assert report["weight_sharing"]["bits"] == 6
     assert report["weight_sharing"]["size_bytes"] == (tmp_path / "model.shared.npz").stat().st_size
@@ -244,7 +225,8 @@ def test_an_unexportable_model_still_gets_its_other_files(tmp_path, task):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.shared.npz"]
     assert "autoprune_test.mystery" in report["onnx"]["error"]
     assert "int8" not in report and set(report["runtimes"]) == {"torch", "timing"}
-    assert len(lines) == 1 and lines[0].startswith("warning: model.onnx not written: ") and "autoprune_test.mystery" in lines[0]
+    assert len(lines) == 1 and lines[0].startswith("warning: model.onnx not written: ")
+    assert "autoprune_test.mystery" in lines[0]
     assert "not written" in artefacts.deploy_card(report, "accuracy")
 
 
@@ -319,3 +301,34 @@ def test_the_meter_times_in_its_runtime():
         from autoprune.measure.latency import StructureModel, build_table
 
         build_table(StructureModel.from_model(model, example, groups), LatencySpec(SHAPE, runtime="onnxruntime"), [0.5])
+
+
+def test_a_search_timed_in_int8(tmp_path):
+    import json
+
+    from test_search import search
+
+    from autoprune.searching.results import read_trials
+
+    summary, lines = search(tmp_path, tmp_path / "base.pt", "searcher.name=uniform", "searcher.grid=2", "trials=2",
+                            "latency.runtime=int8")
+    rows = read_trials(summary.run_dir.path).to_pylist()
+    assert len(rows) == 2 and all(r["status"] == "ok" and r["latency_ms"] > 0 for r in rows)
+    state = json.loads((tmp_path / "run" / "latency.json").read_text())
+    assert state["spec"]["runtime"] == "int8"
+    assert any("int8" in line for line in lines if line.startswith("latency"))
+
+
+def test_an_evaluate_that_needs_parameters_gets_onnx_without_int8(tmp_path, task, monkeypatch):
+    class NeedsParameters(ClassificationTask):
+        def evaluate(self, model, split="val"):
+            next(model.parameters())  # an OrtModel has none
+            return super().evaluate(model, split)
+
+    picky = NeedsParameters(task.data, task.recipe)
+    report, lines = deployables(tmp_path, picky, small_cnn())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+    assert report["onnx"]["test_accuracy"] is None and "StopIteration" in report["onnx"]["evaluate_error"]
+    assert "int8" not in report and report["runtimes"]["onnxruntime"]["test_accuracy"] is None
+    assert len(lines) == 1 and "the task's evaluate failed on it in onnxruntime" in lines[0]
+    assert "| onnxruntime | model.onnx |" in artefacts.deploy_card(report, "accuracy")

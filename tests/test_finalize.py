@@ -14,9 +14,9 @@ from autoprune.cli import main
 from autoprune.data import load_data
 from autoprune.deploy.artefacts import DeployOptions
 from autoprune.deploy.export import EXPORT_FILES, check_test_metric, export_trial, pick_trial, verify_manifest
+from autoprune.measure.runtimes import OrtModel
 from autoprune.pruning import checkpoint
 from autoprune.searching.results import MARKER, read_trials
-from autoprune.measure.runtimes import OrtModel
 from autoprune.tasks.training import evaluate
 
 # the run's config (tests/test_search.TINY) leaves the ONNX files out; finalized below writes them

@@ -22,7 +22,7 @@ from autoprune.config import SearchConfig
 from autoprune.errors import AutopruneError
 from autoprune.measure.latency import LatencySpec
 from autoprune.measure.metrics import measure_latency
-from autoprune.measure.runtimes import OnnxExportError, OrtModel, quantize_int8, to_onnx
+from autoprune.measure.runtimes import OPSET, OnnxExportError, OrtModel, quantize_int8, to_onnx
 from autoprune.tasks.base import Task
 
 ONNX_FILE, INT8_FILE = "model.onnx", "model.int8.onnx"
@@ -103,13 +103,19 @@ def write_deployables(out: Path, model: nn.Module, base: nn.Module, task: Task, 
                 raise OnnxExportError(f"onnxruntime's outputs differ from torch's by up to {diff:.2e} "
                                       f"(more than {ONNX_TOLERANCE:g})")
             (out / ONNX_FILE).write_bytes(fp32)
-            runners["onnxruntime"] = OrtModel(fp32)
-            report["onnx"] = {"file": ONNX_FILE, "max_abs_diff": diff, "size_bytes": len(fp32), "opset": 18,
-                              f"test_{name}": task.evaluate(runners["onnxruntime"], "test")}
         except Exception as e:  # reported, and the other files are still written
             fp32 = None
             failed("onnx", ONNX_FILE, e)
-    if options.int8 and fp32 is not None:
+    if fp32 is not None:
+        runners["onnxruntime"] = OrtModel(fp32)
+        report["onnx"] = {"file": ONNX_FILE, "max_abs_diff": diff, "size_bytes": len(fp32), "opset": OPSET}
+        try:  # a task's evaluate may need more of the model than calls (its parameters, say)
+            report["onnx"][f"test_{name}"] = task.evaluate(runners["onnxruntime"], "test")
+        except Exception as e:
+            report["onnx"].update({f"test_{name}": None, "evaluate_error": _problem(e)})
+            echo(f"warning: {ONNX_FILE} written, but the task's evaluate failed on it in onnxruntime (so int8, which "
+                 f"must be checked, is not written): {_problem(e)}")
+    if options.int8 and fp32 is not None and "evaluate_error" not in report["onnx"]:
         try:
             report["int8"] = _write_int8(out, model, fp32, task, options, echo, runners)
         except Exception as e:  # the fp32 files stay as written
@@ -214,7 +220,8 @@ def deploy_card(report: dict[str, Any], metric: str) -> str:
             continue
         base = f"{r['base_latency_ms']:.3f}" if r["base_latency_ms"] else "-"
         speedup = f"{r['speedup']:.2f}x" if r["speedup"] else "-"
-        rows.append(f"| {runtime} | {files[runtime]} | {r['size_bytes']:,} | {r[f'test_{metric}']:.4f} | "
+        score = f"{r[f'test_{metric}']:.4f}" if r[f"test_{metric}"] is not None else "-"
+        rows.append(f"| {runtime} | {files[runtime]} | {r['size_bytes']:,} | {score} | "
                     f"{r['latency_ms']:.3f} | {base} | {speedup} | {r['speedup_vs_base_torch']:.2f}x |")
     t = runtimes["timing"]
     notes = [f"Timed on the CPU, model and base in every runtime interleaved in one process (batch {t['batch_size']}, "
@@ -224,7 +231,8 @@ def deploy_card(report: dict[str, Any], metric: str) -> str:
         o = report["onnx"]
         notes.append(f"`{ONNX_FILE}`: not written: {o['error']}" if "error" in o else
                      f"`{ONNX_FILE}` (opset {o['opset']}, dynamic batch): onnxruntime's outputs within "
-                     f"{o['max_abs_diff']:.1e} of torch's.")
+                     f"{o['max_abs_diff']:.1e} of torch's" + (f"; the task's evaluate failed on it: "
+                                                              f"{o['evaluate_error']}." if "evaluate_error" in o else "."))
     if "int8" in report:
         q = report["int8"]
         if "error" in q:

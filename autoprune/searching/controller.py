@@ -33,6 +33,7 @@ from autoprune.measure.latency import (
     node_resources,
     start_meter,
 )
+from autoprune.measure.runtimes import OnnxExportError, to_onnx
 from autoprune.objectives import values_of
 from autoprune.pruning import checkpoint as ckpt_io
 from autoprune.pruning.checkpoint import PYTHON
@@ -383,6 +384,12 @@ def start_latency_meter(config: SearchConfig, run_dir: RunDir, base_model: Any, 
     same settings; and whether the autoscaler was asked for its GPU node (``release_gpu_node`` when done)."""
     table = LatencyTable.load(config["latency.table"]) if config["latency.table"] else None
     spec = settings.latency_spec(input_shape)
+    if spec.runtime != "torch":  # the actor exports every candidate: refuse a model that does not export, here
+        try:
+            to_onnx(copy.deepcopy(base_model).cpu(), input_shape)
+        except OnnxExportError as e:
+            raise AutopruneError(f"config key 'latency.runtime': {spec.runtime} times the model's ONNX export, "
+                                 f"but {e}") from None
     state = json.loads(run_dir.read_text(LATENCY_FILE)) if run_dir.exists(LATENCY_FILE) else None
     node, requested = None, False
     if spec.device == "cuda" and not config["latency.target"]:  # a GPU node, the head if it has one
@@ -427,7 +434,7 @@ def latency_summary(summary: dict[str, Any]) -> str:
                     and not k.startswith("node:") and not k.startswith("accelerator_type"))
     return (f"latency: {summary['measured']} structures timed, {summary['cache_hits']} answered from the cache, on "
             f"node {str(summary['node'])[:12]} (resources: {', '.join(custom) or 'none custom'}; {summary['device']}, "
-            f"{summary['threads']} thread(s)); reference base {summary['reference_ms']:.3f} ms (timed this run: "
+            f"{summary['threads']} thread(s), {summary['runtime']}); reference base {summary['reference_ms']:.3f} ms (timed this run: "
             f"{summary['measured_reference_ms'] or float('nan'):.3f} ms); {summary['predictor']} "
             f"predictor error " + (f"{100 * mape:.1f} % (mean absolute, predicted before measuring)"
                                    if mape is not None else "n/a"))
