@@ -434,7 +434,8 @@ def latency_summary(summary: dict[str, Any]) -> str:
                     and not k.startswith("node:") and not k.startswith("accelerator_type"))
     return (f"latency: {summary['measured']} structures timed, {summary['cache_hits']} answered from the cache, on "
             f"node {str(summary['node'])[:12]} (resources: {', '.join(custom) or 'none custom'}; {summary['device']}, "
-            f"{summary['threads']} thread(s), {summary['runtime']}); reference base {summary['reference_ms']:.3f} ms (timed this run: "
+            f"{summary['threads']} thread(s), {summary['runtime']}); reference base {summary['reference_ms']:.3f} ms "
+            f"(timed this run: "
             f"{summary['measured_reference_ms'] or float('nan'):.3f} ms); {summary['predictor']} "
             f"predictor error " + (f"{100 * mape:.1f} % (mean absolute, predicted before measuring)"
                                    if mape is not None else "n/a"))
