@@ -241,7 +241,8 @@ def deploy_options(run_dir: RunDir, args: argparse.Namespace) -> Any:
     from autoprune.deploy.artefacts import DeployOptions
     from autoprune.deploy.export import run_config
 
-    flags = {"onnx": args.onnx, "int8": args.int8, "share_bits": args.share_bits, "qat_epochs": args.qat_epochs}
+    int8 = False if args.onnx is False and args.int8 is None else args.int8  # --no-onnx: nothing to quantize
+    flags = {"onnx": args.onnx, "int8": int8, "share_bits": args.share_bits, "qat_epochs": args.qat_epochs}
     options = DeployOptions.from_config(run_config(run_dir))
     return replace(options, **{k: v for k, v in flags.items() if v is not None})
 
@@ -282,7 +283,8 @@ def cmd_finalize(args: argparse.Namespace) -> None:
 def add_deploy_flags(p: argparse.ArgumentParser) -> None:
     """export's and finalize's flags over the run's ``deploy.*`` config keys."""
     p.add_argument("--onnx", action=argparse.BooleanOptionalAction, default=None,
-                   help="write model.onnx, checked in onnxruntime (default: the run's deploy.onnx, on)")
+                   help="write model.onnx, checked in onnxruntime (default: the run's deploy.onnx, on; "
+                        "--no-onnx implies --no-int8)")
     p.add_argument("--int8", action=argparse.BooleanOptionalAction, default=None,
                    help="write model.int8.onnx, quantized by onnxruntime (default: the run's deploy.int8, on)")
     p.add_argument("--share-bits", type=int, choices=range(4, 9), metavar="{4..8}",

@@ -88,6 +88,7 @@ NULLABLE = {"task": str, "base.weights": str, "objectives": list, "time_budget_s
             "latency.screen_margin": float, "deploy.share_bits": int}
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # autoprune.tasks.training.autocast_dtype
 RUNTIMES = ("torch", "onnxruntime", "int8")  # latency.runtime: autoprune/measure/runtimes.py
+SHARE_BITS = range(4, 9)  # deploy.share_bits: 16 to 256 shared values per layer (autoprune/deploy/sharing.py)
 SEEDABLE = ("nsga2", "tpe", "gp", "random")  # searchers that start from warm-start points (Optuna-backed)
 PATH_KEYS = ("data.root", "base.checkpoint", "base.weights", "latency.table")
 # space.groups: group name -> {low, high, step}; task_args, data.factory_args: anything
@@ -340,10 +341,18 @@ def _validate(c: SearchConfig) -> None:
             raise AutopruneError(f"config key 'latency.table': the per-layer table times eager torch layers; with "
                                  f"latency.runtime {c['latency.runtime']} leave it out (MACs predict latency)")
     _ = c.constraints  # parse every constraint now, naming the bad one
-    bits = c["deploy.share_bits"]
-    if bits is not None and not 4 <= bits <= 8:
-        raise AutopruneError(f"config key 'deploy.share_bits' must be 4 to 8 bits per weight or null, got {bits}")
-    if c["deploy.qat_epochs"] < 0 or c["deploy.int8_max_drop"] < 0 or c["deploy.calibration_batches"] < 1:
-        raise AutopruneError("config key 'deploy': need qat_epochs >= 0, int8_max_drop >= 0 and calibration_batches >= 1")
-    if c["deploy.int8"] and not c["deploy.onnx"]:
-        raise AutopruneError("config key 'deploy.int8': int8 quantizes the ONNX export; set deploy.onnx: true too")
+    problem = deploy_problem(c["deploy"])
+    if problem:
+        raise AutopruneError(f"config key 'deploy': {problem}")
+
+
+def deploy_problem(deploy: dict[str, Any]) -> str | None:
+    """What is wrong with the ``deploy`` options (config keys or ``autoprune.DeployOptions``), or None."""
+    bits = deploy["share_bits"]
+    if bits is not None and (isinstance(bits, bool) or not isinstance(bits, int) or bits not in SHARE_BITS):
+        return f"share_bits must be {SHARE_BITS.start} to {SHARE_BITS.stop - 1} bits per weight or null, got {bits!r}"
+    if deploy["qat_epochs"] < 0 or deploy["int8_max_drop"] < 0 or deploy["calibration_batches"] < 1:
+        return "need qat_epochs >= 0, int8_max_drop >= 0 and calibration_batches >= 1"
+    if deploy["int8"] and not deploy["onnx"]:
+        return "int8 quantizes the ONNX export: with onnx off, turn int8 off too"
+    return None

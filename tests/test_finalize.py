@@ -26,7 +26,10 @@ TORCH_FILES = sorted(f for f in EXPORT_FILES if not f.endswith(".onnx"))
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("finalize")
-    summary, _ = search(tmp, tmp / "base.pt", "searcher.name=uniform", "searcher.grid=2", "trials=2")
+    # candidates timed in int8 (latency.runtime): the search's latency actor, and finalize's meter, export each
+    summary, lines = search(tmp, tmp / "base.pt", "searcher.name=uniform", "searcher.grid=2", "trials=2",
+                            "latency.runtime=int8")
+    assert any(line.startswith("latency: ") and "1 thread(s), int8)" in line for line in lines), lines
     return Path(summary.run_dir.path)
 
 
@@ -67,6 +70,7 @@ def test_finalize_writes_a_verified_export_of_the_trials_policy(run, finalized):
     assert saved["finetune"]["finetune_epochs"] == 1 and saved["finetune"]["kd"] is True
     assert search["finetune_epochs"] == 0.5 and saved["pick"] == "knee"
     assert saved["input_shape"] == ["batch", 1, 28, 28]
+    assert saved["latency"]["runtime"] == "int8" == json.loads((run / "latency.json").read_text())["spec"]["runtime"]
     # the written model gives the recorded test accuracy (within the stated tolerance)
     data = load_data(checkpoint.load(out / "model.pt").data_spec)
     assert evaluate(model, data.loader("test", 256)) == pytest.approx(final["test_accuracy"], abs=0.001)

@@ -18,11 +18,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from autoprune.config import SearchConfig
+from autoprune.config import SearchConfig, deploy_problem
 from autoprune.errors import AutopruneError
 from autoprune.measure.latency import LatencySpec
 from autoprune.measure.metrics import measure_latency
-from autoprune.measure.runtimes import OPSET, OnnxExportError, OrtModel, quantize_int8, to_onnx
+from autoprune.measure.runtimes import OPSET, OnnxExportError, OrtModel, quantize_int8, random_calibration, to_onnx
 from autoprune.tasks.base import Task
 
 ONNX_FILE, INT8_FILE = "model.onnx", "model.int8.onnx"
@@ -46,14 +46,9 @@ class DeployOptions:
         return cls(**{k: config[f"deploy.{k}"] for k in asdict(cls())})
 
     def __post_init__(self) -> None:
-        from autoprune.deploy.sharing import check_bits
-
-        if self.share_bits is not None:
-            check_bits(self.share_bits)
-        if self.qat_epochs < 0 or self.int8_max_drop < 0 or self.calibration_batches < 1:
-            raise AutopruneError("deploy options: need qat_epochs >= 0, int8_max_drop >= 0 and calibration_batches >= 1")
-        if self.int8 and not self.onnx:
-            raise AutopruneError("deploy options: int8 quantizes the ONNX export; it needs onnx")
+        problem = deploy_problem(asdict(self))
+        if problem:
+            raise AutopruneError(f"deploy options: {problem}")
 
 
 def _problem(e: BaseException) -> str:
@@ -86,7 +81,7 @@ def write_deployables(out: Path, model: nn.Module, base: nn.Module, task: Task, 
     ``int8``, ``weight_sharing``, ``runtimes``; a file that could not be made has ``{"error": ...}``). ``base``
     is the unpruned architecture: only its structure matters (latency)."""
     model = copy.deepcopy(model).cpu().eval()
-    name, shape = task.metric.name, spec.input_shape
+    name, shape, threads = task.metric.name, spec.input_shape, spec.threads
     report: dict[str, Any] = {}
     runners: dict[str, nn.Module] = {"torch": model}
 
@@ -107,7 +102,7 @@ def write_deployables(out: Path, model: nn.Module, base: nn.Module, task: Task, 
             fp32 = None
             failed("onnx", ONNX_FILE, e)
     if fp32 is not None:
-        runners["onnxruntime"] = OrtModel(fp32)
+        runners["onnxruntime"] = OrtModel(fp32, threads)
         report["onnx"] = {"file": ONNX_FILE, "max_abs_diff": diff, "size_bytes": len(fp32), "opset": OPSET}
         try:  # a task's evaluate may need more of the model than calls (its parameters, say)
             report["onnx"][f"test_{name}"] = task.evaluate(runners["onnxruntime"], "test")
@@ -115,9 +110,12 @@ def write_deployables(out: Path, model: nn.Module, base: nn.Module, task: Task, 
             report["onnx"].update({f"test_{name}": None, "evaluate_error": _problem(e)})
             echo(f"warning: {ONNX_FILE} written, but the task's evaluate failed on it in onnxruntime (so int8, which "
                  f"must be checked, is not written): {_problem(e)}")
-    if options.int8 and fp32 is not None and "evaluate_error" not in report["onnx"]:
+    if options.int8 and (fp32 is None or "evaluate_error" in report["onnx"]):
+        report["int8"] = {"error": "it quantizes a checked model.onnx, which " + (
+            "was not written" if fp32 is None else "the task's evaluate could not run")}
+    elif options.int8 and fp32 is not None:
         try:
-            report["int8"] = _write_int8(out, model, fp32, task, options, echo, runners)
+            report["int8"] = _write_int8(out, model, fp32, task, spec, options, echo, runners)
         except Exception as e:  # the fp32 files stay as written
             failed("int8", INT8_FILE, e)
     if options.share_bits is not None:
@@ -131,8 +129,8 @@ def write_deployables(out: Path, model: nn.Module, base: nn.Module, task: Task, 
     return report
 
 
-def _write_int8(out: Path, model: nn.Module, fp32: bytes, task: Task, options: DeployOptions, echo: Echo,
-                runners: dict[str, nn.Module]) -> dict[str, Any]:
+def _write_int8(out: Path, model: nn.Module, fp32: bytes, task: Task, spec: LatencySpec, options: DeployOptions,
+                echo: Echo, runners: dict[str, nn.Module]) -> dict[str, Any]:
     """Quantize, check on the validation split, recover with QAT if it lost too much, write ``INT8_FILE``."""
     name = task.metric.name
     calibration = [x for x, _ in task.calibration(options.calibration_batches, seed=0)]
@@ -143,26 +141,34 @@ def _write_int8(out: Path, model: nn.Module, fp32: bytes, task: Task, options: D
                               f"val_{name}_ptq": val_int8, "qat": None}
     lost = _loss(task, val_fp32, val_int8)
     if lost > options.int8_max_drop and options.qat_epochs > 0:
-        from autoprune.deploy.qat import quantization_aware_finetune
-
         echo(f"int8 loses {lost:.4f} {name} on the validation split (more than {options.int8_max_drop:g}): "
              f"quantization-aware fine-tune for {options.qat_epochs:g} epoch(s)")
-        tuned = quantization_aware_finetune(model, task, options.qat_epochs)
-        int8_qat = quantize_int8(to_onnx(tuned, tuple(calibration[0].shape[1:])), calibration)
-        val_qat = task.evaluate(OrtModel(int8_qat), "val")
-        kept = _loss(task, val_int8, val_qat) > 0  # QAT improved on post-training quantization
-        result["qat"] = {"epochs": options.qat_epochs, f"val_{name}": val_qat, "kept": kept}
-        echo(f"  after QAT: val {name} {val_qat:.4f} (post-training {val_int8:.4f}): "
-             f"{'kept' if kept else 'post-training quantization kept'}")
-        if kept:
-            int8 = int8_qat
+        try:
+            result["qat"], recovered = _recover(model, task, spec, options, calibration, val_int8)
+        except Exception as e:  # the post-training int8 model stands
+            result["qat"], recovered = {"epochs": options.qat_epochs, "error": _problem(e)}, None
+            echo(f"warning: quantization-aware fine-tuning failed, post-training int8 kept: {_problem(e)}")
+        if recovered is not None:
+            int8 = recovered
     (out / INT8_FILE).write_bytes(int8)
-    runners["int8"] = OrtModel(int8)
+    runners["int8"] = OrtModel(int8, spec.threads)
     result.update({"size_bytes": len(int8), f"test_{name}": task.evaluate(runners["int8"], "test"),
                    "method": "onnxruntime static quantization (QDQ; int8 weights per channel, uint8 activations)"
-                             + (" after quantization-aware fine-tuning" if result["qat"] and result["qat"]["kept"]
-                                else "")})
+                             + (" after quantization-aware fine-tuning" if (result["qat"] or {}).get("kept") else "")})
     return result
+
+
+def _recover(model: nn.Module, task: Task, spec: LatencySpec, options: DeployOptions,
+             calibration: list[torch.Tensor], val_ptq: float) -> tuple[dict[str, Any], bytes | None]:
+    """Quantization-aware fine-tuning; its report, and its int8 model when it beats post-training quantization."""
+    from autoprune.deploy.qat import quantization_aware_finetune
+
+    name = task.metric.name
+    tuned = quantization_aware_finetune(model, task, options.qat_epochs)
+    int8 = quantize_int8(to_onnx(tuned, spec.input_shape), calibration)
+    val_qat = task.evaluate(OrtModel(int8), "val")
+    kept = _loss(task, val_ptq, val_qat) < 0  # QAT's int8 is better than post-training int8
+    return ({"epochs": options.qat_epochs, f"val_{name}": val_qat, "kept": kept}, int8 if kept else None)
 
 
 def _write_shared(out: Path, model: nn.Module, task: Task, bits: int) -> dict[str, Any]:
@@ -186,9 +192,9 @@ def _runtime_table(runners: dict[str, nn.Module], base: nn.Module, task: Task, e
     if exported:
         try:
             base_fp32 = to_onnx(models["base torch"], shape)
-            models["base onnxruntime"] = OrtModel(base_fp32)
-            if "int8" in runners:
-                models["base int8"] = OrtModel(quantize_int8(base_fp32, [torch.randn(8, *shape)]))  # speed only
+            models["base onnxruntime"] = OrtModel(base_fp32, spec.threads)
+            if "int8" in runners:  # quantized for its speed only, which the ranges do not change
+                models["base int8"] = OrtModel(quantize_int8(base_fp32, random_calibration(shape)), spec.threads)
         except Exception as e:  # the base then has its torch figure only; the card says why
             base_error = _problem(e)
     timing = replace(spec, device="cpu")

@@ -4,9 +4,11 @@ The model's batch norms are folded into their convolutions first (``torch.fx.exp
 so the weights trained here are the ones onnxruntime quantizes. During the fine-tune every convolution and linear
 layer sees its weights and its input through fake quantization on onnxruntime's grid (``runtimes.quantize_int8``):
 weights int8, symmetric, one scale per output channel (``torch.fake_quantize_per_channel_affine``), inputs uint8,
-one scale and zero point per tensor from a running min/max (``torch.fake_quantize_per_tensor_affine``); gradients
-pass straight through. Afterwards the fake quantization is removed and the trained float weights are quantized
-by onnxruntime as before, now that they sit where the rounding does little harm.
+one scale and zero point per tensor from the smallest and largest value seen (as onnxruntime's MinMax calibration
+takes them; ``torch.fake_quantize_per_tensor_affine``); gradients pass straight through. onnxruntime also
+quantizes tensors between other operators (additions, pooling); those are not simulated here. Afterwards the
+fake quantization is removed and the trained float weights are quantized by onnxruntime as before, now that they
+sit where the rounding does little harm.
 """
 from __future__ import annotations
 
@@ -35,23 +37,16 @@ class _WeightFakeQuant(nn.Module):
 
 
 class _InputFakeQuant:
-    """uint8 per-tensor fake quantization of a layer's input, its range a running min/max (updated in training)."""
+    """uint8 per-tensor fake quantization of a layer's input over the range seen so far (always including 0)."""
 
-    def __init__(self, momentum: float = 0.01) -> None:
-        self.low: float | None = None
-        self.high: float | None = None
-        self.momentum = momentum
+    def __init__(self) -> None:
+        self.low, self.high = 0.0, 0.0
 
     def __call__(self, module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         x = inputs[0]
-        if module.training or self.low is None:
-            low, high = min(float(x.detach().min()), 0.0), max(float(x.detach().max()), 0.0)
-            if self.low is None or self.high is None:
-                self.low, self.high = low, high
-            else:
-                self.low += self.momentum * (low - self.low)
-                self.high += self.momentum * (high - self.high)
-        assert self.low is not None and self.high is not None
+        if module.training or self.low == self.high:
+            self.low = min(self.low, float(x.detach().min()))
+            self.high = max(self.high, float(x.detach().max()))
         scale = max((self.high - self.low) / 255.0, 1e-12)
         zero = int(min(255, max(0, round(-self.low / scale))))
         return (torch.fake_quantize_per_tensor_affine(x, scale, zero, 0, 255), *inputs[1:])

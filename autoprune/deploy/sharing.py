@@ -18,10 +18,10 @@ import torch
 from scipy.cluster.vq import kmeans2
 from torch import nn
 
+from autoprune.config import SHARE_BITS
 from autoprune.errors import AutopruneError
 
 SHARED_FILE = "model.shared.npz"
-BITS = range(4, 9)  # 16 to 256 shared values per layer
 FORMAT = "autoprune-shared-weights/1"
 
 
@@ -47,8 +47,9 @@ class SharedWeights:
 
 def check_bits(bits: int) -> int:
     """``bits`` if it is a supported codebook size, else a one-line error."""
-    if isinstance(bits, bool) or not isinstance(bits, int) or bits not in BITS:
-        raise AutopruneError(f"weight sharing takes {BITS.start} to {BITS.stop - 1} bits per weight, got {bits!r}")
+    if isinstance(bits, bool) or not isinstance(bits, int) or bits not in SHARE_BITS:
+        raise AutopruneError(f"weight sharing takes {SHARE_BITS.start} to {SHARE_BITS.stop - 1} bits per weight, "
+                             f"got {bits!r}")
     return bits
 
 
@@ -108,12 +109,15 @@ def shared_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     except (OSError, ValueError, KeyError) as e:
         raise AutopruneError(f"'{path}' is not a readable shared-weights file: {e}") from None
     state: dict[str, torch.Tensor] = {}
-    for name, array in files.items():
-        kind, _, key = name.partition("/")
-        if kind == "raw":
-            state[key] = torch.from_numpy(array.copy())
-        elif kind == "codebook":
-            shape = tuple(int(n) for n in files[f"shape/{key}"])
-            indices = _unpack(files[f"index/{key}"], bits, int(np.prod(shape)))
-            state[key] = torch.from_numpy(array[indices].reshape(shape))
+    try:
+        for name, array in files.items():
+            kind, _, key = name.partition("/")
+            if kind == "raw":
+                state[key] = torch.from_numpy(array.copy())
+            elif kind == "codebook":
+                shape = tuple(int(n) for n in files[f"shape/{key}"])
+                indices = _unpack(files[f"index/{key}"], bits, int(np.prod(shape)))
+                state[key] = torch.from_numpy(array[indices].reshape(shape))
+    except (KeyError, ValueError, IndexError) as e:
+        raise AutopruneError(f"'{path}' is not a readable shared-weights file: {type(e).__name__}: {e}") from None
     return state

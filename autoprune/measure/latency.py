@@ -410,7 +410,7 @@ class LatencyMeter:
         """``model`` in the runtime the target times: on its device for torch, exported for onnxruntime and int8."""
         if self.spec.runtime == "torch":
             return model.to(self.spec.device).eval()
-        return in_runtime(model.cpu().eval(), self.spec.runtime, self.spec.input_shape, self.spec.threads)
+        return in_runtime(model, self.spec.runtime, self.spec.input_shape, self.spec.threads)  # exports a copy
 
     def _exclusive(self) -> ContextManager[None]:
         return self.gate.measuring() if self.gate is not None else nullcontext()

@@ -13,6 +13,7 @@ its quantized kernels are only fast inside the compiled graph.
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import re
 import tempfile
@@ -53,7 +54,7 @@ def _unexportable(error: BaseException) -> str:
 def to_onnx(model: nn.Module, input_shape: tuple[int, ...]) -> bytes:
     """``model`` (in eval mode, on the CPU) as a serialised ONNX model with a dynamic batch dimension, input
     ``input`` and output ``output``. Raises ``OnnxExportError`` naming the operator that does not export."""
-    model = model.eval()
+    model = copy.deepcopy(model).cpu().eval()  # the caller's model keeps its device and mode
     example = torch.randn(2, *input_shape)
     batch = torch.export.Dim("batch", min=1, max=65536)
     chatter = io.StringIO()  # the exporter prints its steps when it fails
@@ -107,6 +108,7 @@ class _Batches:
 def quantize_int8(fp32: bytes, calibration: Iterable[torch.Tensor]) -> bytes:
     """``fp32`` (an ONNX model from ``to_onnx``) quantized statically to int8 (QDQ; weights int8 per output
     channel, activations uint8 per tensor), activation ranges calibrated on ``calibration`` input batches."""
+    import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -118,7 +120,7 @@ def quantize_int8(fp32: bytes, calibration: Iterable[torch.Tensor]) -> bytes:
         src.write_bytes(fp32)
         try:
             quant_pre_process(str(src), str(pre))  # shape inference and graph optimisation (batch norm folded)
-            name = session(pre).get_inputs()[0].name
+            name = onnx.load(str(pre), load_external_data=False).graph.input[0].name
             quantize_static(str(pre), str(out), _Batches(name, batches), quant_format=QuantFormat.QDQ,
                             per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             calibrate_method=CalibrationMethod.MinMax)
@@ -143,7 +145,7 @@ def in_runtime(model: nn.Module, runtime: str, input_shape: tuple[int, ...], thr
         raise AutopruneError(f"unknown runtime '{runtime}': use one of {', '.join(RUNTIMES)}")
     if runtime == "torch":
         return model
-    fp32 = to_onnx(model.cpu(), input_shape)
+    fp32 = to_onnx(model, input_shape)
     if runtime == "onnxruntime":
         return OrtModel(fp32, threads)
     return OrtModel(quantize_int8(fp32, calibration if calibration is not None else random_calibration(input_shape)),

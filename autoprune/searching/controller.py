@@ -33,7 +33,7 @@ from autoprune.measure.latency import (
     node_resources,
     start_meter,
 )
-from autoprune.measure.runtimes import OnnxExportError, to_onnx
+from autoprune.measure.runtimes import in_runtime
 from autoprune.objectives import values_of
 from autoprune.pruning import checkpoint as ckpt_io
 from autoprune.pruning.checkpoint import PYTHON
@@ -384,10 +384,10 @@ def start_latency_meter(config: SearchConfig, run_dir: RunDir, base_model: Any, 
     same settings; and whether the autoscaler was asked for its GPU node (``release_gpu_node`` when done)."""
     table = LatencyTable.load(config["latency.table"]) if config["latency.table"] else None
     spec = settings.latency_spec(input_shape)
-    if spec.runtime != "torch":  # the actor exports every candidate: refuse a model that does not export, here
+    if spec.runtime != "torch":  # the actor converts every candidate: refuse a model it cannot convert, here
         try:
-            to_onnx(copy.deepcopy(base_model).cpu(), input_shape)
-        except OnnxExportError as e:
+            in_runtime(base_model, spec.runtime, input_shape, spec.threads)
+        except AutopruneError as e:
             raise AutopruneError(f"config key 'latency.runtime': {spec.runtime} times the model's ONNX export, "
                                  f"but {e}") from None
     state = json.loads(run_dir.read_text(LATENCY_FILE)) if run_dir.exists(LATENCY_FILE) else None
