@@ -82,7 +82,7 @@ def main() -> int:
 
     # quantization-aware fine-tuning forced on (export runs it only when int8 loses > 1 point on validation)
     start = time.perf_counter()
-    tuned = quantization_aware_finetune(final, task, 1.0)
+    tuned = quantization_aware_finetune(final, task, 1.0, calibration[0])
     qat_int8 = quantize_int8(to_onnx(tuned, shape), calibration)
     qat = {"epochs": 1.0, "seconds": time.perf_counter() - start, "size_bytes": len(qat_int8),
            "test_accuracy": task.evaluate(OrtModel(qat_int8, 1), "test"),

@@ -152,37 +152,30 @@ def test_a_file_that_is_not_shared_weights_is_refused(tmp_path):
 
 # quantization-aware fine-tuning
 
-def test_fold_batch_norm_keeps_the_outputs():
+def test_fake_quantized_weights_are_on_onnxruntimes_grid():
     model = small_cnn()
-    for m in model.modules():  # non-trivial statistics
+    for m in model.modules():  # batch norm that onnxruntime folds into the convolutions: each channel scaled
         if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-1, 1)
+            m.weight.data.uniform_(0.5, 2)
             m.running_var.uniform_(0.5, 2)
-    folded = qat.fold_batch_norm(model)
-    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
-    x = torch.randn(4, *SHAPE)
-    assert torch.allclose(folded(x), model(x), atol=1e-5)
-
-
-def test_fake_quantized_weights_are_what_onnxruntime_stores():
-    model = qat.fold_batch_norm(small_cnn())  # no batch norm left for onnxruntime to fold: the same weights
-    with qat.fake_quantized(model):
-        ours = sorted((tuple(m.weight.shape), m.weight.detach().clone()) for m in model.modules()
-                      if isinstance(m, nn.Conv2d))
+            m.running_mean.uniform_(-1, 1)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    ours = {}
+    for conv in convs:  # the integer grid point of each weight under our fake quantization
+        scale = conv.weight.detach().abs().amax(dim=(1, 2, 3), keepdim=True) / 127
+        with qat.fake_quantized(model):
+            ours[tuple(conv.weight.shape)] = (conv.weight.detach() / scale).round().to(torch.int8)
     graph = onnx.load_from_string(quantize_int8(to_onnx(model, SHAPE), [torch.randn(8, *SHAPE)])).graph
-    tensors = {t.name: torch.from_numpy(onnx.numpy_helper.to_array(t).copy()) for t in graph.initializer}
-    theirs = []
-    for node in graph.node:  # DequantizeLinear(int8 weight, per-channel scale) -> the float weight onnxruntime uses
-        q = tensors.get(node.input[0]) if node.op_type == "DequantizeLinear" else None
-        if q is not None and q.dtype == torch.int8 and q.dim() == 4:
-            theirs.append((tuple(q.shape), q.float() * tensors[node.input[1]].reshape(-1, 1, 1, 1)))
-    assert [s for s, _ in sorted(theirs)] == [s for s, _ in ours] and len(ours) == 2
-    for (_, a), (_, b) in zip(sorted(theirs), ours):
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    theirs = {tuple(t.dims): torch.from_numpy(onnx.numpy_helper.to_array(t).copy()) for t in graph.initializer
+              if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 4}
+    assert theirs.keys() == ours.keys() and len(ours) == 2
+    for shape, q in ours.items():
+        agree = (theirs[shape] == q).float().mean().item()
+        assert agree >= 0.999, (shape, agree)  # float rounding may move a weight sitting on a .5 boundary
 
 
 def test_fake_quantization_puts_weights_on_the_int8_grid_and_comes_off():
-    model = qat.fold_batch_norm(small_cnn())
+    model = small_cnn()
     conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
     before = conv.weight.detach().clone()
     with qat.fake_quantized(model):
@@ -196,15 +189,26 @@ def test_fake_quantization_puts_weights_on_the_int8_grid_and_comes_off():
     assert torch.equal(conv.weight.detach(), before)
 
 
-def test_quantization_aware_finetune_trains_the_folded_model(task):
+def test_quantization_aware_finetune_trains_a_copy(task):
     model = small_cnn()
-    tuned = qat.quantization_aware_finetune(model, task, 0.25)
-    assert not any(isinstance(m, nn.BatchNorm2d) for m in tuned.modules())
-    assert not any(hasattr(m, "parametrizations") for m in tuned.modules())
-    folded = qat.fold_batch_norm(model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
     x = torch.randn(2, *SHAPE)
-    assert not torch.allclose(tuned(x), folded(x))  # trained
+    tuned = qat.quantization_aware_finetune(model, task, 0.25, x)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # the model given is untouched
+    assert not any(hasattr(m, "parametrizations") for m in tuned.modules()) and not tuned.training
+    assert [type(m) for m in tuned.modules()] == [type(m) for m in model.modules()]
+    assert not torch.allclose(tuned(x), model(x))  # trained
     assert isinstance(OrtModel(quantize_int8(to_onnx(tuned, SHAPE), [x])), OrtModel)
+
+
+def test_a_diverged_quantization_aware_finetune_is_an_error(task):
+    class Diverging(ClassificationTask):
+        def finetune(self, model, epochs, *, teacher=None, on_epoch=None, progress=None):
+            with torch.no_grad():
+                next(model.parameters()).fill_(float("nan"))
+
+    with pytest.raises(QuantizationError, match="diverged: the model's outputs are not finite"):
+        qat.quantization_aware_finetune(small_cnn(), Diverging(task.data, task.recipe), 0.25, torch.randn(2, *SHAPE))
 
 
 # write_deployables: what export and finalize write beside model.pt

@@ -164,7 +164,7 @@ def _recover(model: nn.Module, task: Task, spec: LatencySpec, options: DeployOpt
     from autoprune.deploy.qat import quantization_aware_finetune
 
     name = task.metric.name
-    tuned = quantization_aware_finetune(model, task, options.qat_epochs)
+    tuned = quantization_aware_finetune(model, task, options.qat_epochs, calibration[0])
     int8 = quantize_int8(to_onnx(tuned, spec.input_shape), calibration)
     val_qat = task.evaluate(OrtModel(int8), "val")
     kept = _loss(task, val_ptq, val_qat) < 0  # QAT's int8 is better than post-training int8

@@ -1,14 +1,14 @@
 """A short quantization-aware fine-tune for when int8 post-training quantization loses too much.
 
-The model's batch norms are folded into their convolutions first (``torch.fx.experimental.optimization.fuse``),
-so the weights trained here are the ones onnxruntime quantizes. During the fine-tune every convolution and linear
-layer sees its weights and its input through fake quantization on onnxruntime's grid (``runtimes.quantize_int8``):
-weights int8, symmetric, one scale per output channel (``torch.fake_quantize_per_channel_affine``), inputs uint8,
-one scale and zero point per tensor from the smallest and largest value seen (as onnxruntime's MinMax calibration
-takes them; ``torch.fake_quantize_per_tensor_affine``); gradients pass straight through. onnxruntime also
-quantizes tensors between other operators (additions, pooling); those are not simulated here. Afterwards the
-fake quantization is removed and the trained float weights are quantized by onnxruntime as before, now that they
-sit where the rounding does little harm.
+During the fine-tune every convolution and linear layer sees its weights and its input through fake quantization
+on onnxruntime's grid (``runtimes.quantize_int8``): weights int8, symmetric, one scale per output channel
+(``torch.fake_quantize_per_channel_affine``), inputs uint8, one scale and zero point per tensor from the smallest
+and largest value seen (as onnxruntime's MinMax calibration takes them; ``torch.fake_quantize_per_tensor_affine``);
+gradients pass straight through. Batch norm stays: onnxruntime folds it into the convolution before quantizing,
+which scales each output channel by a constant, and per-channel symmetric quantization rounds a channel scaled by
+a constant to the same grid points (checked against onnxruntime's stored weights in the tests). onnxruntime also
+quantizes tensors between other operators (additions, pooling); those are not simulated. Afterwards the fake
+quantization is removed and the trained float weights are quantized by onnxruntime as before.
 """
 from __future__ import annotations
 
@@ -52,18 +52,6 @@ class _InputFakeQuant:
         return (torch.fake_quantize_per_tensor_affine(x, scale, zero, 0, 255), *inputs[1:])
 
 
-def fold_batch_norm(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` (eval mode) with every batch norm that follows a convolution or linear layer folded
-    into it; an error naming the problem when the model cannot be traced symbolically."""
-    from torch.fx.experimental.optimization import fuse
-
-    try:
-        return fuse(copy.deepcopy(model).cpu().eval())
-    except Exception as e:  # torch.fx raises many types for untraceable code
-        raise QuantizationError(f"quantization-aware fine-tuning folds batch norm with torch.fx, which cannot "
-                                f"trace the model: {type(e).__name__}: {str(e).strip().splitlines()[0][:200]}") from None
-
-
 @contextmanager
 def fake_quantized(model: nn.Module) -> Iterator[nn.Module]:
     """``model`` with fake quantization on every convolution's and linear layer's weight and input, removed on
@@ -81,10 +69,17 @@ def fake_quantized(model: nn.Module) -> Iterator[nn.Module]:
             parametrize.remove_parametrizations(m, "weight", leave_parametrized=False)
 
 
-def quantization_aware_finetune(model: nn.Module, task: Task, epochs: float) -> nn.Module:
-    """A batch-norm-folded copy of ``model`` fine-tuned ``epochs`` under int8 fake quantization, distilling from
-    ``model``; hand it to ``runtimes.to_onnx`` and ``runtimes.quantize_int8``."""
-    folded = fold_batch_norm(model)
-    with fake_quantized(folded):
-        task.finetune(folded, epochs, teacher=copy.deepcopy(model).cpu().eval())
-    return folded.cpu().eval()
+def quantization_aware_finetune(model: nn.Module, task: Task, epochs: float,
+                                example: torch.Tensor | None = None) -> nn.Module:
+    """A copy of ``model`` fine-tuned ``epochs`` by the task under int8 fake quantization, distilling from
+    ``model``; hand it to ``runtimes.to_onnx`` and ``runtimes.quantize_int8``. ``example``: an input batch whose
+    outputs must stay finite (a fine-tune that diverged is an error, not a model)."""
+    tuned = copy.deepcopy(model).cpu()
+    with fake_quantized(tuned):
+        task.finetune(tuned, epochs, teacher=copy.deepcopy(model).cpu().eval())
+    tuned = tuned.cpu().eval()
+    if example is not None:
+        with torch.no_grad():
+            if not torch.isfinite(tuned(example)).all():
+                raise QuantizationError("quantization-aware fine-tuning diverged: the model's outputs are not finite")
+    return tuned

@@ -1,13 +1,14 @@
-"""Weight sharing (Deep Compression's trained quantization; Core ML calls it palettization).
+"""Weight sharing (Deep Compression's, without its fine-tuning of the shared values; Core ML calls it palettization).
 
 Each convolution's and linear layer's weights are clustered by k-means (``scipy.cluster.vq.kmeans2``, centroids
 initialised evenly between the smallest and largest weight, as Han et al. found best) into ``2**bits`` shared
 values; the layer stores its codebook (float32) and one ``bits``-bit index per weight, bit-packed. Everything else
-(biases, batch norm) stays float32. ``model.shared.npz`` holds it, deflate-compressed by ``numpy.savez_compressed``
+(biases, batch norm) is stored as it is. ``model.shared.npz`` holds it, deflate-compressed by ``numpy.savez_compressed``
 (the entropy-coding stage); ``shared_state_dict`` turns it back into a ``state_dict`` for the pruned architecture.
 """
 from __future__ import annotations
 
+import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,21 +28,27 @@ FORMAT = "autoprune-shared-weights/1"
 
 @dataclass(frozen=True)
 class SharedWeights:
-    """Per-layer codebooks and packed indices, and the unshared tensors, of one model."""
+    """One model's shared weights in three contiguous buffers and a layout (JSON) that says where each tensor is:
+    every layer's codebook in ``codebooks`` (float32), its bit-packed indices in ``indices``, the unshared tensors'
+    bytes in ``raw``."""
 
     bits: int
-    arrays: dict[str, np.ndarray]
+    layout: list[dict[str, Any]]
+    codebooks: np.ndarray
+    indices: np.ndarray
+    raw: np.ndarray
 
     @property
     def packed_bytes(self) -> int:
-        """Bytes of the arrays before compression: codebooks, packed indices and the float32 remainder."""
-        return sum(a.nbytes for k, a in self.arrays.items() if not k.startswith("shape/"))
+        """Bytes of the three buffers before compression."""
+        return self.codebooks.nbytes + self.indices.nbytes + self.raw.nbytes
 
     def save(self, path: str | Path) -> int:
         """Write ``path`` (``numpy.savez_compressed``); return its size in bytes."""
         with open(path, "wb") as f:
-            arrays: dict[str, Any] = {"format": np.array(FORMAT), "bits": np.array(self.bits), **self.arrays}
-            np.savez_compressed(f, **arrays)
+            np.savez_compressed(f, format=np.array(FORMAT), bits=np.array(self.bits),
+                                layout=np.array(json.dumps(self.layout)), codebooks=self.codebooks,
+                                indices=self.indices, raw=self.raw)
         return Path(path).stat().st_size
 
 
@@ -86,17 +93,31 @@ def share_weights(model: nn.Module, bits: int) -> SharedWeights:
     """Cluster each convolution's and linear layer's weights of ``model`` into ``2**bits`` shared values."""
     check_bits(bits)
     shared = _shared_layers(model)
-    arrays: dict[str, np.ndarray] = {}
+    layout: list[dict[str, Any]] = []
+    codebooks: list[np.ndarray] = []
+    indices: list[np.ndarray] = []
+    raw: list[bytes] = []
+    offsets = {"codebooks": 0, "indices": 0, "raw": 0}
     for key, tensor in model.state_dict().items():
         array = tensor.detach().cpu().numpy()
+        entry: dict[str, Any] = {"key": key, "shape": list(array.shape), "dtype": str(array.dtype)}
         if key in shared and array.size > 0:
             codebook, labels = cluster(array.reshape(-1).astype(np.float32), bits)
-            arrays[f"codebook/{key}"] = codebook
-            arrays[f"index/{key}"] = _pack(labels, bits)
-            arrays[f"shape/{key}"] = np.array(array.shape, dtype=np.int64)
+            packed = _pack(labels, bits)
+            entry.update(codebook=[offsets["codebooks"], codebook.size], indices=[offsets["indices"], packed.size])
+            codebooks.append(codebook)
+            indices.append(packed)
+            offsets["codebooks"] += codebook.size
+            offsets["indices"] += packed.size
         else:
-            arrays[f"raw/{key}"] = array
-    return SharedWeights(bits, arrays)
+            data = np.ascontiguousarray(array).tobytes()
+            entry["raw"] = [offsets["raw"], len(data)]
+            raw.append(data)
+            offsets["raw"] += len(data)
+        layout.append(entry)
+    return SharedWeights(bits, layout, np.concatenate(codebooks or [np.zeros(0, np.float32)]).astype(np.float32),
+                         np.concatenate(indices or [np.zeros(0, np.uint8)]).astype(np.uint8),
+                         np.frombuffer(b"".join(raw), dtype=np.uint8))
 
 
 def shared_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -105,19 +126,22 @@ def shared_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         with np.load(path, allow_pickle=False) as f:
             if str(f["format"]) != FORMAT:
                 raise AutopruneError(f"'{path}' is not an autoprune shared-weights file")
-            bits, files = int(f["bits"]), {k: f[k] for k in f.files}
+            bits, layout = int(f["bits"]), json.loads(str(f["layout"]))
+            codebooks, indices, raw = f["codebooks"], f["indices"], f["raw"]
     except (OSError, ValueError, KeyError) as e:
         raise AutopruneError(f"'{path}' is not a readable shared-weights file: {e}") from None
     state: dict[str, torch.Tensor] = {}
     try:
-        for name, array in files.items():
-            kind, _, key = name.partition("/")
-            if kind == "raw":
-                state[key] = torch.from_numpy(array.copy())
-            elif kind == "codebook":
-                shape = tuple(int(n) for n in files[f"shape/{key}"])
-                indices = _unpack(files[f"index/{key}"], bits, int(np.prod(shape)))
-                state[key] = torch.from_numpy(array[indices].reshape(shape))
-    except (KeyError, ValueError, IndexError) as e:
+        for entry in layout:
+            shape, dtype = tuple(entry["shape"]), np.dtype(entry["dtype"])
+            if "raw" in entry:
+                start, size = entry["raw"]
+                array = np.frombuffer(raw[start:start + size].tobytes(), dtype=dtype).reshape(shape)
+            else:
+                (c0, cn), (i0, i_n) = entry["codebook"], entry["indices"]
+                labels = _unpack(indices[i0:i0 + i_n], bits, int(np.prod(shape)))
+                array = codebooks[c0:c0 + cn][labels].astype(dtype).reshape(shape)
+            state[entry["key"]] = torch.from_numpy(array.copy())
+    except (KeyError, ValueError, IndexError, TypeError) as e:
         raise AutopruneError(f"'{path}' is not a readable shared-weights file: {type(e).__name__}: {e}") from None
     return state
