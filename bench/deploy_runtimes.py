@@ -6,8 +6,8 @@ For an export directory (default: the model `make demo` finalized) and the base 
 torch fp32, onnxruntime fp32 and onnxruntime int8 (static quantization calibrated on 8 training batches): test accuracy
 and file size of each; latency of all six timed interleaved in one process (warm-up, median of many rounds, one
 thread) at batch 1 and batch 32, as ratios against the base in torch from the same run; a 1-epoch quantization-aware
-fine-tune forced on (int8 accuracy after it); then weight sharing at 4 to 8 bits per weight: file size and test
-accuracy.
+fine-tune forced on (int8 accuracy after it); weight sharing at 4 to 8 bits per weight: file size and test
+accuracy; and uniform 0.5 with channel counts rounded to 1, 8 and 16, its speedup in each runtime.
 """
 from __future__ import annotations
 
@@ -22,13 +22,14 @@ from pathlib import Path
 import torch
 
 import autoprune
+from autoprune.config import RUNTIMES
 from autoprune.data import load_data
 from autoprune.deploy.export import run_config
 from autoprune.deploy.qat import quantization_aware_finetune
 from autoprune.deploy.sharing import share_weights, shared_state_dict
 from autoprune.measure.metrics import measure_latency
-from autoprune.measure.runtimes import OrtModel, quantize_int8, to_onnx
-from autoprune.pruning import checkpoint
+from autoprune.measure.runtimes import OrtModel, in_runtime, quantize_int8, to_onnx
+from autoprune.pruning import Policy, checkpoint, discover, prune
 from autoprune.searching.controller import base_checkpoint_path
 from autoprune.searching.storage import RunDir
 from autoprune.tasks.classification import ClassificationTask
@@ -38,6 +39,30 @@ def torch_bytes(model: torch.nn.Module) -> int:
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
     return buffer.getbuffer().nbytes
+
+
+def round_to_study(base: torch.nn.Module, example: torch.Tensor, shape: tuple[int, ...],
+                   repeats: int) -> dict[str, dict[str, float]]:
+    """Uniform 0.5 (l1) with channel counts rounded to 1, 8 and 16, in each runtime: speedup against the base in
+    the same runtime, all timed interleaved in one process (batch 1 and 32, one thread)."""
+    models = {f"base {rt}": in_runtime(base, rt, shape) for rt in RUNTIMES}
+    groups = discover(base, example)
+    widths = {}
+    for r in (1, 8, 16):
+        pruned = prune(base, Policy({g.name: 0.5 for g in groups}, criterion="l1", round_to=r), example)
+        widths[r] = sorted({m.out_channels for m in pruned.modules() if isinstance(m, torch.nn.Conv2d)})
+        models.update({f"round_to {r} {rt}": in_runtime(pruned, rt, shape) for rt in RUNTIMES})
+    result: dict[str, dict[str, float]] = {}
+    print("\nuniform 0.5 (l1), speedup against the base in the same runtime (one thread):\n")
+    print("| round_to | conv widths | batch | " + " | ".join(RUNTIMES) + " |")
+    print("| ---: | --- | ---: |" + " ---: |" * len(RUNTIMES))
+    for batch in (1, 32):
+        lat = measure_latency(models, shape, batch_size=batch, threads=1, warmup=10, repeats=repeats)
+        for r in (1, 8, 16):
+            speedups = {rt: lat[f"base {rt}"].median_ms / lat[f"round_to {r} {rt}"].median_ms for rt in RUNTIMES}
+            result[f"round_to {r} batch {batch}"] = speedups
+            print(f"| {r} | {widths[r]} | {batch} | " + " | ".join(f"{speedups[rt]:.2f}x" for rt in RUNTIMES) + " |")
+    return result
 
 
 def main() -> int:
@@ -119,9 +144,11 @@ def main() -> int:
     for bits, s in sharing.items():
         print(f"| {bits} bits ({2 ** bits} values per layer) | {s['size_bytes']:,} | {s['packed_bytes']:,} | "
               f"{s['test_accuracy']:.4f} |")
+    rounding = round_to_study(base, ckpt.example_input, shape, args.repeats)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"export": str(export), "base": str(base_path), "rows": rows,
-                                          "weight_sharing": sharing, "qat": qat, "repeats": args.repeats,
+                                          "weight_sharing": sharing, "qat": qat, "round_to": rounding,
+                                          "repeats": args.repeats,
                                           "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=1) + "\n")
     return 0
 

@@ -24,6 +24,7 @@ from autoprune.measure.runtimes import (
     to_onnx,
 )
 from autoprune.pruning.policy import discover
+from autoprune.tasks import Metric
 from autoprune.tasks.classification import ClassificationTask, Recipe
 
 SHAPE = (1, 28, 28)
@@ -377,3 +378,12 @@ def test_an_evaluate_that_needs_parameters_gets_onnx_without_int8(tmp_path, task
     assert report["runtimes"]["onnxruntime"]["test_accuracy"] is None
     assert len(lines) == 1 and "the task's evaluate failed on it in onnxruntime" in lines[0]
     assert "| onnxruntime | model.onnx |" in artefacts.deploy_card(report, "accuracy")
+
+
+def test_the_int8_loss_follows_the_metrics_direction(task):
+    class Error(ClassificationTask):
+        metric = Metric("err", "min")
+
+    assert artefacts._loss(task, 0.80, 0.75) == pytest.approx(0.05)   # accuracy: lower is worse
+    assert artefacts._loss(Error(task.data), 0.20, 0.25) == pytest.approx(0.05)  # error: higher is worse
+    assert artefacts._loss(Error(task.data), 0.20, 0.15) == pytest.approx(-0.05)

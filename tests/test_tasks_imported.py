@@ -1,4 +1,5 @@
 """Tasks named by import path, and bases from the user's own weights."""
+import json
 import pickle
 from pathlib import Path
 
@@ -139,3 +140,7 @@ latency: {{repeats: 20, reference_repeats: 40}}
     final = run_ok([*AUTOPRUNE, "finalize", tmp_path / "run", "--pick", "best", "--out", tmp_path / "final"],
                    tmp_path, tests)
     assert "test mse" in final and "test mse" in (tmp_path / "final" / "README.md").read_text()
+    # a metric to minimise in every runtime: int8 checked on it too (a higher mse is the worse one)
+    runtimes = json.loads((tmp_path / "final" / "metrics.json").read_text())["runtimes"]
+    assert {"torch", "onnxruntime", "int8"} <= set(runtimes) and all(runtimes[r]["test_mse"] >= 0 for r in runtimes
+                                                                     if r != "timing")
