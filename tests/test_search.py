@@ -24,7 +24,8 @@ TINY = ["data.max_train_samples=256", "base.epochs=1", "finetune.epochs=0.5", "f
         "latency.batch_size=8", "latency.threads=1", "concurrency=2", "resources.cpu=1",
         "space.criteria=[l1, bn_scale]", "searcher.population=4", "searcher.startup_trials=3",
         "searcher.warm_start=2",
-        "deploy.onnx=false", "deploy.int8=false"]  # tests/test_deploy.py and test_finalize.py cover those files
+        "deploy.onnx=false", "deploy.int8=false",  # tests/test_deploy.py and test_finalize.py cover those files
+        "latency.repeats=30", "latency.reference_repeats=60"]
 
 
 @pytest.fixture(scope="module")
