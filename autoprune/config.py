@@ -346,11 +346,18 @@ def _validate(c: SearchConfig) -> None:
         raise AutopruneError(f"config key 'deploy': {problem}")
 
 
+def share_bits_problem(bits: Any) -> str | None:
+    """What is wrong with a weight-sharing width (``deploy.share_bits``), or None."""
+    if isinstance(bits, bool) or not isinstance(bits, int) or bits not in SHARE_BITS:
+        return f"must be {SHARE_BITS.start} to {SHARE_BITS.stop - 1} bits per weight, got {bits!r}"
+    return None
+
+
 def deploy_problem(deploy: dict[str, Any]) -> str | None:
     """What is wrong with the ``deploy`` options (config keys or ``autoprune.DeployOptions``), or None."""
-    bits = deploy["share_bits"]
-    if bits is not None and (isinstance(bits, bool) or not isinstance(bits, int) or bits not in SHARE_BITS):
-        return f"share_bits must be {SHARE_BITS.start} to {SHARE_BITS.stop - 1} bits per weight or null, got {bits!r}"
+    bits_problem = share_bits_problem(deploy["share_bits"]) if deploy["share_bits"] is not None else None
+    if bits_problem:
+        return f"share_bits {bits_problem} (or null: no sharing)"
     if deploy["qat_epochs"] < 0 or deploy["int8_max_drop"] < 0 or deploy["calibration_batches"] < 1:
         return "need qat_epochs >= 0, int8_max_drop >= 0 and calibration_batches >= 1"
     if deploy["int8"] and not deploy["onnx"]:

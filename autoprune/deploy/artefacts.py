@@ -172,12 +172,11 @@ def _recover(model: nn.Module, task: Task, spec: LatencySpec, options: DeployOpt
 
 
 def _write_shared(out: Path, model: nn.Module, task: Task, bits: int) -> dict[str, Any]:
-    from autoprune.deploy.sharing import SHARED_FILE, share_weights, shared_state_dict
+    from autoprune.deploy.sharing import SHARED_FILE, share_weights
 
     shared = share_weights(model, bits)
     size = shared.save(out / SHARED_FILE)
-    rebuilt = copy.deepcopy(model)
-    rebuilt.load_state_dict(shared_state_dict(out / SHARED_FILE))
+    rebuilt = with_shared_weights(out, copy.deepcopy(model))  # as autoprune.load(DIR, shared=True) reads it
     return {"file": SHARED_FILE, "bits": bits, "size_bytes": size, "packed_bytes": shared.packed_bytes,
             f"test_{task.metric.name}": task.evaluate(rebuilt, "test")}
 
@@ -205,8 +204,9 @@ def _runtime_table(runners: dict[str, nn.Module], base: nn.Module, task: Task, e
     for runtime in runners:
         here = lat[f"model {runtime}"].median_ms
         base_here = lat[f"base {runtime}"].median_ms if f"base {runtime}" in lat else None
-        size = size_bytes if runtime == "torch" else report[{"onnxruntime": "onnx"}.get(runtime, runtime)]["size_bytes"]
-        metric = test_metric if runtime == "torch" else report[{"onnxruntime": "onnx"}.get(runtime, runtime)][f"test_{name}"]
+        written = report.get({"onnxruntime": "onnx"}.get(runtime, runtime), {})  # torch: the recorded figures
+        size = size_bytes if runtime == "torch" else written["size_bytes"]
+        metric = test_metric if runtime == "torch" else written[f"test_{name}"]
         table[runtime] = {"latency_ms": here, "latency_iqr_ms": lat[f"model {runtime}"].iqr_ms,
                           "base_latency_ms": base_here, "speedup": base_here / here if base_here else None,
                           "speedup_vs_base_torch": base_torch / here, "size_bytes": size, f"test_{name}": metric}

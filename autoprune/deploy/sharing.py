@@ -19,7 +19,7 @@ import torch
 from scipy.cluster.vq import kmeans2
 from torch import nn
 
-from autoprune.config import SHARE_BITS
+from autoprune.config import share_bits_problem
 from autoprune.errors import AutopruneError
 
 SHARED_FILE = "model.shared.npz"
@@ -54,9 +54,9 @@ class SharedWeights:
 
 def check_bits(bits: int) -> int:
     """``bits`` if it is a supported codebook size, else a one-line error."""
-    if isinstance(bits, bool) or not isinstance(bits, int) or bits not in SHARE_BITS:
-        raise AutopruneError(f"weight sharing takes {SHARE_BITS.start} to {SHARE_BITS.stop - 1} bits per weight, "
-                             f"got {bits!r}")
+    problem = share_bits_problem(bits)
+    if problem:
+        raise AutopruneError(f"weight sharing: bits {problem}")
     return bits
 
 
