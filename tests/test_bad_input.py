@@ -13,7 +13,8 @@ from autoprune.pruning import checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--set", "data.max_train_samples=256", "--set", "base.epochs=0.2", "--set", "finetune.epochs=0.2",
-        "--set", "latency.batch_size=8", "--set", "latency.threads=1", "--set", "resources.cpu=1"]
+        "--set", "latency.batch_size=8", "--set", "latency.threads=1", "--set", "latency.repeats=30",
+        "--set", "latency.reference_repeats=30", "--set", "resources.cpu=1"]
 
 
 def cli(*args, cwd=ROOT):

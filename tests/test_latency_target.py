@@ -1,4 +1,5 @@
-"""A latency target on another node: cluster/local.sh with a node advertising a custom resource."""
+"""``autoprune submit`` / ``status`` / ``logs`` of a Ray Job on a ``cluster/local.sh`` multi-node cluster (``up``,
+``down``), with a latency target on another node: one advertising a custom resource."""
 import os
 import subprocess
 import sys
@@ -31,6 +32,7 @@ def test_candidates_are_timed_on_the_node_advertising_the_latency_target(tmp_pat
     try:
         status, logs = submit_and_wait(tmp_path / "run", [*TINY, base, "latency.target=edge_box"])
         assert status == "SUCCEEDED", logs[-3000:]
+        assert "2 trials finished" in logs
         # the actor reports the node it ran on; that node advertises edge_box (the only node that does)
         assert "on node" in logs and "resources: edge_box" in logs, logs[-3000:]
         rows = read_trials(tmp_path / "run").to_pylist()

@@ -167,15 +167,15 @@ def test_resume_after_a_stop_mid_search_runs_only_the_remaining_trials(tmp_path,
 
     run = tmp_path / "run"
     # the user presses Ctrl-C mid-search
-    stop_search_midway(run, [*TINY, f"base.checkpoint={base_path}", "trials=6", "concurrency=1"], 2, signal.SIGINT)
+    stop_search_midway(run, [*TINY, f"base.checkpoint={base_path}", "trials=4", "concurrency=1"], 2, signal.SIGINT)
     before = {r["trial_id"]: r for r in read_trials(run).to_pylist()}
-    assert 2 <= len(before) < 6
-    _, lines = search(tmp_path, base_path, "trials=6", "concurrency=1", resume=True, run_dir=run)
+    assert 2 <= len(before) < 4
+    _, lines = search(tmp_path, base_path, "trials=4", "concurrency=1", resume=True, run_dir=run)
     after = {r["trial_id"]: r for r in read_trials(run).to_pylist()}
-    assert len(after) == 6 and set(before) <= set(after)
+    assert len(after) == 4 and set(before) <= set(after)
     assert all(after[t]["finished_at"] == before[t]["finished_at"] for t in before)  # not re-run
-    assert any(f"{6 - len(before)} trials to run ({len(before)} already finished)" in line for line in lines)
-    assert len({policy(r) for r in after.values()}) == 6  # resumed points are new
+    assert any(f"{4 - len(before)} trials to run ({len(before)} already finished)" in line for line in lines)
+    assert len({policy(r) for r in after.values()}) == 4  # resumed points are new
 
 
 def test_resume_continues_the_study_and_runs_the_interrupted_point_once(nsga2_run, tmp_path, base_path):
