@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 DEMO_CONSTRAINTS := [accuracy >= base - 0.12, latency_ms <= base * 0.64]
 demo: $(STAMP)
 	rm -rf $(DEMO)/search $(DEMO)/final
-	$(BIN)/autoprune search $(CONFIG) --out $(DEMO)/search --set "constraints=$(DEMO_CONSTRAINTS)"
+	$(BIN)/autoprune search $(CONFIG) --out $(DEMO)/search --set trials=12 --set "constraints=$(DEMO_CONSTRAINTS)"
 	$(BIN)/autoprune finalize $(DEMO)/search --pick best --out $(DEMO)/final
 	@echo "results: $(DEMO)/search/trials.parquet  front: $(DEMO)/search/front.parquet  plot: $(DEMO)/search/pareto.png"
 	@echo "model:   $(DEMO)/final/ (model card: $(DEMO)/final/README.md, metrics: $(DEMO)/final/metrics.json)"
