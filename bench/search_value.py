@@ -17,7 +17,8 @@ seeded 10 % validation split, ``--train-samples`` of the rest when given) and pe
    cache is emptied before each). Searchers select on validation accuracy.
 2. Finalize. For each latency target t (a fraction of the base's measured latency), the trial with the best
    validation accuracy among those at <= t x base latency is finalized (``autoprune.finalize``: re-pruned,
-   ``--final-epochs`` of KD fine-tuning, test split evaluated once, latency timed interleaved with the base).
+   ``--final-epochs`` of KD fine-tuning, test split evaluated once, latency timed interleaved with the base; the
+   PyTorch files only: ONNX and int8 would cost every method the same).
    A policy already finalized for this architecture and seed (several searchers ship their uniform warm start) is
    finalized once: the later methods reuse its figures and are charged its finalize compute.
 3. FastNAS (``bench/peer_fastnas.py``) at ``--fastnas-flops`` (FLOPs fractions: at batch 1, 0.25 and 0.5 of
@@ -43,6 +44,7 @@ from typing import Any
 
 from autoprune.config import load_config
 from autoprune.data import load_data
+from autoprune.deploy.artefacts import DeployOptions
 from autoprune.deploy.finalize import finalize
 from autoprune.searching.controller import build_task, data_spec, ensure_base, run_search
 from autoprune.searching.results import read_trials
@@ -126,8 +128,10 @@ def run_searcher(arch: str, seed: int, name: str, args: argparse.Namespace, comm
         key = policy_key(row)
         if key not in finalized:
             with Meter() as final:
+                # the PyTorch files only: ONNX, int8 and their runtime table are the same work for every method
                 metrics = finalize(run_dir, pick=f"trial:{row['trial_id']}", epochs=args.final_epochs, kd=True,
-                                   out=run_dir / f"final_{target:g}", echo=lambda m: None)
+                                   out=run_dir / f"final_{target:g}", deploy=DeployOptions(onnx=False, int8=False),
+                                   echo=lambda m: None)
             finalized[key] = {"metrics": metrics, "cpu": final.cpu, "wall": final.wall, "by": f"{name}@{target:g}"}
         done = finalized[key]
         metrics = done["metrics"]

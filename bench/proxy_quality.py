@@ -1,0 +1,124 @@
+"""Stage-0 proxy quality: does the proxy rank a finished search's fine-tuned candidates, with and without
+least-squares reconstruction?
+
+    .venv/bin/python bench/proxy_quality.py RUN_DIR [RUN_DIR ...] [--out proxy_quality.json]
+
+For every fine-tuned trial of each run (a search from a config file), its policy is pruned again from the run's
+base and evaluated at stage 0 twice, in one process on one thread: batch norm recalibrated as the search does
+(``proxy_bn_batches``), then the metric on the proxy split; once as pruned, once after the least-squares
+reconstruction of the pruned channels' consumers (``space.reconstruct``). Printed per run: the Spearman rank
+correlation of each proxy with the fine-tuned validation metric, beside that of MACs alone (more MACs ranked as
+better) and of the proxy the search itself recorded, and the mean seconds per stage-0 evaluation.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from scipy.stats import spearmanr
+
+from autoprune.deploy.export import load_python_run, run_config
+from autoprune.errors import AutopruneError
+from autoprune.measure.latency import LatencySpec, local_meter
+from autoprune.pruning import checkpoint as ckpt_io
+from autoprune.pruning.policy import discover
+from autoprune.searching.controller import (
+    base_checkpoint_path,
+    build_task,
+    classification_data,
+    slim_base,
+    space_point,
+    trial_settings,
+)
+from autoprune.searching.results import read_trials
+from autoprune.searching.space import SearchSpace
+from autoprune.searching.storage import as_run_dir
+from autoprune.searching.trial import run_proxy
+
+
+def rank_correlation(xs: list[float], ys: list[float]) -> float:
+    return float(spearmanr(xs, ys).statistic)
+
+
+def study(run_path: str) -> dict[str, Any]:
+    """Both proxies of every fine-tuned trial of the run, and their rank correlations with its fine-tuned metric."""
+    run = as_run_dir(run_path)
+    if load_python_run(run) is not None:
+        raise AutopruneError(f"run '{run_path}' is a run of autoprune.search: this bench reads runs of a config file")
+    config = run_config(run)
+    base_path = base_checkpoint_path(config)
+    base = ckpt_io.load(base_path)
+    data = classification_data(config)
+    if data is not None:
+        base, base_path = slim_base(config, data, base, base_path, print)
+    task = build_task(config, data)
+    name = task.metric.name
+    base_model = base.build(base_path)
+    groups = discover(base_model, base.example_input, ignore=config["space.ignore"])
+    space = SearchSpace.from_config(config, groups)
+    # latency is not studied here: the shortest honest timing, once per structure
+    meter = local_meter(base_model, base.example_input, groups,
+                        LatencySpec(base.input_shape, 1, 1, "cpu", 30, reference_repeats=30), shared_reference=False)
+    rows = [r for r in read_trials(run).to_pylist() if r["status"] == "ok" and r["stage"] == "full"]
+    if len(rows) < 3:
+        raise AutopruneError(f"run '{run_path}' has {len(rows)} fine-tuned trials: a rank correlation needs 3")
+    settings = replace(trial_settings(config), threads=1, device="cpu")
+    trials = []
+    for row in rows:
+        policy = space.policy(space_point(row, space))
+        entry: dict[str, Any] = {"trial_id": row["trial_id"], "finetuned": row[name], "macs": row["macs"],
+                                 "recorded_proxy": row[f"proxy_{name}"]}
+        for reconstruct in (False, True):
+            result = run_proxy(base_model, task, policy, replace(settings, reconstruct=reconstruct), meter)
+            key = "reconstructed" if reconstruct else "plain"
+            entry[key] = result.pruned[f"proxy_{name}"]
+            entry[f"seconds_{key}"] = sum(v for k, v in result.seconds.items() if k != "measure")
+        trials.append(entry)
+        print(f"  {row['trial_id']}: fine-tuned {entry['finetuned']:.4f}  proxy {entry['plain']:.4f}  "
+              f"reconstructed {entry['reconstructed']:.4f}", flush=True)
+    finetuned = [t["finetuned"] for t in trials]
+    sign = 1.0 if task.metric.mode == "max" else -1.0
+    recorded = [t for t in trials if t["recorded_proxy"] is not None]
+    return {"run": run_path, "trials": trials, "metric": name, "finetune_epochs": config["finetune.epochs"],
+            "spearman": {
+                "proxy": rank_correlation([t["plain"] for t in trials], finetuned),
+                "proxy_reconstructed": rank_correlation([t["reconstructed"] for t in trials], finetuned),
+                "macs": rank_correlation([sign * t["macs"] for t in trials], finetuned),
+                "recorded_proxy": (rank_correlation([t["recorded_proxy"] for t in recorded],
+                                                    [t["finetuned"] for t in recorded])
+                                   if len(recorded) >= 3 else None)},
+            "seconds": {k: statistics.mean(t[f"seconds_{k}"] for t in trials) for k in ("plain", "reconstructed")}}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("runs", nargs="+", help="finished search run directories (from a config file)")
+    p.add_argument("--out", default="proxy_quality.json")
+    args = p.parse_args()
+    results = []
+    try:
+        for run in args.runs:
+            print(f"{run}:", flush=True)
+            results.append(study(run))
+    except AutopruneError as e:
+        print(f"proxy_quality: error: {e}", file=sys.stderr)
+        return 2
+    print(f"\n{'run':<40} {'trials':>6} {'proxy':>7} {'+recon':>7} {'MACs':>7} {'recorded':>8} {'s/eval':>7} "
+          f"{'+recon s':>8}")
+    for r in results:
+        s, recorded = r["spearman"], r["spearman"]["recorded_proxy"]
+        print(f"{Path(r['run']).name:<40} {len(r['trials']):>6} {s['proxy']:>7.2f} {s['proxy_reconstructed']:>7.2f} "
+              f"{s['macs']:>7.2f} {'-' if recorded is None else f'{recorded:.2f}':>8} "
+              f"{r['seconds']['plain']:>7.2f} {r['seconds']['reconstructed']:>8.2f}")
+    Path(args.out).write_text(json.dumps(results, indent=1))
+    print(f"written: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
