@@ -35,13 +35,17 @@ from autoprune.searching.controller import (
     space_point,
     trial_settings,
 )
+from autoprune.searching.front import is_full
 from autoprune.searching.results import read_trials
 from autoprune.searching.space import SearchSpace
 from autoprune.searching.storage import as_run_dir
 from autoprune.searching.trial import run_proxy
 
 
-def rank_correlation(xs: list[float], ys: list[float]) -> float:
+def rank_correlation(xs: list[float], ys: list[float]) -> float | None:
+    """Spearman's rho; None where either side is constant (no ranking to compare)."""
+    if len(set(xs)) < 2 or len(set(ys)) < 2:
+        return None
     return float(spearmanr(xs, ys).statistic)
 
 
@@ -52,7 +56,12 @@ def study(run_path: str) -> dict[str, Any]:
         raise AutopruneError(f"run '{run_path}' is a run of autoprune.search: this bench reads runs of a config file")
     config = run_config(run)
     base_path = base_checkpoint_path(config)
+    if not base_path.is_file():
+        raise AutopruneError(f"base checkpoint '{base_path}' of run '{run_path}' does not exist")
     base = ckpt_io.load(base_path)
+    if base.model_spec.arch != config["model"]:
+        raise AutopruneError(f"base checkpoint '{base_path}' holds '{base.model_spec.arch}', but run '{run_path}' "
+                             f"searched '{config['model']}'")
     data = classification_data(config)
     if data is not None:
         base, base_path = slim_base(config, data, base, base_path, print)
@@ -64,7 +73,11 @@ def study(run_path: str) -> dict[str, Any]:
     # latency is not studied here: the shortest honest timing, once per structure
     meter = local_meter(base_model, base.example_input, groups,
                         LatencySpec(base.input_shape, 1, 1, "cpu", 30, reference_repeats=30), shared_reference=False)
-    rows = [r for r in read_trials(run).to_pylist() if r["status"] == "ok" and r["stage"] == "full"]
+    rows = [r for r in read_trials(run).to_pylist() if r["status"] == "ok" and is_full(r)]
+    missing = [g for g in space.groups if any(r.get(f"ratio:{g}") is None for r in rows)]
+    if missing:
+        raise AutopruneError(f"run '{run_path}' has no ratio for group '{missing[0]}' of base '{base_path}': not the "
+                             f"base the run searched")
     if len(rows) < 3:
         raise AutopruneError(f"run '{run_path}' has {len(rows)} fine-tuned trials: a rank correlation needs 3")
     settings = replace(trial_settings(config), threads=1, device="cpu")
@@ -100,24 +113,25 @@ def main() -> int:
     p.add_argument("runs", nargs="+", help="finished search run directories (from a config file)")
     p.add_argument("--out", default="proxy_quality.json")
     args = p.parse_args()
-    results = []
-    try:
-        for run in args.runs:
-            print(f"{run}:", flush=True)
+    results, failed = [], False
+    for run in args.runs:
+        print(f"{run}:", flush=True)
+        try:
             results.append(study(run))
-    except AutopruneError as e:
-        print(f"proxy_quality: error: {e}", file=sys.stderr)
-        return 2
+        except AutopruneError as e:
+            print(f"proxy_quality: error: {e}", file=sys.stderr)
+            failed = True
     print(f"\n{'run':<40} {'trials':>6} {'proxy':>7} {'+recon':>7} {'MACs':>7} {'recorded':>8} {'s/eval':>7} "
           f"{'+recon s':>8}")
     for r in results:
-        s, recorded = r["spearman"], r["spearman"]["recorded_proxy"]
-        print(f"{Path(r['run']).name:<40} {len(r['trials']):>6} {s['proxy']:>7.2f} {s['proxy_reconstructed']:>7.2f} "
-              f"{s['macs']:>7.2f} {'-' if recorded is None else f'{recorded:.2f}':>8} "
-              f"{r['seconds']['plain']:>7.2f} {r['seconds']['reconstructed']:>8.2f}")
-    Path(args.out).write_text(json.dumps(results, indent=1))
-    print(f"written: {args.out}")
-    return 0
+        rho = {k: "-" if v is None else f"{v:.2f}" for k, v in r["spearman"].items()}
+        print(f"{Path(r['run']).name:<40} {len(r['trials']):>6} {rho['proxy']:>7} {rho['proxy_reconstructed']:>7} "
+              f"{rho['macs']:>7} {rho['recorded_proxy']:>8} {r['seconds']['plain']:>7.2f} "
+              f"{r['seconds']['reconstructed']:>8.2f}")
+    if results:
+        Path(args.out).write_text(json.dumps(results, indent=1))
+        print(f"written: {args.out}")
+    return 2 if failed else 0
 
 
 if __name__ == "__main__":
