@@ -3,8 +3,8 @@ least-squares reconstruction?
 
     .venv/bin/python bench/proxy_quality.py RUN_DIR [RUN_DIR ...] [--out proxy_quality.json]
 
-For every fine-tuned trial of each run (a search from a config file), its policy is pruned again from the run's
-base and evaluated at stage 0 twice, in one process on one thread: batch norm recalibrated as the search does
+For every fine-tuned trial of each run, its policy is pruned again from the run's base (loaded as finalize loads
+it) and evaluated at stage 0 twice, in one process on one thread: batch norm recalibrated as the search does
 (``proxy_bn_batches``), then the metric on the proxy split; once as pruned, once after the least-squares
 reconstruction of the pruned channels' consumers (``space.reconstruct``). Printed per run: the Spearman rank
 correlation of each proxy with the fine-tuned validation metric, beside that of MACs alone (more MACs ranked as
@@ -22,22 +22,13 @@ from typing import Any
 
 from scipy.stats import spearmanr
 
-from autoprune.deploy.export import load_python_run, run_config
+from autoprune.deploy.export import run_config
+from autoprune.deploy.finalize import load_searched_base
 from autoprune.errors import AutopruneError
 from autoprune.measure.latency import LatencySpec, local_meter
-from autoprune.pruning import checkpoint as ckpt_io
-from autoprune.pruning.policy import discover
-from autoprune.searching.controller import (
-    base_checkpoint_path,
-    build_task,
-    classification_data,
-    slim_base,
-    space_point,
-    trial_settings,
-)
+from autoprune.searching.controller import trial_settings
 from autoprune.searching.front import is_full
 from autoprune.searching.results import read_trials
-from autoprune.searching.space import SearchSpace
 from autoprune.searching.storage import as_run_dir
 from autoprune.searching.trial import run_proxy
 
@@ -52,42 +43,24 @@ def rank_correlation(xs: list[float], ys: list[float]) -> float | None:
 def study(run_path: str) -> dict[str, Any]:
     """Both proxies of every fine-tuned trial of the run, and their rank correlations with its fine-tuned metric."""
     run = as_run_dir(run_path)
-    if load_python_run(run) is not None:
-        raise AutopruneError(f"run '{run_path}' is a run of autoprune.search: this bench reads runs of a config file")
     config = run_config(run)
-    base_path = base_checkpoint_path(config)
-    if not base_path.is_file():
-        raise AutopruneError(f"base checkpoint '{base_path}' of run '{run_path}' does not exist")
-    base = ckpt_io.load(base_path)
-    if base.model_spec.arch != config["model"]:
-        raise AutopruneError(f"base checkpoint '{base_path}' holds '{base.model_spec.arch}', but run '{run_path}' "
-                             f"searched '{config['model']}'")
-    data = classification_data(config)
-    if data is not None:
-        base, base_path = slim_base(config, data, base, base_path, print)
-    task = build_task(config, data)
+    searched = load_searched_base(run, config)  # as finalize loads it
+    base, task = searched.checkpoint, searched.task
     name = task.metric.name
-    base_model = base.build(base_path)
-    groups = discover(base_model, base.example_input, ignore=config["space.ignore"])
-    space = SearchSpace.from_config(config, groups)
     # latency is not studied here: the shortest honest timing, once per structure
-    meter = local_meter(base_model, base.example_input, groups,
+    meter = local_meter(searched.model, base.example_input, searched.groups,
                         LatencySpec(base.input_shape, 1, 1, "cpu", 30, reference_repeats=30), shared_reference=False)
     rows = [r for r in read_trials(run).to_pylist() if r["status"] == "ok" and is_full(r)]
-    missing = [g for g in space.groups if any(r.get(f"ratio:{g}") is None for r in rows)]
-    if missing:
-        raise AutopruneError(f"run '{run_path}' has no ratio for group '{missing[0]}' of base '{base_path}': not the "
-                             f"base the run searched")
     if len(rows) < 3:
         raise AutopruneError(f"run '{run_path}' has {len(rows)} fine-tuned trials: a rank correlation needs 3")
     settings = replace(trial_settings(config), threads=1, device="cpu")
     trials = []
     for row in rows:
-        policy = space.policy(space_point(row, space))
+        policy = searched.policy(row)
         entry: dict[str, Any] = {"trial_id": row["trial_id"], "finetuned": row[name], "macs": row["macs"],
                                  "recorded_proxy": row[f"proxy_{name}"]}
         for reconstruct in (False, True):
-            result = run_proxy(base_model, task, policy, replace(settings, reconstruct=reconstruct), meter)
+            result = run_proxy(searched.model, task, policy, replace(settings, reconstruct=reconstruct), meter)
             key = "reconstructed" if reconstruct else "plain"
             entry[key] = result.pruned[f"proxy_{name}"]
             entry[f"seconds_{key}"] = sum(v for k, v in result.seconds.items() if k != "measure")
@@ -110,7 +83,7 @@ def study(run_path: str) -> dict[str, Any]:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("runs", nargs="+", help="finished search run directories (from a config file)")
+    p.add_argument("runs", nargs="+", help="finished search run directories")
     p.add_argument("--out", default="proxy_quality.json")
     args = p.parse_args()
     results, failed = [], False

@@ -3,6 +3,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
@@ -13,10 +14,19 @@ from autoprune import AutopruneError
 from autoprune.cli import main
 from autoprune.data import load_data
 from autoprune.deploy.artefacts import DeployOptions
-from autoprune.deploy.export import EXPORT_FILES, check_test_metric, export_trial, pick_trial, verify_manifest
+from autoprune.deploy.export import (
+    EXPORT_FILES,
+    check_test_metric,
+    export_trial,
+    pick_trial,
+    run_config,
+    verify_manifest,
+)
 from autoprune.measure.runtimes import OrtModel
 from autoprune.pruning import checkpoint
+from autoprune.searching.controller import base_checkpoint_path
 from autoprune.searching.results import MARKER, read_trials
+from autoprune.searching.storage import as_run_dir
 from autoprune.tasks.training import evaluate
 
 # the run's config (tests/test_search.TINY) leaves the ONNX files out; finalized below writes them
@@ -127,7 +137,14 @@ def test_finalize_errors_are_one_line(run, tmp_path, capsys):
     config = yaml.safe_load((no_base / "config.yaml").read_text())
     config["base"]["checkpoint"] = str(tmp_path / "gone.pt")
     (no_base / "config.yaml").write_text(yaml.safe_dump(config))
+    other_arch = copy_run(run, tmp_path / "other_arch", "config.yaml", MARKER, "trials.parquet")
+    config["base"]["checkpoint"], config["model"] = str(base_checkpoint_path(run_config(as_run_dir(run)))), "resnet32"
+    (other_arch / "config.yaml").write_text(yaml.safe_dump(config))
+    no_group = copy_run(run, tmp_path / "no_group", "config.yaml", MARKER)
+    pq.write_table(pq.read_table(run / "trials.parquet").drop(["ratio:layer2.0.conv1"]), no_group / "trials.parquet")
     cases = [([str(run), "--pick", "trial:nope"], "has no trial 'nope'"),
+             ([str(other_arch)], "holds 'resnet20', but run"),
+             ([str(no_group)], "has no ratio for group 'layer2.0.conv1'"),
              ([str(no_trials)], "trials.parquet does not exist"),
              ([str(no_base)], f"base checkpoint '{tmp_path / 'gone.pt'}'"),
              ([str(tmp_path / "absent")], "does not exist"),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,9 +24,14 @@ from autoprune.searching.results import read_marker
 from autoprune.searching.storage import RunDir, as_run_dir
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from autoprune.config import SearchConfig
     from autoprune.measure.latency import LatencySpec
+    from autoprune.pruning.policy import Policy, PrunableGroup
+    from autoprune.searching.space import SearchSpace
     from autoprune.searching.trial import TrialResult
+    from autoprune.tasks.base import Task
 
 Echo = Callable[[str], None]
 COST_KEYS = ("latency_ms", "latency_iqr_ms", "size_bytes", "params", "macs")
@@ -41,18 +46,7 @@ def finalize(run_dir: str | Path | RunDir, pick: str = "knee", epochs: float | N
     # imported here: ``import autoprune`` imports this module and stays light (controller brings matplotlib)
     from autoprune import devices
     from autoprune.measure.latency import local_meter
-    from autoprune.pruning.policy import discover
-    from autoprune.searching.controller import (
-        base_checkpoint_path,
-        build_task,
-        classification_data,
-        load_python_run,
-        python_checkpoint,
-        slim_base,
-        space_point,
-        trial_settings,
-    )
-    from autoprune.searching.space import SearchSpace
+    from autoprune.searching.controller import trial_settings
     from autoprune.searching.trial import run_trial
 
     start = time.perf_counter()
@@ -67,36 +61,16 @@ def finalize(run_dir: str | Path | RunDir, pick: str = "knee", epochs: float | N
     epochs = config["finetune.final_epochs"] if epochs is None else float(epochs)
     if epochs < 0:
         raise AutopruneError(f"--epochs must be >= 0, got {epochs}")
-    python = load_python_run(run)
-    if python is not None:  # a run of autoprune.search: its model and task were written into the run directory
-        base, base_path, task = python_checkpoint(config, python), run.path, python.task
-    else:
-        base_path = base_checkpoint_path(config)
-        if not base_path.is_file():
-            raise AutopruneError(f"base checkpoint '{base_path}' of run '{run}' does not exist: finalize prunes the "
-                                 f"base the run searched (config key 'base.checkpoint')")
-        base = ckpt_io.load(base_path)
-        if base.model_spec.arch != config["model"]:
-            raise AutopruneError(f"base checkpoint '{base_path}' holds '{base.model_spec.arch}', but run '{run}' "
-                                 f"searched '{config['model']}'")
-        data = classification_data(config)
-        if data is not None:
-            base, base_path = slim_base(config, data, base, base_path, echo)  # the base the search pruned
-        task = build_task(config, data)
-    base_model = base.build(base_path)
-    groups = discover(base_model, base.example_input, ignore=config["space.ignore"])
-    space = SearchSpace.from_config(config, groups)
-    missing = [g for g in space.groups if row.get(f"ratio:{g}") is None]
-    if missing:
-        raise AutopruneError(f"trial {row['trial_id']} has no ratio for group '{missing[0]}' of base '{base_path}': "
-                             f"not the base the run searched")
-    policy = space.policy(space_point(row, space))
+    searched_base = load_searched_base(run, config, echo)
+    base, base_path, task, base_model = (searched_base.checkpoint, searched_base.path, searched_base.task,
+                                         searched_base.model)
+    policy = searched_base.policy(row)
     searched = trial_settings(config)
     # fine-tune on every core this process may use; time latency as the search did (its threads and batch)
     settings = replace(searched, finetune_epochs=epochs, kd=kd, threads=max(searched.threads, _cores()),
                        device=devices.resolve(searched.device))
     spec = searched.latency_spec(base.input_shape)
-    meter = local_meter(base_model, base.example_input, groups, spec,
+    meter = local_meter(base_model, base.example_input, searched_base.groups, spec,
                         shared_reference=config["latency.shared_reference"])
     echo(f"finalizing trial {row['trial_id']} ({pick}) of {run}: criterion '{policy.criterion}', fine-tuning "
          f"{_epochs(epochs)}{' with KD from the base' if kd else ''} on {settings.device} "
@@ -117,6 +91,62 @@ def finalize(run_dir: str | Path | RunDir, pick: str = "knee", epochs: float | N
     write_export(Path(out), ckpt, policy, metrics, finalized_card(metrics, policy.criterion), task, spec,
                  deploy or DeployOptions.from_config(config), echo)
     return metrics
+
+
+@dataclass
+class SearchedBase:
+    """The base a run pruned (its sparsity-trained copy where the search made one), its task, and the space."""
+
+    checkpoint: ckpt_io.Checkpoint
+    path: Path
+    task: Task
+    model: nn.Module
+    groups: list[PrunableGroup]
+    space: SearchSpace
+
+    def policy(self, row: dict[str, Any]) -> Policy:
+        """The policy of a trial row of the run; a one-line error when the base lacks one of its groups."""
+        from autoprune.searching.controller import space_point
+
+        missing = [g for g in self.space.groups if row.get(f"ratio:{g}") is None]
+        if missing:
+            raise AutopruneError(f"trial {row['trial_id']} has no ratio for group '{missing[0]}' of base "
+                                 f"'{self.path}': not the base the run searched")
+        return self.space.policy(space_point(row, self.space))
+
+
+def load_searched_base(run: RunDir, config: SearchConfig, echo: Echo = print) -> SearchedBase:
+    """The base, task and search space of run ``run`` (``config``: its config.yaml), as the search had them."""
+    from autoprune.pruning.policy import discover
+    from autoprune.searching.controller import (
+        base_checkpoint_path,
+        build_task,
+        classification_data,
+        load_python_run,
+        python_checkpoint,
+        slim_base,
+    )
+    from autoprune.searching.space import SearchSpace
+
+    python = load_python_run(run)
+    if python is not None:  # a run of autoprune.search: its model and task were written into the run directory
+        base, base_path, task = python_checkpoint(config, python), run.path, python.task
+    else:
+        base_path = base_checkpoint_path(config)
+        if not base_path.is_file():
+            raise AutopruneError(f"base checkpoint '{base_path}' of run '{run}' does not exist: finalize prunes the "
+                                 f"base the run searched (config key 'base.checkpoint')")
+        base = ckpt_io.load(base_path)
+        if base.model_spec.arch != config["model"]:
+            raise AutopruneError(f"base checkpoint '{base_path}' holds '{base.model_spec.arch}', but run '{run}' "
+                                 f"searched '{config['model']}'")
+        data = classification_data(config)
+        if data is not None:
+            base, base_path = slim_base(config, data, base, base_path, echo)  # the base the search pruned
+        task = build_task(config, data)
+    model = base.build(base_path)
+    groups = discover(model, base.example_input, ignore=config["space.ignore"])
+    return SearchedBase(base, base_path, task, model, groups, SearchSpace.from_config(config, groups))
 
 
 def _cores() -> int:
