@@ -51,14 +51,14 @@ DEFAULTS: dict[str, Any] = {
     # two or three of the metric and autoprune.objectives.COSTS; null: [<metric>, size_bytes, latency_ms]
     "objectives": None,
     "constraints": [],
-    # staged evaluation: proxy_trials stage-0 candidates (prune + BN recalibration, accuracy on the first
-    # proxy_samples validation images) before the fine-tuned ones (nsga2/tpe/gp/random; 0: fine-tune every
-    # candidate); sensitivity and greedy always use stage 0. greedy: latency falls by greedy_step x base per
-    # iteration (NetAdapt's small steps), the greedy_shortlist best proposals by stage 0 (0: all) fine-tuned
-    # short_epochs. seed_from: sensitivity starts
-    # nsga2/tpe/gp/random from sensitivity allocations (population - warm_start of them) after the uniform ones.
+    # staged evaluation: proxy_trials stage-0 candidates (prune + BN recalibration on proxy_batches training batches,
+    # accuracy on proxy_samples validation images; scored by resident evaluators, autoprune/searching/stage0) before
+    # the fine-tuned ones (nsga2/tpe/gp/random; 0: fine-tune every candidate); sensitivity and greedy always use stage 0.
+    # greedy: latency falls by greedy_step x base per iteration (NetAdapt's small steps), the greedy_shortlist best
+    # proposals by stage 0 (0: all) fine-tuned short_epochs. seed_from: sensitivity starts nsga2/tpe/gp/random
+    # from sensitivity allocations (population - warm_start of them) after the uniform ones.
     "searcher": {"name": "nsga2", "seed": 0, "warm_start": 3, "population": 8, "startup_trials": 6, "grid": 8,
-                 "proxy_trials": 0, "proxy_samples": 1000, "short_epochs": 0.1, "greedy_step": 0.05,
+                 "proxy_trials": 0, "proxy_samples": 1000, "proxy_batches": 10, "short_epochs": 0.1, "greedy_step": 0.05,
                  "greedy_shortlist": 3,
                  "seed_from": "uniform"},
     "scheduler": "none",  # or "asha": stop weak candidates early on validation accuracy (multi-fidelity)
@@ -70,10 +70,13 @@ DEFAULTS: dict[str, Any] = {
     # lookup table from 'autoprune latency-table'; screen_margin: skip candidates predicted to break a latency
     # constraint by more than this fraction (null: never skip); shared_reference: the base's reference latency is the
     # lowest this target has measured for it (kept in $AUTOPRUNE_CACHE_DIR/latency), so searches share one
+    # calibration: structures timed across the space before stage 0, to fit the latency model that predicts every
+    # stage-0 candidate's latency (fine-tuned candidates are timed too)
     # runtime: what candidates are timed in, so the front is drawn in the runtime you ship: torch (eager), onnxruntime
     # (the ONNX export in fp32) or int8 (the ONNX export quantized by onnxruntime); the last two on the CPU
     "latency": {"device": "auto", "batch_size": 1, "threads": None, "repeats": 100, "reference_repeats": 300,
-                "target": None, "table": None, "screen_margin": 0.15, "shared_reference": True, "runtime": "torch"},
+                "target": None, "table": None, "screen_margin": 0.15, "shared_reference": True, "runtime": "torch",
+                "calibration": 8},
     "max_failures": 1,
     # what export and finalize write beside the PyTorch files (autoprune/deploy/artefacts.py): model.onnx (checked in
     # onnxruntime), model.int8.onnx (onnxruntime static quantization calibrated on calibration_batches training
@@ -297,15 +300,17 @@ def _validate(c: SearchConfig) -> None:
         if not (0.0 <= low <= high < 1.0) or step <= 0:
             raise AutopruneError(f"config key '{key}': need 0 <= low <= high < 1 and step > 0, "
                                  f"got low={low} high={high} step={step}")
-    if c["searcher.proxy_trials"] < 0:
-        raise AutopruneError(f"config key 'searcher.proxy_trials' must be >= 0, got {c['searcher.proxy_trials']}")
+    for key in ("searcher.proxy_trials", "latency.calibration"):
+        if c[key] < 0:
+            raise AutopruneError(f"config key '{key}' must be >= 0, got {c[key]}")
     if not 0 < c["searcher.greedy_step"] < 1 or c["searcher.short_epochs"] < 0 or c["searcher.greedy_shortlist"] < 0:
         raise AutopruneError("config key 'searcher': need 0 < greedy_step < 1, short_epochs >= 0 and "
                              "greedy_shortlist >= 0")
     if c["searcher.name"] not in SEARCHERS:
         raise AutopruneError(f"config key 'searcher.name': unknown searcher '{c['searcher.name']}', use one of "
                              f"{', '.join(SEARCHERS)}")
-    for key in ("trials", "concurrency", "space.round_to", "finetune.steps", "latency.repeats", "searcher.proxy_samples"):
+    for key in ("trials", "concurrency", "space.round_to", "finetune.steps", "latency.repeats", "searcher.proxy_samples",
+                "searcher.proxy_batches"):
         if c[key] < 1:
             raise AutopruneError(f"config key '{key}' must be >= 1, got {c[key]}")
     for key in ("base.sparsity_l1", "base.sparsity_epochs"):

@@ -5,7 +5,8 @@ least-squares reconstruction?
 
 For every fine-tuned trial of each run, its policy is pruned again from the run's base (loaded as finalize loads
 it) and evaluated at stage 0 twice, in one process on one thread: batch norm recalibrated as the search does
-(``proxy_bn_batches``), then the metric on the proxy split; once as pruned, once after the least-squares
+(``searcher.proxy_batches``, by the search's own ``Stage0Evaluator``), then the metric on the proxy split; once as
+pruned, once after the least-squares
 reconstruction of the pruned channels' consumers (``space.reconstruct``). Printed per run: the Spearman rank
 correlation of each proxy with the fine-tuned validation metric, beside that of MACs alone (more MACs ranked as
 better) and of the proxy the search itself recorded, and the mean seconds per stage-0 evaluation.
@@ -25,12 +26,12 @@ from scipy.stats import spearmanr
 from autoprune.deploy.export import run_config
 from autoprune.deploy.finalize import load_searched_base
 from autoprune.errors import AutopruneError
-from autoprune.measure.latency import LatencySpec, local_meter
-from autoprune.searching.controller import trial_settings
 from autoprune.searching.front import is_full
 from autoprune.searching.results import read_trials
+from autoprune.searching.space import SearchSpace
+from autoprune.searching.stage0 import Stage0Evaluator
+from autoprune.searching.stage0.attach import stage0_settings
 from autoprune.searching.storage import as_run_dir
-from autoprune.searching.trial import run_proxy
 
 
 def rank_correlation(xs: list[float], ys: list[float]) -> float | None:
@@ -45,25 +46,27 @@ def study(run_path: str) -> dict[str, Any]:
     run = as_run_dir(run_path)
     config = run_config(run)
     searched = load_searched_base(run, config)  # as finalize loads it
-    base, task = searched.checkpoint, searched.task
+    task = searched.task
     name = task.metric.name
-    # latency is not studied here: the shortest honest timing, once per structure
-    meter = local_meter(searched.model, base.example_input, searched.groups,
-                        LatencySpec(base.input_shape, 1, 1, "cpu", 30, reference_repeats=30), shared_reference=False)
     rows = [r for r in read_trials(run).to_pylist() if r["status"] == "ok" and is_full(r)]
     if len(rows) < 3:
         raise AutopruneError(f"run '{run_path}' has {len(rows)} fine-tuned trials: a rank correlation needs 3")
-    settings = replace(trial_settings(config), threads=1, device="cpu")
+    space = SearchSpace.from_config(config, searched.groups)
+    evaluators = {reconstruct: Stage0Evaluator(searched.model, task, space,
+                                               replace(stage0_settings(config, 1), reconstruct=reconstruct))
+                  for reconstruct in (False, True)}
     trials = []
     for row in rows:
-        policy = searched.policy(row)
+        point = {**{g: row[f"ratio:{g}"] for g in space.groups}, "criterion": row["criterion"]}
         entry: dict[str, Any] = {"trial_id": row["trial_id"], "finetuned": row[name], "macs": row["macs"],
                                  "recorded_proxy": row[f"proxy_{name}"]}
-        for reconstruct in (False, True):
-            result = run_proxy(searched.model, task, policy, replace(settings, reconstruct=reconstruct), meter)
+        for reconstruct, evaluator in evaluators.items():
+            scored = evaluator.score(point)
+            if scored.error is not None:
+                raise AutopruneError(f"run '{run_path}', trial {row['trial_id']}: {scored.error}")
             key = "reconstructed" if reconstruct else "plain"
-            entry[key] = result.pruned[f"proxy_{name}"]
-            entry[f"seconds_{key}"] = sum(v for k, v in result.seconds.items() if k != "measure")
+            entry[key] = scored.metrics[f"proxy_{name}"]
+            entry[f"seconds_{key}"] = sum(scored.seconds.values())
         trials.append(entry)
         print(f"  {row['trial_id']}: fine-tuned {entry['finetuned']:.4f}  proxy {entry['plain']:.4f}  "
               f"reconstructed {entry['reconstructed']:.4f}", flush=True)

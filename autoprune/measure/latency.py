@@ -32,6 +32,7 @@ from torch import nn
 from autoprune.errors import AutopruneError
 from autoprune.measure.gate import MeasurementGate
 from autoprune.measure.metrics import MIN_REPEATS, measure_latency
+from autoprune.measure.predictor import LatencyModel, loo_errors, median_or_none
 from autoprune.measure.runtimes import in_runtime
 from autoprune.pruning.graph import forward_with_hooks
 from autoprune.pruning.policy import PrunableGroup
@@ -305,23 +306,6 @@ class Meter(Protocol):
     def measure(self, candidate: nn.Module, channels: Channels) -> LatencyReport: ...
 
 
-def _fit_line(points: list[tuple[float, float]]) -> tuple[float, float]:
-    """Least-squares ``y = a + b x``; through the origin and the first point when there are too few points
-    or the fit would make latency fall as the feature grows."""
-    x0, y0 = points[0]
-    proportional = (0.0, y0 / x0 if x0 > 0 else 0.0)
-    if len(points) < 3:
-        return proportional
-    xs, ys = [p[0] for p in points], [p[1] for p in points]
-    mx, my = statistics.fmean(xs), statistics.fmean(ys)
-    sxx = sum((x - mx) ** 2 for x in xs)
-    if sxx <= 0:
-        return proportional
-    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
-    a = my - b * mx
-    return (a, b) if b > 0 else proportional
-
-
 class LatencyMeter:
     """Times candidates against one base model on one target; cached by structure. Run it as a Ray actor
     (``start_meter``) so every trial of a search shares it, or in-process for a single candidate."""
@@ -338,14 +322,15 @@ class LatencyMeter:
         self._reference: LatencyReport | None = None
         self._measured_reference: float | None = None  # this meter's own timing of the base (the store may know a lower)
         self._cache: dict[str, LatencyReport] = {}
-        self._observed: list[tuple[float, float]] = []   # (feature, latency_ms), the base first
+        self.model = LatencyModel(structure, table)
+        self._observed: list[tuple[dict[str, int], float]] = []  # (structure, latency_ms), the base first
         self._errors: list[float] = []                   # relative prediction errors of measured structures
         self._hits = 0
 
-    def _feature(self, channels: Channels) -> float:
-        if self.table is not None:
-            return self.table.total(self.structure, channels)
-        return self.structure.macs(channels)
+    def _observe(self, channels: Channels, latency_ms: float, first: bool = False) -> None:
+        entry = ({k: int(v) for k, v in channels.items()}, latency_ms)
+        self._observed.insert(0, entry) if first else self._observed.append(entry)
+        self.model.fit(self._observed)
 
     def reference(self) -> LatencyReport:
         """The base model timed alone (once, the first time it is asked for). With a reference store, the
@@ -360,7 +345,7 @@ class LatencyMeter:
                                      lat.median_ms)
             self._measured_reference = measured.latency_ms
             self._reference = self.store.settle(self._signature(), measured) if self.store else measured
-            self._observed.insert(0, (self._feature(self.structure.group_channels), self._reference.latency_ms))
+            self._observe(self.structure.group_channels, self._reference.latency_ms, first=True)
         return self._reference
 
     def _signature(self) -> str:
@@ -375,8 +360,16 @@ class LatencyMeter:
     def predict(self, channels: Channels) -> float:
         """Predicted latency (ms) of a structure, before it is pruned or measured."""
         self.reference()
-        a, b = _fit_line(self._observed)
-        return a + b * self._feature(channels)
+        return self.model.predict(channels)
+
+    def predict_many(self, structures: list[dict[str, int]]) -> list[float]:
+        """``predict`` for many structures in one call."""
+        return [self.predict(c) for c in structures]
+
+    def predictor(self) -> LatencyModel:
+        """The latency model as fitted now (a copy the caller can predict with, locally)."""
+        self.reference()
+        return self.model
 
     def lookup(self, channels: Channels) -> LatencyReport | None:
         """The cached report of a structure timed before, or None."""
@@ -402,7 +395,7 @@ class LatencyMeter:
             report = LatencyReport(ratio * reference.latency_ms, (q3 - q1) * reference.latency_ms, ratio,
                                    lat["candidate"], lat["base"], reference.latency_ms, predicted)
         self._cache[structure_key(channels)] = report
-        self._observed.append((self._feature(channels), report.latency_ms))
+        self._observe(channels, report.latency_ms)
         self._errors.append(abs(predicted - report.latency_ms) / report.latency_ms)
         return report
 
@@ -447,17 +440,21 @@ class LatencyMeter:
             return False
         self._reference = LatencyReport(**state["reference"])
         self._cache = {k: LatencyReport(**v) for k, v in state["cache"].items()}
-        self._observed = [(self._feature(self.structure.group_channels), self._reference.latency_ms)]
-        self._observed += [(self._feature(json.loads(k)), v.latency_ms) for k, v in self._cache.items()]
+        self._observed = [(dict(self.structure.group_channels), self._reference.latency_ms)]
+        self._observed += [(json.loads(k), v.latency_ms) for k, v in self._cache.items()]
+        self.model.fit(self._observed)
         return True
 
     def summary(self) -> dict[str, Any]:
-        """What the meter did: structures timed, cache hits, the reference, and the prediction error."""
+        """What the meter did: structures timed, cache hits, the reference, and the predictor's error on the
+        structures it measured: each predicted just before it was measured (``prediction_error``, the median
+        relative error) and each left out of a fit on all the others (``loo_error``)."""
         ref = self._reference.latency_ms if self._reference else None
-        mape = statistics.fmean(self._errors) if self._errors else None
         return {"measured": len(self._cache), "cache_hits": self._hits, "reference_ms": ref,
                 "measured_reference_ms": self._measured_reference,
-                "prediction_mape": mape, "predictor": "lookup table" if self.table is not None else "MACs",
+                "prediction_error": median_or_none(self._errors), "predicted": len(self._errors),
+                "loo_error": median_or_none(loo_errors(self.structure, self.table, self._observed)),
+                "predictor": ("lookup table + " if self.table is not None else "") + self.model.fitted_on,
                 "node": _node_id(), "device": self.spec.device, "threads": self.spec.threads,
                 "runtime": self.spec.runtime}
 

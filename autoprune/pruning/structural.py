@@ -101,6 +101,7 @@ def prune(
     calib_batches: int = 8,
     seed: int = 0,
     loss: LossFn | None = None,
+    rankings: Rankings | None = None,
 ) -> nn.Module:
     """Return a pruned copy of ``model`` with channels physically removed as ``policy`` asks.
 
@@ -114,24 +115,20 @@ def prune(
     record needed to rebuild the structure, and what ranked each group, is attached as
     ``model.autoprune_record``. ``loss``: what the gradient criteria (taylor, hessian) differentiate, one value per
     sample of a calibration batch (default: the cross-entropy of a classifier's outputs against integer labels).
+    ``rankings``: ``rank_groups``' scores of ``model`` for the policy's criterion, computed once and reused across
+    candidates (one-shot only: an iterative step re-scores the partly pruned model); the result is the same.
     """
     if steps < 1:
         raise AutopruneError(f"steps must be >= 1, got {steps}")
+    if rankings is not None and (steps != 1 or rankings.criterion != policy.criterion):
+        raise AutopruneError(f"precomputed rankings by '{rankings.criterion}' serve one-shot pruning by that "
+                             f"criterion, not {steps} step(s) by '{policy.criterion}'")
     criterion = make_criterion(policy.criterion, seed, loss)
     fallback = make_criterion(FALLBACK)
     pruned = copy.deepcopy(model)
     device = next(pruned.parameters()).device
     example_input = example_input.to(device)
-    batches: list[Batch] = []
-    if criterion.needs_data:
-        if calib_loader is None:
-            raise AutopruneError(
-                f"criterion '{policy.criterion}' is data-driven: pass calib_loader with (inputs, targets) batches"
-            )
-        batches = [(x.to(device), y.to(device) if isinstance(y, torch.Tensor) else y)
-                   for x, y in islice(iter(calib_loader), calib_batches)]
-        if not batches:
-            raise AutopruneError(f"criterion '{policy.criterion}' is data-driven but calib_loader gave no batches")
+    batches = _calibration(criterion, calib_loader, calib_batches, device) if rankings is None else []
 
     graph = build_graph(pruned, example_input)
     frozen = frozen_layers(pruned, example_input, policy.ignore)
@@ -147,15 +144,16 @@ def prune(
     for step in range(1, steps + 1):
         if step > 1:
             named = list(named_groups(graph, frozen))
-        criterion.prepare(pruned, batches)
-        removals = []  # every group is scored on the same model before any is pruned
+        # every group is scored on the same model before any is pruned
+        ranked = rankings if rankings is not None else _score_groups(criterion, fallback, pruned, batches, named)
+        removals = []
         for name, group in named:
             layout = group_layout(name, group)
             goal = policy.kept_units(name, segment_units[name], layout.unit_size, step / steps)
             drop = [len(seg) - k for seg, k in zip(layout.segments, goal, strict=True)]
             if not any(d > 0 for d in drop):
                 continue
-            scores, ranked_by = _rank(criterion, fallback, group, layout, drop)
+            scores, ranked_by = ranked.choose(name, layout, drop, criterion.name)
             if ranked_by not in used.setdefault(name, []):
                 used[name].append(ranked_by)
             idxs = sorted(c for seg, d in zip(layout.segments, drop) if d > 0
@@ -178,26 +176,99 @@ def prune(
     return pruned
 
 
+def _calibration(criterion: Criterion, calib_loader: Iterable[Batch] | None, count: int,
+                 device: torch.device) -> list[Batch]:
+    """The calibration batches a data-driven criterion scores on, on ``device`` (none for a weight-only one)."""
+    if not criterion.needs_data:
+        return []
+    if calib_loader is None:
+        raise AutopruneError(f"criterion '{criterion.name}' is data-driven: pass calib_loader with (inputs, targets) "
+                             f"batches")
+    batches = [(x.to(device), y.to(device) if isinstance(y, torch.Tensor) else y)
+               for x, y in islice(iter(calib_loader), count)]
+    if not batches:
+        raise AutopruneError(f"criterion '{criterion.name}' is data-driven but calib_loader gave no batches")
+    return batches
+
+
 def _unit_scores(channel_scores: torch.Tensor, layout: GroupLayout) -> torch.Tensor:
     """One score per unit: the mean over its channels (every block of a grouped layer)."""
     return channel_scores.detach().float().cpu()[torch.tensor(layout.units)].mean(1)
 
 
-def _rank(criterion: Criterion, fallback: Criterion, group: tp.Group, layout: GroupLayout,
-          drop: list[int]) -> tuple[torch.Tensor, str]:
-    """Unit scores for ``group`` and what ranked them: the criterion, or the fallback and why."""
-    try:
-        scores = _unit_scores(criterion.scores(group), layout)
-    except Unscorable as e:
-        reason = str(e)
-    else:
-        tied = [len(seg) > 1 and bool(scores[seg].max() == scores[seg].min())
-                for seg, d in zip(layout.segments, drop) if d > 0]
-        if criterion.name == fallback.name or not any(tied):
-            return scores, criterion.name
-        reason = ("every channel scored the same" if len(layout.segments) == 1
-                  else "every channel of a concatenated branch scored the same")
-    return _unit_scores(fallback.scores(group), layout), f"{fallback.name} ({criterion.name}: {reason})"
+@dataclass
+class GroupScores:
+    """One group's unit scores by a criterion (None, with the reason, where it had nothing to rank by) and by the
+    fallback."""
+
+    primary: torch.Tensor | None
+    reason: str | None
+    fallback: torch.Tensor
+
+
+@dataclass
+class Rankings:
+    """Every group's unit scores on one model by one criterion: what ``prune`` ranks channels by. A magnitude or
+    gradient ranking does not change with the ratio, so one ``Rankings`` serves every candidate pruned from that
+    model (a candidate is then a slicing of precomputed orders)."""
+
+    criterion: str
+    groups: dict[str, GroupScores]
+
+    def choose(self, name: str, layout: GroupLayout, drop: list[int], criterion: str) -> tuple[torch.Tensor, str]:
+        """The scores that rank group ``name`` when ``drop`` units leave each segment, and what ranked them: the
+        criterion, or the fallback and why (the criterion could not score it, or tied within a pruned segment)."""
+        scores = self.groups[name]
+        if scores.primary is not None:
+            tied = [len(seg) > 1 and bool(scores.primary[seg].max() == scores.primary[seg].min())
+                    for seg, d in zip(layout.segments, drop) if d > 0]
+            if criterion == FALLBACK or not any(tied):
+                return scores.primary, criterion
+            reason = ("every channel scored the same" if len(layout.segments) == 1
+                      else "every channel of a concatenated branch scored the same")
+        else:
+            reason = scores.reason or ""
+        return scores.fallback, f"{FALLBACK} ({criterion}: {reason})"
+
+
+def _score_groups(criterion: Criterion, fallback: Criterion, model: nn.Module, batches: list[Batch],
+                  named: list[tuple[str, tp.Group]]) -> Rankings:
+    criterion.prepare(model, batches)
+    groups = {}
+    for name, group in named:
+        layout = group_layout(name, group)
+        try:
+            primary, reason = _unit_scores(criterion.scores(group), layout), None
+        except Unscorable as e:
+            primary, reason = None, str(e)
+        groups[name] = GroupScores(primary, reason, _unit_scores(fallback.scores(group), layout))
+    return Rankings(criterion.name, groups)
+
+
+def rank_groups(model: nn.Module, criterion_name: str, example_input: torch.Tensor,
+                calib_loader: Iterable[Batch] | None = None, *, ignore: list[str] | None = None,
+                calib_batches: int = 8, seed: int = 0, loss: LossFn | None = None) -> Rankings:
+    """The channel ranking ``prune`` would compute for ``criterion_name`` on ``model`` (one-shot), computed once.
+
+    Args:
+        model: the unpruned model (left unchanged: a copy is scored).
+        criterion_name: a criterion of ``autoprune.pruning.criteria.REGISTRY``.
+        example_input: an input batch for tracing.
+        calib_loader: calibration batches for data-driven criteria.
+        ignore: layers left alone (the policy's ``ignore``).
+        calib_batches, seed, loss: as for ``prune``.
+
+    Returns:
+        The unit scores of every prunable group, for ``prune(..., rankings=...)``.
+    """
+    criterion = make_criterion(criterion_name, seed, loss)
+    scored = copy.deepcopy(model)
+    device = next(scored.parameters()).device
+    example_input = example_input.to(device)
+    batches = _calibration(criterion, calib_loader, calib_batches, device)
+    graph = build_graph(scored, example_input)
+    named = list(named_groups(graph, frozen_layers(scored, example_input, ignore or [])))
+    return _score_groups(criterion, make_criterion(FALLBACK), scored, batches, named)
 
 
 def _lowest(scores: torch.Tensor, segment: list[int], count: int) -> list[int]:

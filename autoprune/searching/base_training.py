@@ -9,12 +9,19 @@ import os
 import socket
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
 
-from autoprune.data import ClassificationData
+from autoprune.data import ClassificationData, DataSpec
 from autoprune.errors import AutopruneError
 from autoprune.searching.capacity import ClusterShape
 from autoprune.tasks.training import TrainConfig
+
+if TYPE_CHECKING:
+    from autoprune.config import SearchConfig
+
+# bases shipped in the package, made by autoprune/searching/make_default_base.py
+PACKAGED_BASES = Path(__file__).resolve().parent.parent / "models" / "bases"
 
 
 @dataclass
@@ -74,3 +81,24 @@ def _fit(model: Any, data: ClassificationData, config: TrainConfig, batch_size: 
     where = f"{device} of {socket.gethostname()}" + (f" ({torch.cuda.get_device_name()})" if device == "cuda" else
                                                     f" ({torch.get_num_threads()} threads)")
     return Fitted(state, metrics, losses, where)
+
+
+def recipe_of(config: SearchConfig) -> dict[str, Any]:
+    """How the config trains its base: what a shipped base must have been trained with to stand for it."""
+    return {"model": config["model"], "epochs": float(config["base.epochs"]), "lr": float(config["base.lr"]),
+            "batch_size": int(config["base.batch_size"]), "seed": int(config["data.seed"]),
+            "precision": config["finetune.precision"]}
+
+
+def packaged_base(config: SearchConfig, data: DataSpec) -> Path | None:
+    """The base shipped in the package for this model, data and training recipe (the default space's), if any."""
+    from autoprune.pruning import checkpoint as ckpt_io
+
+    path = PACKAGED_BASES / f"{config['model']}_{data.dataset}.pt"
+    if data.factory is not None or not path.is_file():
+        return None
+    shipped = ckpt_io.load(path)
+    same_data = (shipped.data_spec.dataset, shipped.data_spec.val_fraction, shipped.data_spec.seed,
+                 shipped.data_spec.image_size, shipped.data_spec.max_train_samples) == (
+        data.dataset, data.val_fraction, data.seed, data.image_size, data.max_train_samples)
+    return path if same_data and shipped.metrics.get("recipe") == recipe_of(config) else None

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import tempfile
 import time
 from contextlib import contextmanager
@@ -30,25 +31,22 @@ from autoprune.measure.latency import (
     build_table,
     check_target,
     local_meter,
-    node_resources,
-    start_meter,
 )
-from autoprune.measure.runtimes import in_runtime
 from autoprune.objectives import values_of
 from autoprune.pruning import checkpoint as ckpt_io
 from autoprune.pruning.checkpoint import PYTHON
 from autoprune.pruning.criteria import LOSS_CRITERIA
 from autoprune.pruning.policy import discover
-from autoprune.searching.base_training import fit
+from autoprune.searching.base_training import fit, packaged_base, recipe_of
 from autoprune.searching.capacity import (
     NODE_JOIN_WAIT_S,
     await_capacity,
     latency_device,
     release_gpu_node,
-    wait_for_gpu_node,
 )
 from autoprune.searching.feasibility import check_constraints, format_report, space_report
 from autoprune.searching.front import Front, format_rows, is_full, write_front
+from autoprune.searching.latency_actor import latency_summary, save_latency_state, start_latency_meter
 from autoprune.searching.results import MARKER, ResultsStore, read_marker, run_metric, run_objectives
 from autoprune.searching.searchers import Outcome, Searcher, make_searcher
 from autoprune.searching.searchers.base import EPOCHS_KEY, STAGE_KEY
@@ -58,6 +56,7 @@ from autoprune.searching.searchers.seeded import SensitivitySeeded
 from autoprune.searching.searchers.sensitivity import SensitivitySearcher
 from autoprune.searching.searchers.staged import StagedSearcher
 from autoprune.searching.space import SearchSpace
+from autoprune.searching.stage0.attach import attach_engine, uses_stage0
 from autoprune.searching.storage import RunDir, as_run_dir
 from autoprune.searching.trial import TrialSettings
 from autoprune.tasks.base import Task
@@ -68,7 +67,6 @@ from autoprune.tasks.imported import ImportedTask
 PYTHON_MODEL_FILE, PYTHON_TASK_FILE = "base_model.pkl", "task.pkl"  # a run of autoprune.search
 MARKER_VERSION = 2  # 2: objectives and the Optuna study (name, journal file) recorded
 Echo = Callable[[str], None]
-LATENCY_FILE = "latency.json"  # the latency actor's reference and timed structures, so --resume continues them
 
 
 @dataclass
@@ -148,6 +146,13 @@ def ensure_base(config: SearchConfig, data: ClassificationData | None, task: Tas
             raise AutopruneError(f"config key 'base.checkpoint': '{path}' was trained on {_data_name(trained)}, "
                                  f"the config's data is {_data_name(wanted)}: name another checkpoint")
         return slim_base(config, data, base, path, echo)
+    shipped = packaged_base(config, data.spec)
+    if shipped is not None:  # the default base, made by autoprune/searching/make_default_base.py, copied out once
+        echo(f"base checkpoint {path} not found: using the base shipped in the package ({shipped.name}, trained the "
+             f"same way: {recipe_of(config)})")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(shipped, path)
+        return slim_base(config, data, ckpt_io.load(path), path, echo)
     spec = ModelSpec(config["model"], data.num_classes, data.input_shape[0])
     echo(f"base checkpoint {path} not found: training {spec.arch} for {config['base.epochs']} epochs")
     torch.manual_seed(config["data.seed"])
@@ -156,7 +161,8 @@ def ensure_base(config: SearchConfig, data: ClassificationData | None, task: Tas
     fitted = fit(model, data, TrainConfig(epochs=config["base.epochs"], lr=config["base.lr"], seed=config["data.seed"],
                                           precision=config["finetune.precision"]), config["base.batch_size"], echo,
                  want_gpu=config["resources.gpu"] > 0)
-    base = ckpt_io.from_model(model, spec, data.spec, data.input_shape, data.preprocess(), fitted.metrics)
+    metrics = {**fitted.metrics, "recipe": recipe_of(config)}
+    base = ckpt_io.from_model(model, spec, data.spec, data.input_shape, data.preprocess(), metrics)
     ckpt_io.save(base, path)
     echo(f"saved base {path}: val_accuracy {fitted.metrics['val_accuracy']:.4f}")
     return slim_base(config, data, base, path, echo)
@@ -377,68 +383,12 @@ def check_task_metric(config: SearchConfig, task: Task) -> None:
                              f"({task.metric.mode}), not {config['metric.name']} ({config['metric.mode']})")
 
 
-def start_latency_meter(config: SearchConfig, run_dir: RunDir, base_model: Any, input_shape: tuple[int, ...],
-                        structure: StructureModel, settings: TrialSettings, echo: Echo) -> tuple[Any, bool]:
-    """The search's latency actor on ``latency.target`` (the head node when null; a GPU node to time on CUDA),
-    continuing the run directory's ``latency.json`` (reference and timed structures) when it was taken with the
-    same settings; and whether the autoscaler was asked for its GPU node (``release_gpu_node`` when done)."""
-    table = LatencyTable.load(config["latency.table"]) if config["latency.table"] else None
-    spec = settings.latency_spec(input_shape)
-    if spec.runtime != "torch":  # the actor converts every candidate: refuse a model it cannot convert, here
-        try:
-            in_runtime(base_model, spec.runtime, input_shape, spec.threads)
-        except AutopruneError as e:
-            raise AutopruneError(f"config key 'latency.runtime': {spec.runtime} times the model's ONNX export, "
-                                 f"but {e}") from None
-    state = json.loads(run_dir.read_text(LATENCY_FILE)) if run_dir.exists(LATENCY_FILE) else None
-    node, requested = None, False
-    if spec.device == "cuda" and not config["latency.target"]:  # a GPU node, the head if it has one
-        node, requested = wait_for_gpu_node(config, echo)
-    try:
-        meter, restored = start_meter(base_model, spec, structure, table, config["latency.target"], state,
-                                      config["latency.shared_reference"], settings.gate, node)
-    except BaseException:
-        if requested:
-            release_gpu_node()
-        raise
-    if state is not None:
-        echo(f"latency: continuing {LATENCY_FILE} (same reference and cache)" if restored else
-             f"latency: {LATENCY_FILE} was timed with other settings: timing afresh")
-    return meter, requested
-
-
-def save_latency_state(run_dir: RunDir, meter: Any, echo: Echo) -> None:
-    """Write the actor's reference and cache to ``latency.json``; a dead actor is reported, not raised (this runs
-    while the search stops, whatever stopped it)."""
-    import ray
-
-    try:
-        state = ray.get(meter.state.remote())
-    except ray.exceptions.RayError as e:
-        echo(f"latency: {LATENCY_FILE} not updated, the latency actor is gone: {str(e).splitlines()[0]}")
-        return
-    run_dir.write_text(LATENCY_FILE, json.dumps(state) + "\n")
-
-
 def feasible(base_model: Any, example_input: Any, space: SearchSpace, config: SearchConfig, meter: Meter,
              echo: Echo) -> None:
     """Print what the space can reach; refuse a constraint it cannot meet before any trial runs."""
     rows = space_report(base_model, example_input, space, meter)
     echo(f"search space (latency at batch {config['latency.batch_size']}):\n{format_report(rows)}")
     check_constraints(rows, config.constraints)
-
-
-def latency_summary(summary: dict[str, Any]) -> str:
-    mape = summary["prediction_mape"]
-    custom = sorted(k for k in node_resources(summary["node"]) if k not in ("CPU", "GPU", "memory", "object_store_memory")
-                    and not k.startswith("node:") and not k.startswith("accelerator_type"))
-    return (f"latency: {summary['measured']} structures timed, {summary['cache_hits']} answered from the cache, on "
-            f"node {str(summary['node'])[:12]} (resources: {', '.join(custom) or 'none custom'}; {summary['device']}, "
-            f"{summary['threads']} thread(s), {summary['runtime']}); reference base {summary['reference_ms']:.3f} ms "
-            f"(timed this run: "
-            f"{summary['measured_reference_ms'] or float('nan'):.3f} ms); {summary['predictor']} "
-            f"predictor error " + (f"{100 * mape:.1f} % (mean absolute, predicted before measuring)"
-                                   if mape is not None else "n/a"))
 
 
 @dataclass
@@ -633,6 +583,7 @@ def _search(config: SearchConfig, run_dir: RunDir, marker: dict[str, Any], task:
     settings = dataclasses.replace(trial_settings(config), gate=gate_name)
     structure = StructureModel.from_model(base_model, base.example_input, groups)
     meter, requested = start_latency_meter(config, run_dir, base_model, base.input_shape, structure, settings, echo)
+    engine = None
     try:
         feasible(base_model, base.example_input, space, config, RemoteMeter(meter), echo)
         searcher = build_searcher(config, space, run_dir, marker, meter, structure,
@@ -640,9 +591,14 @@ def _search(config: SearchConfig, run_dir: RunDir, marker: dict[str, Any], task:
         if not searcher.resumed:  # a study loaded from the run directory already holds them
             for row in done:
                 searcher.replay(space_point(row, space), outcome_of_row(row, config))
-        budget_reached = run_tune(config, run_dir, base, task, space, searcher, store, settings, remaining, echo,
-                                  meter)
+        if uses_stage0(config):  # stage-0 candidates go to resident evaluators, fine-tunes to Ray Tune
+            engine = attach_engine(config, searcher, store, base_model, task, space, structure, meter,
+                                   settings.threads, echo)
+        budget_reached = run_tune(config, run_dir, base, task, space, engine or searcher, store, settings, remaining,
+                                  echo, meter)
     finally:
+        if engine is not None:
+            engine.close()
         save_latency_state(run_dir, meter, echo)
         if requested:
             release_gpu_node()
@@ -679,7 +635,7 @@ def curves_key(config: SearchConfig, base_digest: str, settings: TrialSettings) 
     digest = hashlib.sha256(base_digest.encode())
     data = {k: v for k, v in config["data"].items() if k != "workers"}  # how many loader processes: not what is read
     digest.update(json.dumps([data, config["searcher.proxy_samples"], settings.reconstruct,
-                              settings.proxy_bn_batches, settings.latency_batch_size, settings.threads,
+                              config["searcher.proxy_batches"], settings.latency_batch_size, settings.threads,
                               settings.latency_device, config["latency.target"], settings.seed]
                              + ([settings.latency_runtime] if settings.latency_runtime != "torch" else []),
                              sort_keys=True, default=str).encode())

@@ -20,14 +20,16 @@ MARKER = "autoprune-run.json"
 TRIALS_FILE = "trials.parquet"
 FRONT_FILE = "front.parquet"
 COST_COLUMNS = ["params", "size_bytes", "macs", "latency_ms", "latency_iqr_ms"]
-SECONDS_COLUMNS = ["seconds_prune", "seconds_finetune", "seconds_measure"]
+SECONDS_COLUMNS = ["seconds_prune", "seconds_finetune", "seconds_measure", "seconds_recalibrate", "seconds_evaluate"]
 FIXED_COLUMNS = ["trial_id", "status", "error", "searcher", "criterion", "criterion_used"]
 # how the latency figure came about (autoprune/measure/latency.py): the ratio to the base timed back to back, the raw
 # timings under whatever load there was, the prediction made before measuring, and whether it came from the cache
-LATENCY_COLUMNS = ["latency_ratio", "latency_raw_ms", "latency_raw_base_ms", "latency_predicted_ms", "latency_cached"]
+# and its source: "measured" on the target, or "predicted" by the latency model (stage-0 candidates are not timed)
+LATENCY_COLUMNS = ["latency_ratio", "latency_raw_ms", "latency_raw_base_ms", "latency_predicted_ms", "latency_cached",
+                   "latency_source"]
 
 STRING_COLUMNS = {"trial_id", "status", "error", "searcher", "criterion", "criterion_used", "host", "device", "checkpoint",
-                  "finished_at", "stage"}
+                  "finished_at", "stage", "latency_source"}
 INT_COLUMNS = {"params", "size_bytes", "macs", "base_params", "base_size_bytes", "base_macs", "resumed_from_epoch"}
 
 
@@ -60,7 +62,7 @@ class ResultsStore:
     """``RUN_DIR/trials.parquet``: every finished trial, each exactly once (keyed by ``trial_id``)."""
 
     def __init__(self, run_dir: str | Path | RunDir, groups: list[str], metric: str = ACCURACY.name) -> None:
-        self.run = as_run_dir(run_dir)
+        self.run, self.metric = as_run_dir(run_dir), metric
         self.schema = schema(groups, metric)
         existing = read_trials(self.run).to_pylist() if self.run.exists(TRIALS_FILE) else []
         self._rows: dict[str, dict[str, Any]] = {r["trial_id"]: r for r in existing}
@@ -74,7 +76,12 @@ class ResultsStore:
 
     def append(self, row: dict[str, Any]) -> None:
         """Add (or replace) one trial's row and rewrite the file atomically."""
-        self._rows[row["trial_id"]] = {name: row.get(name) for name in self.schema.names}
+        self.extend([row])
+
+    def extend(self, rows: list[dict[str, Any]]) -> None:
+        """Add (or replace) several rows with one atomic rewrite (stage 0 records its candidates a chunk at a time)."""
+        for row in rows:
+            self._rows[row["trial_id"]] = {name: row.get(name) for name in self.schema.names}
         self.run.write_table(TRIALS_FILE, pa.Table.from_pylist(self.rows, schema=self.schema))
 
 

@@ -23,7 +23,7 @@ from autoprune.measure.latency import RemoteMeter
 from autoprune.pruning import checkpoint as ckpt_io
 from autoprune.searching.searchers.base import EPOCHS_KEY, stage_of
 from autoprune.searching.space import SearchSpace
-from autoprune.searching.trial import Resume, TrialResult, TrialSettings, run_proxy, run_trial
+from autoprune.searching.trial import Resume, TrialResult, TrialSettings, run_trial
 from autoprune.tasks.base import Task
 
 PRUNED_FILE = "pruned.pt"
@@ -83,12 +83,9 @@ def policy_trial(config: dict[str, Any], *, base: ckpt_io.Checkpoint, task: Task
                              "host": host, "device": device}, checkpoint=tune.Checkpoint.from_directory(tmp))
 
         stage, remote = stage_of(config["point"]), RemoteMeter(meter) if meter is not None else None
-        if stage == "proxy":
-            result = run_proxy(base.build(), task, policy, settings, meter=remote)
-        else:
-            if stage == "short":
-                settings = dataclasses.replace(settings, finetune_epochs=float(config["point"][EPOCHS_KEY]))
-            result = run_trial(base.build(), task, policy, settings, on_epoch=on_epoch, resume=resume, meter=remote)
+        if stage == "short":
+            settings = dataclasses.replace(settings, finetune_epochs=float(config["point"][EPOCHS_KEY]))
+        result = run_trial(base.build(), task, policy, settings, on_epoch=on_epoch, resume=resume, meter=remote)
     except Exception as e:  # recorded as a failed trial; the search continues
         message = str(e).strip().splitlines()[0] if str(e).strip() else ""
         tune.report({"status": "failed", "error": f"{type(e).__name__}: {message}"[:500], "final": True,
@@ -99,15 +96,11 @@ def policy_trial(config: dict[str, Any], *, base: ckpt_io.Checkpoint, task: Task
     base_metrics[f"base_test_{metric}"] = result.base.get(f"test_{metric}")
     final = {**_objectives(result.pruned, metric), **base_metrics, f"test_{metric}": result.pruned.get(f"test_{metric}"),
              f"proxy_{metric}": result.pruned[f"proxy_{metric}"], "stage": stage,
-             "criterion_used": result.pruned["criterion_used"],
-             "epochs": 0.0 if stage == "proxy" else settings.finetune_epochs,
-             "status": "ok", "error": None, "final": True, "host": host, "device": device,
-             "epoch": math.ceil(settings.finetune_epochs) if stage != "proxy" else 0,
+             "criterion_used": result.pruned["criterion_used"], "epochs": settings.finetune_epochs,
+             "latency_source": "measured", "status": "ok", "error": None, "final": True, "host": host, "device": device,
+             "epoch": math.ceil(settings.finetune_epochs),
              "resumed_from_epoch": resume.epochs_done if resume else None,
              **{f"seconds_{k}": v for k, v in result.seconds.items()}}
-    if stage == "proxy":  # nothing trained: nothing worth a checkpoint
-        tune.report(final)
-        return
     with tempfile.TemporaryDirectory() as tmp:
         _save(tmp, base, result, math.ceil(settings.finetune_epochs), final=True, progress={})
         tune.report(final, checkpoint=tune.Checkpoint.from_directory(tmp))

@@ -32,9 +32,6 @@ class TrialSettings:
     step_epochs: float = 0.1       # the fine-tune between iterative steps
     calib_batches: int = 8         # calibration batches for data-driven criteria
     bn_batches: int = 40           # calibration batches for adaptive BN recalibration before fine-tuning
-    # stage 0's recalibration: on ResNet-20 / Fashion-MNIST, 24 policies' proxy accuracies after 10 batches rank as
-    # after 40 (Spearman 0.998, mean difference 0.4 point) for a quarter of the forward passes (40 took 2.4 s)
-    proxy_bn_batches: int = 10
     latency_batch_size: int = 32
     latency_repeats: int = 50
     latency_reference_repeats: int = 100
@@ -69,7 +66,9 @@ class TrialResult:
                 "macs_ratio": self.pruned["macs"] / self.base["macs"], "seconds": self.seconds}
 
 
-class _Stopwatch:
+class Stopwatch:
+    """Seconds per named step, added up over the blocks it times (rounded to milliseconds)."""
+
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
 
@@ -114,15 +113,14 @@ def run_trial(base_model: nn.Module, task: Task, policy: Policy, settings: Trial
     are skipped and fine-tuning continues where it stopped, on the same learning-rate schedule.
     """
     device = torch.device(devices.resolve(settings.device))
-    watch = _Stopwatch()
+    watch = Stopwatch()
     name = task.metric.name
     if resume is not None:
         watch.seconds.update(resume.seconds)
     with torch_threads(settings.threads):
         base_model = base_model.to(device).eval()
         if resume is None:
-            pruned, base, after = _prune_and_measure(base_model, task, policy, settings, watch, device, meter,
-                                                     settings.bn_batches)
+            pruned, base, after = _prune_and_measure(base_model, task, policy, settings, watch, device, meter)
             progress: dict[str, Any] = {}
         else:
             pruned, base, after = resume.model.to(device), dict(resume.base), dict(resume.pruned)
@@ -144,8 +142,8 @@ def run_trial(base_model: nn.Module, task: Task, policy: Policy, settings: Trial
 
 
 def _prune_and_measure(base_model: nn.Module, task: Task, policy: Policy, settings: TrialSettings,
-                       watch: _Stopwatch, device: torch.device, meter: Meter | None,
-                       bn_batches: int) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
+                       watch: Stopwatch, device: torch.device,
+                       meter: Meter | None) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
     def short_finetune(model: nn.Module, step: int) -> None:
         if task.trains:
             task.finetune(model, settings.step_epochs)
@@ -168,9 +166,9 @@ def _prune_and_measure(base_model: nn.Module, task: Task, policy: Policy, settin
         with watch("reconstruct"):
             reconstruct(base_model, pruned, [_to(b, device) for b in calib[:RECONSTRUCT_BATCHES]])
     with watch("recalibrate"):
-        batches = task.calibration(bn_batches, seed=settings.seed + 1)
+        batches = task.calibration(settings.bn_batches, seed=settings.seed + 1)
         if batches:  # without calibration data the pruned model keeps the base's batch-norm statistics
-            recalibrate_bn(pruned, [_to(b, device) for b in batches], bn_batches, device)
+            recalibrate_bn(pruned, [_to(b, device) for b in batches], settings.bn_batches, device)
         after[f"proxy_{task.metric.name}"] = task.evaluate(pruned, "proxy")
     return pruned, base, after
 
@@ -179,19 +177,3 @@ def _to(batch: Batch, device: torch.device) -> Batch:
     inputs, targets = batch
     return (inputs.to(device) if isinstance(inputs, torch.Tensor) else inputs,
             targets.to(device) if isinstance(targets, torch.Tensor) else targets)
-
-
-def run_proxy(base_model: nn.Module, task: Task, policy: Policy, settings: TrialSettings,
-              meter: Meter | None = None) -> TrialResult:
-    """Stage 0, seconds per candidate: prune, measure, recalibrate batch norm, evaluate on the task's ``proxy``
-    split. ``pruned["val_<metric>"]`` is that proxy value."""
-    device = torch.device(devices.resolve(settings.device))
-    watch = _Stopwatch()
-    name = task.metric.name
-    with torch_threads(settings.threads):
-        base_model = base_model.to(device).eval()
-        pruned, base, after = _prune_and_measure(base_model, task, policy, settings, watch, device, meter,
-                                                 settings.proxy_bn_batches)
-        base[f"val_{name}"] = base[f"proxy_{name}"] = task.evaluate(base_model, "proxy")
-    after[f"val_{name}"] = after[f"proxy_{name}"]
-    return TrialResult(pruned.eval(), base, after, watch.seconds)

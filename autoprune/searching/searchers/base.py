@@ -43,6 +43,7 @@ class Searcher(ABC):
 
     name: ClassVar[str]
     resumed: bool = False
+    budget: Any = None  # the search's structural budget (``use_budget``)
 
     def __init__(self, space: SearchSpace, *, seed: int = 0, warm_start: int = 0,
                  objectives: Sequence[Objective] = DEFAULT_OBJECTIVES, **settings: Any) -> None:
@@ -66,6 +67,11 @@ class Searcher(ABC):
     @abstractmethod
     def replay(self, point: dict[str, Any], outcome: Outcome) -> None:
         """Learn from a point evaluated earlier (a resumed search) without suggesting it again."""
+
+    def use_budget(self, budget: Any) -> None:
+        """Take the search's structural budget (``autoprune.searching.stage0.budget.Budget``): a searcher that draws
+        points itself repairs its proposals into it; a wrapper hands it to the searchers it wraps."""
+        self.budget = budget
 
     def warm_start_points(self) -> list[dict[str, Any]]:
         """Uniform policies evaluated first, so every search starts from the manual baseline, then

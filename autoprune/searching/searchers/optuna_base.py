@@ -12,7 +12,9 @@ run's. Trials left RUNNING by an interrupted driver are closed as FAIL and their
 each runs exactly once. A point is never handed out twice: a sampler's proposal equal to a point already
 evaluated, running or queued is closed as FAIL (user attribute ``autoprune:duplicate_of``) and replaced by
 a point no trial has taken, drawn at random from the space's grid (samplers such as GP ignore failed
-trials, so asking them again would propose the same point).
+trials, so asking them again would propose the same point). With a structural budget (``use_budget``) a proposal
+predicted outside it is closed as FAIL too (user attribute ``autoprune:repaired_to``) and its repaired point is queued
+in its place, so every candidate the sampler hands out, but the uniform warm starts, is predicted within the budget.
 """
 from __future__ import annotations
 
@@ -32,6 +34,10 @@ from autoprune.searching.space import CRITERION_KEY, SearchSpace
 OUTCOME_ATTR = "autoprune:outcome"
 DUPLICATE_ATTR = "autoprune:duplicate_of"
 RERUN_ATTR = "autoprune:rerun_of"
+WARM_ATTR = "autoprune:warm_start"
+REPAIRED_ATTR = "autoprune:repaired_to"  # a proposal outside the budget: the point it was repaired into
+REPAIR_OF_ATTR = "autoprune:repair_of"   # the repaired point's trial: which proposal it repairs
+MAX_REJECTED = 200  # proposals in a row closed (duplicates, repaired onto taken points) before the space counts as spent
 RANDOM_DRAWS = 10_000  # random draws that look for an untaken point before the space counts as exhausted
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 TrialState = optuna.trial.TrialState
@@ -123,10 +129,17 @@ class OptunaSearcher(Searcher):
         if not self._warm_started:  # lazily and skipping existing ones: points replayed or resumed are not queued again
             self._warm_started = True
             for point in self.warm_start_points():
-                self.study.enqueue_trial({k: point[k] for k in dists}, skip_if_exists=True)
-        while True:  # each turn takes a queued trial or a sampler's draw, and queues an untaken point
+                self.study.enqueue_trial({k: point[k] for k in dists}, skip_if_exists=True,
+                                         user_attrs={WARM_ATTR: True})
+        for _ in range(MAX_REJECTED):  # each turn takes a queued trial or a sampler's draw, and queues another point
             trial = self.study.ask(dists)
             point = self._point(trial.params)
+            if self._repairs(trial, point):
+                repaired = self.budget.repair(point)
+                trial.set_user_attr(REPAIRED_ATTR, {k: repaired[k] for k in dists})
+                self.study.tell(trial, state=TrialState.FAIL)
+                self.study.enqueue_trial({k: repaired[k] for k in dists}, user_attrs={REPAIR_OF_ATTR: trial.number})
+                continue
             taken = self._taken()
             twin = taken.get(self._key(point))
             if twin is None:
@@ -137,9 +150,24 @@ class OptunaSearcher(Searcher):
             self.study.tell(trial, state=TrialState.FAIL)
             fresh = self._untaken(taken)
             if fresh is None:
-                self._save()
-                return None
+                break
             self.study.enqueue_trial({k: fresh[k] for k in dists})
+        self._save()
+        return None
+
+    def use_budget(self, budget: Any) -> None:
+        """Repair proposals into ``budget``; seed the first population (``population - warm_start`` points after the
+        uniform ones) across its feasible band, unless seed points were given (sensitivity allocations)."""
+        self.budget = budget
+        count = int(self.settings.get("population", 8)) - self.warm_start
+        if budget.active and not self.seed_points and not self.resumed:
+            self.seed_points = [budget.band_point(self._rng) for _ in range(max(0, count))]
+
+    def _repairs(self, trial: optuna.Trial, point: dict[str, Any]) -> bool:
+        """Whether ``point`` is a proposal to repair: outside the budget, and not a warm start, a re-run or a repair."""
+        if self.budget is None or not self.budget.active:
+            return False
+        return not {WARM_ATTR, RERUN_ATTR, REPAIR_OF_ATTR} & set(trial.user_attrs) and not self.budget.within(point)
 
     def replay(self, point: dict[str, Any], outcome: Outcome) -> None:
         dists = self._distributions()

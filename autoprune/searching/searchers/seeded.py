@@ -31,6 +31,10 @@ class SensitivitySeeded(Searcher):
         self._curve_rows: set[Key] = set()  # stage-0 rows replayed into the curves
         self._next_id = 0
 
+    def use_budget(self, budget: Any) -> None:
+        self.target.use_budget(budget)
+        self.then.use_budget(budget)
+
     def _wrap(self, whose: str, suggestion: tuple[int, dict[str, Any]]) -> tuple[int, dict[str, Any]]:
         self._next_id += 1
         self._running[self._next_id] = (whose, suggestion[0])

@@ -48,6 +48,9 @@ class StagedSearcher(Searcher):
         self._queue: list[dict[str, Any]] | None = None
         self._next_id = 0
 
+    def use_budget(self, budget: Any) -> None:
+        self.inner.use_budget(budget)
+
     def _new_id(self) -> int:
         self._next_id += 1
         return self._next_id
