@@ -58,7 +58,7 @@ DEFAULTS: dict[str, Any] = {
     # proposals by stage 0 (0: all) fine-tuned short_epochs. seed_from: sensitivity starts nsga2/tpe/gp/random
     # from sensitivity allocations (population - warm_start of them) after the uniform ones.
     "searcher": {"name": "nsga2", "seed": 0, "warm_start": 3, "population": 8, "startup_trials": 6, "grid": 8,
-                 "proxy_trials": 0, "proxy_samples": 1000, "proxy_batches": 10, "short_epochs": 0.1, "greedy_step": 0.05,
+                 "proxy_trials": 0, "proxy_samples": 500, "proxy_batches": 4, "short_epochs": 0.1, "greedy_step": 0.05,
                  "greedy_shortlist": 3,
                  "seed_from": "uniform"},
     "scheduler": "none",  # or "asha": stop weak candidates early on validation accuracy (multi-fidelity)

@@ -27,7 +27,7 @@ class Recipe:
     kd_alpha: float = 0.5
     kd_temperature: float = 4.0
     seed: int = 0
-    proxy_samples: int = 1000
+    proxy_samples: int = 500
     precision: str = "auto"  # autoprune.tasks.training.autocast_dtype
 
     def to_dict(self) -> dict[str, Any]:
