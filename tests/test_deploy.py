@@ -14,7 +14,7 @@ from autoprune.config import load_config
 from autoprune.data import DataSpec, load_data
 from autoprune.deploy import artefacts, qat, sharing
 from autoprune.deploy.artefacts import DeployOptions, write_deployables
-from autoprune.measure.latency import LatencySpec, local_meter
+from autoprune.measure.latency import local_meter
 from autoprune.measure.runtimes import (
     OnnxExportError,
     OrtModel,
@@ -23,6 +23,7 @@ from autoprune.measure.runtimes import (
     quantize_int8,
     to_onnx,
 )
+from autoprune.measure.spec import LatencySpec
 from autoprune.pruning.policy import discover
 from autoprune.tasks import Metric
 from autoprune.tasks.classification import ClassificationTask, Recipe
@@ -359,7 +360,8 @@ def test_the_meter_times_in_its_runtime():
     assert report.latency_ms > 0 and report.ratio > 0 and not report.cached
     assert meter.summary()["runtime"] == "int8"
     with pytest.raises(AutopruneError, match="times eager torch layers"):
-        from autoprune.measure.latency import StructureModel, build_table
+        from autoprune.measure.latency_table import build_table
+        from autoprune.measure.structure import StructureModel
 
         build_table(StructureModel.from_model(model, example, groups), LatencySpec(SHAPE, runtime="onnxruntime"), [0.5])
 

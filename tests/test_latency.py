@@ -11,15 +11,11 @@ from torch import nn
 from autoprune import Policy, discover, prune
 from autoprune.config import Constraint
 from autoprune.errors import AutopruneError
-from autoprune.measure.latency import (
-    LatencySpec,
-    LatencyTable,
-    StructureModel,
-    build_table,
-    local_meter,
-    structure_key,
-)
+from autoprune.measure.latency import local_meter
+from autoprune.measure.latency_table import LatencyTable, build_table
 from autoprune.measure.metrics import Latency
+from autoprune.measure.spec import LatencySpec
+from autoprune.measure.structure import StructureModel, structure_key
 from autoprune.models import ModelSpec, build_model
 from autoprune.pruning.structural import RECORD_ATTR
 from autoprune.searching.feasibility import check_constraints, corner_policies

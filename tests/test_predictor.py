@@ -3,8 +3,8 @@ import pytest
 import torch
 from torch import nn
 
-from autoprune.measure.latency import StructureModel
 from autoprune.measure.predictor import LatencyModel, _fit_line, loo_errors
+from autoprune.measure.structure import StructureModel
 from autoprune.pruning.policy import discover
 
 

@@ -45,6 +45,21 @@ def test_points_lie_on_the_grid_and_outcomes_are_accepted(name):
         s.tell(sid, Outcome(state, fake_values(point) if state == "ok" else None, {"c0": -1.0}))
 
 
+@pytest.mark.parametrize("name", sorted(SEARCHERS))
+def test_tune_can_pickle_the_search_algorithm_around_it(name):
+    """``tune.Tuner`` pickles its search algorithm when it starts (Optuna 5.1's NSGA-II sampler holds a lock)."""
+    from ray import cloudpickle
+
+    from autoprune.searching.tune_searcher import AskTellSearch
+
+    s = make_searcher(name, SPACE, seed=0, warm_start=2, startup_trials=3, population=4, grid=4, **LATENCY)
+    search = AskTellSearch(s, lambda result: {}, max_trials=3)
+    search.suggest("t0")
+    copy = cloudpickle.loads(cloudpickle.dumps(search))
+    assert copy.get_state() == search.get_state()
+    assert search.policy_searcher is s  # the live search keeps its searcher
+
+
 @pytest.mark.parametrize("name", sorted(set(SEARCHERS) - NO_WARM_START))
 def test_warm_start_begins_with_uniform_policies(name):
     s = make_searcher(name, SPACE, seed=0, warm_start=3, startup_trials=3, population=4, grid=3)

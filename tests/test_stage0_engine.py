@@ -71,3 +71,90 @@ def test_pool_outcomes_equal_in_process_ones_and_a_killed_evaluator_loses_no_can
     assert sorted(got) == list(range(len(points)))
     assert all(len(v) == 1 for v in got.values())  # each candidate handed over exactly once
     assert {i: v[0] for i, v in got.items()} == expected
+
+
+class ScriptedSearcher:
+    """Asks its stage-0 points, then (once all are told) its fine-tune points; records what it is told."""
+
+    def __init__(self, space, proxies, fine_tunes):
+        from autoprune.objectives import DEFAULT_OBJECTIVES
+
+        self.space, self.seed, self.warm_start, self.objectives = space, 0, 0, DEFAULT_OBJECTIVES
+        self.name, self.resumed = "scripted", False
+        self.queue = [{**p, "stage": "proxy"} for p in proxies] + [dict(p) for p in fine_tunes]
+        self.asked, self.told = {}, {}
+
+    def ask(self):
+        if self.queue and self.queue[0].get("stage") != "proxy" and len(self.told) < len(self.asked):
+            return "wait"
+        if not self.queue:
+            return None
+        sid = len(self.asked)
+        self.asked[sid] = self.queue.pop(0)
+        return sid, self.asked[sid]
+
+    def tell(self, sid, outcome):
+        self.told[sid] = outcome
+
+
+class FakePool:
+    size, started, lost = 1, 1, 0
+
+    def map(self, points, on_scored):
+        from autoprune.searching.stage0.evaluator import Scored
+
+        on_scored(points, [Scored({"proxy_accuracy": 0.5, "params": 1, "size_bytes": 1, "macs": 1.0,
+                                   "channels": {}, "criterion_used": p["criterion"]}) for p in points])
+
+
+class FakeKeeper:
+    """Latency: 10 ms per unit of mean ratio kept (a point at ratio 0.5 everywhere: 5 ms)."""
+
+    def __init__(self, space):
+        self.space, self.measured = space, []
+
+    def measure(self, point):
+        from autoprune.measure.latency import LatencyReport
+
+        self.measured.append(point)
+        ms = 10 * sum(1 - point[g] for g in self.space.groups) / len(self.space.groups)
+        return LatencyReport(ms, 0.0, ms / 10, ms, 10.0, 10.0, ms - 1.0)
+
+    def collect(self):
+        pass
+
+    def sample(self, batch):
+        pass
+
+
+def test_a_fine_tune_measured_over_the_latency_bound_is_skipped_not_fine_tuned(tmp_path):
+    from autoprune.config import Constraint
+    from autoprune.searching.results import ResultsStore
+    from autoprune.searching.stage0.budget import Budget, Limit
+    from autoprune.searching.stage0.engine import Stage0Engine
+
+    space = SearchSpace((RatioParam("a", 16, 0.0, 0.8, 0.1), RatioParam("b", 16, 0.0, 0.8, 0.1)), ("l1",))
+    point = lambda r: {"a": r, "b": r, "criterion": "l1"}  # noqa: E731
+    constraint = Constraint.parse("latency_ms <= base * 0.5", "constraints")
+    budget = Budget(space, None, [Limit("latency_ms", 5.0, constraint.text)])
+    budget.predict = lambda p: {"latency_ms": 4.0}  # every point predicted within: only the measurement tells
+    store = ResultsStore(tmp_path, space.groups)
+    inner = ScriptedSearcher(space, [point(0.3), point(0.6)], [point(0.3), point(0.6)])
+    keeper = FakeKeeper(space)
+    engine = Stage0Engine(inner, FakePool(), store, budget, [constraint], {"latency_ms": 10.0}, batch=4,
+                          echo=lambda line: None, keeper=keeper)
+    sid, fine_tune = engine.ask()
+    assert fine_tune == point(0.6) and keeper.measured == [point(0.3), point(0.6)]  # 0.3 keeps 7 ms: over 5
+    assert inner.told[2].state == "failed" and 3 not in inner.told  # the one over is failed, the other asked
+    skipped = [r for r in store.rows if r["status"] == "skipped"]
+    assert len(skipped) == 1 and skipped[0]["ratio:a"] == 0.3 and skipped[0]["latency_ms"] == pytest.approx(7.0)
+    assert skipped[0]["latency_source"] == "measured" and "breaks 'latency_ms <= base * 0.5'" in skipped[0]["error"]
+    assert engine.ask() is None
+
+    # resumed: the point measured over is failed again without another measurement or another row
+    again = ScriptedSearcher(space, [point(0.3), point(0.6)], [point(0.3)])
+    keeper.measured.clear()
+    resumed = Stage0Engine(again, FakePool(), ResultsStore(tmp_path, space.groups), budget, [constraint],
+                           {"latency_ms": 10.0}, batch=4, echo=lambda line: None, keeper=keeper)
+    assert resumed.ask() is None and keeper.measured == [] and again.told[2].state == "failed"
+    assert sum(r["status"] == "skipped" for r in ResultsStore(tmp_path, space.groups).rows) == 1

@@ -20,9 +20,9 @@ from torch import nn
 
 from autoprune.config import SearchConfig, deploy_problem
 from autoprune.errors import AutopruneError
-from autoprune.measure.latency import LatencySpec
 from autoprune.measure.metrics import measure_latency
 from autoprune.measure.runtimes import OPSET, OnnxExportError, OrtModel, quantize_int8, random_calibration, to_onnx
+from autoprune.measure.spec import LatencySpec
 from autoprune.tasks.base import Task
 
 ONNX_FILE, INT8_FILE = "model.onnx", "model.int8.onnx"

@@ -31,7 +31,7 @@ from autoprune.deploy.artefacts import (
     write_deployables,
 )
 from autoprune.errors import AutopruneError
-from autoprune.measure.latency import LatencySpec
+from autoprune.measure.spec import LatencySpec
 from autoprune.models.zoo import build_model
 from autoprune.objectives import Objective
 from autoprune.pruning import checkpoint as ckpt_io

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from autoprune.config import SearchConfig
-    from autoprune.measure.latency import LatencySpec
+    from autoprune.measure.spec import LatencySpec
     from autoprune.pruning.policy import Policy, PrunableGroup
     from autoprune.searching.space import SearchSpace
     from autoprune.searching.trial import TrialResult

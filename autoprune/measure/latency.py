@@ -9,11 +9,9 @@ cores gets the figure it would get on an idle machine. The actor runs one measur
 results are cached by structure (channel counts per group): latency does not depend on the weights, so a
 structure is timed once, right after pruning, and never again.
 
-The meter also predicts a structure's latency before anything is pruned: from a per-layer lookup table
-built on the target (``autoprune latency-table``, NetAdapt-style) when one is given, else from the MACs
-the structure keeps; either feature is mapped to milliseconds by a least-squares line through every
-structure measured so far (the base first). Each measurement records the prediction made just before it,
-so a run reports its predicted-vs-measured error.
+The meter also predicts a structure's latency before anything is pruned, with a ``LatencyModel``
+(``autoprune/measure/predictor.py``) fitted on every structure measured so far (the base first). Each
+measurement records the prediction made just before it, so a run reports its predicted-vs-measured error.
 """
 from __future__ import annotations
 
@@ -22,44 +20,22 @@ import math
 import statistics
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, ContextManager, Mapping, Protocol
+from typing import Any, ContextManager, Protocol
 
 import torch
 from torch import nn
 
 from autoprune.errors import AutopruneError
 from autoprune.measure.gate import MeasurementGate
+from autoprune.measure.latency_table import LatencyTable
 from autoprune.measure.metrics import MIN_REPEATS, measure_latency
 from autoprune.measure.predictor import LatencyModel, loo_errors, median_or_none
 from autoprune.measure.runtimes import in_runtime
-from autoprune.pruning.graph import forward_with_hooks
+from autoprune.measure.spec import LatencySpec
+from autoprune.measure.structure import Channels, StructureModel, structure_key
 from autoprune.pruning.policy import PrunableGroup
-
-Channels = Mapping[str, int]
-
-
-def structure_key(channels: Channels) -> str:
-    """The cache key of a pruned structure: its channel count per group, order-independent."""
-    return json.dumps({k: int(v) for k, v in sorted(channels.items())}, separators=(",", ":"))
-
-
-@dataclass(frozen=True)
-class LatencySpec:
-    """How a target times models: input shape, batch, threads, device, repeats, and the runtime (``torch``: eager
-    PyTorch; ``onnxruntime`` or ``int8``: the model exported to ONNX, in fp32 or quantized, run by onnxruntime on
-    the CPU)."""
-
-    input_shape: tuple[int, ...]
-    batch_size: int = 1            # batch 1: on CPU larger batches are memory-bound and their ratios drift with load
-    threads: int = 1
-    device: str = "cpu"
-    repeats: int = 100
-    warmup: int = 10
-    reference_repeats: int = 300
-    max_rounds: int = 600          # candidate timing goes on, in chunks of ``repeats``, until precise or this many
-    runtime: str = "torch"
 
 
 @dataclass(frozen=True)
@@ -80,191 +56,6 @@ class LatencyReport:
         return {"latency_ms": self.latency_ms, "latency_iqr_ms": self.iqr_ms, "latency_ratio": self.ratio,
                 "latency_raw_ms": self.raw_ms, "latency_raw_base_ms": self.raw_base_ms,
                 "latency_predicted_ms": self.predicted_ms, "latency_cached": self.cached}
-
-
-@dataclass(frozen=True)
-class LayerInfo:
-    """A Conv/Linear layer and the groups that shrink its outputs and its inputs."""
-
-    name: str
-    kind: str                     # "conv" or "linear"
-    in_channels: int
-    out_channels: int
-    conv_groups: int
-    kernel: tuple[int, ...]
-    stride: tuple[int, ...]
-    padding: tuple[int, ...]
-    dilation: tuple[int, ...]
-    input_hw: tuple[int, ...]     # spatial size of the layer's input for one sample (empty for Linear on vectors)
-    macs: int
-    out_group: str | None
-    in_groups: tuple[str, ...]
-
-    @property
-    def depthwise(self) -> bool:
-        return self.kind == "conv" and self.conv_groups == self.in_channels == self.out_channels > 1
-
-    def config(self, fin: float, fout: float) -> tuple[Any, ...]:
-        """A hashable description of the layer with the given kept fractions: equal layers share timings."""
-        return (self.kind, self.in_channels, self.out_channels, self.conv_groups, self.kernel, self.stride,
-                self.padding, self.dilation, self.input_hw, round(fin, 4), round(fout, 4))
-
-
-class StructureModel:
-    """Which groups shrink which layers: turns a structure (channels per group) into per-layer fractions."""
-
-    def __init__(self, layers: list[LayerInfo], group_channels: dict[str, int]) -> None:
-        self.layers = layers
-        self.group_channels = group_channels
-
-    @classmethod
-    def from_model(cls, model: nn.Module, example_input: torch.Tensor, groups: list[PrunableGroup]) -> "StructureModel":
-        out_group = {m: g.name for g in groups for m in g.producers}
-        in_groups: dict[str, list[str]] = {}
-        for g in groups:
-            for m in g.members:
-                if m not in g.producers:
-                    in_groups.setdefault(m, []).append(g.name)
-        names = {m: n for n, m in model.named_modules()}
-        layers: list[LayerInfo] = []
-
-        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-            name, x = names[module], inputs[0]
-            groups_in, group_out = tuple(in_groups.get(name, ())), out_group.get(name)
-            if isinstance(module, nn.Linear):
-                macs = output[:1].numel() * module.in_features
-                layers.append(LayerInfo(name, "linear", module.in_features, module.out_features, 1, (), (), (), (),
-                                        tuple(x.shape[1:-1]), macs, group_out, groups_in))
-            elif isinstance(module, nn.modules.conv._ConvNd):
-                macs = output[:1].numel() * (module.in_channels // module.groups) * math.prod(module.kernel_size)
-                padding = () if isinstance(module.padding, str) else tuple(module.padding)
-                layers.append(LayerInfo(name, "conv", module.in_channels, module.out_channels, module.groups,
-                                        tuple(module.kernel_size), tuple(module.stride), padding,
-                                        tuple(module.dilation), tuple(x.shape[2:]), macs, group_out, groups_in))
-
-        forward_with_hooks(model, example_input[:1], hook, (nn.Conv1d, nn.Conv2d, nn.Linear))
-        unique = {layer.name: layer for layer in layers}  # a layer called twice counts once per call in MACs
-        return cls(list(unique.values()), {g.name: g.channels for g in groups})
-
-    def fractions(self, channels: Channels) -> list[tuple[LayerInfo, float, float]]:
-        """Each layer with the fraction of its input and output channels the structure keeps."""
-        frac = {g: channels.get(g, n) / n for g, n in self.group_channels.items()}
-        out = []
-        for layer in self.layers:
-            fout = frac.get(layer.out_group, 1.0) if layer.out_group else 1.0
-            fin = statistics.fmean(frac[g] for g in layer.in_groups) if layer.in_groups else 1.0
-            if layer.depthwise:
-                fin = fout
-            out.append((layer, fin, fout))
-        return out
-
-    def macs(self, channels: Channels) -> float:
-        """MACs of the structure, from the base layers' MACs scaled by their kept fractions."""
-        total = 0.0
-        for layer, fin, fout in self.fractions(channels):
-            total += layer.macs * fout * (1.0 if layer.depthwise else fin)
-        return total
-
-
-def _standalone(layer: LayerInfo, fin: float, fout: float) -> tuple[nn.Module, tuple[int, ...]]:
-    """A fresh layer shaped like ``layer`` with the given kept fractions, and its input shape (no batch)."""
-    def kept(n: int, f: float, multiple: int = 1) -> int:
-        return max(multiple, round(n * f / multiple) * multiple)
-
-    if layer.kind == "linear":
-        cin, cout = kept(layer.in_channels, fin), kept(layer.out_channels, fout)
-        return nn.Linear(cin, cout), (*layer.input_hw, cin)
-    if layer.depthwise:
-        c = kept(layer.out_channels, fout)
-        cin, cout, groups = c, c, c
-    else:
-        groups = layer.conv_groups
-        cin, cout = kept(layer.in_channels, fin, groups), kept(layer.out_channels, fout, groups)
-    conv_type = nn.Conv1d if len(layer.kernel) == 1 else nn.Conv2d
-    padding: Any = layer.padding if layer.padding else "same"
-    module = conv_type(cin, cout, layer.kernel, layer.stride, padding, layer.dilation, groups)  # type: ignore[arg-type]
-    return module, (cin, *layer.input_hw)
-
-
-def _median_ms(module: nn.Module, input_shape: tuple[int, ...], spec: LatencySpec, repeats: int) -> float:
-    return measure_latency({"m": module}, input_shape, batch_size=spec.batch_size, threads=spec.threads,
-                           device=spec.device, warmup=3, repeats=repeats)["m"].median_ms
-
-
-@dataclass
-class LatencyTable:
-    """NetAdapt's per-layer lookup table: every layer's latency at a grid of kept input/output fractions."""
-
-    fractions: list[float]
-    entries: dict[str, list[list[float]]]          # layer -> [input fraction index][output fraction index] ms
-    spec: dict[str, Any] = field(default_factory=dict)
-    built_on: str = ""
-
-    def lookup(self, layer: str, fin: float, fout: float) -> float:
-        """Bilinear interpolation over the grid (clamped to its ends)."""
-        grid = self.entries[layer]
-        (i0, i1, ti), (j0, j1, tj) = self._bracket(fin), self._bracket(fout)
-        top = grid[i0][j0] * (1 - tj) + grid[i0][j1] * tj
-        bottom = grid[i1][j0] * (1 - tj) + grid[i1][j1] * tj
-        return top * (1 - ti) + bottom * ti
-
-    def _bracket(self, f: float) -> tuple[int, int, float]:
-        fr = self.fractions
-        if f <= fr[0]:
-            return 0, 0, 0.0
-        for k in range(len(fr) - 1):
-            if f <= fr[k + 1]:
-                return k, k + 1, (f - fr[k]) / (fr[k + 1] - fr[k])
-        return len(fr) - 1, len(fr) - 1, 0.0
-
-    def total(self, structure: StructureModel, channels: Channels) -> float:
-        """The sum of the per-layer latencies of a structure (NetAdapt's estimate)."""
-        missing = [layer.name for layer in structure.layers if layer.name not in self.entries]
-        if missing:
-            raise AutopruneError(f"latency table has no entry for layer '{missing[0]}': rebuild it for this model")
-        return sum(self.lookup(layer.name, fin, fout) for layer, fin, fout in structure.fractions(channels))
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=1)
-
-    @classmethod
-    def load(cls, path: str | Path) -> "LatencyTable":
-        p = Path(path)
-        if not p.is_file():
-            raise AutopruneError(f"config key 'latency.table': file '{p}' does not exist "
-                                 f"(build it with 'autoprune latency-table CONFIG --out {p}')")
-        try:
-            d = json.loads(p.read_text())
-            return cls(list(d["fractions"]), dict(d["entries"]), dict(d.get("spec", {})), str(d.get("built_on", "")))
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise AutopruneError(f"config key 'latency.table': '{p}' is not a latency table: {e}") from None
-
-
-def build_table(structure: StructureModel, spec: LatencySpec, fractions: list[float], repeats: int = 15) -> LatencyTable:
-    """Time every layer alone at every (input, output) fraction pair; identical layer shapes are timed once."""
-    if spec.runtime != "torch":
-        raise AutopruneError(f"the latency table times eager torch layers; latency.runtime is {spec.runtime}: "
-                             f"set latency.runtime: torch to build one")
-    fractions = sorted(set(round(f, 4) for f in fractions) | {1.0})
-    timed: dict[tuple[Any, ...], float] = {}
-    entries: dict[str, list[list[float]]] = {}
-    for layer in structure.layers:
-        grid = []
-        for fin in fractions:
-            row = []
-            for fout in fractions:
-                f_in = fout if layer.depthwise else (fin if layer.in_groups else 1.0)
-                f_out = fout if layer.out_group else 1.0
-                key = layer.config(f_in, f_out)
-                if key not in timed:
-                    module, shape = _standalone(layer, f_in, f_out)
-                    timed[key] = _median_ms(module, shape, spec, repeats)
-                row.append(timed[key])
-            grid.append(row)
-        entries[layer.name] = grid
-    import socket
-
-    return LatencyTable(fractions, entries, asdict(spec), f"{socket.gethostname()} {time.strftime('%Y-%m-%dT%H:%M:%S')}")
 
 
 class ReferenceStore:

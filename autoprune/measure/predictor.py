@@ -16,7 +16,8 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from autoprune.measure.latency import LatencyTable, StructureModel
+    from autoprune.measure.latency_table import LatencyTable
+    from autoprune.measure.structure import StructureModel
 
 Channels = Mapping[str, int]
 Observation = tuple[Channels, float]  # a structure and its measured latency (ms)

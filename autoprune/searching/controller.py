@@ -23,15 +23,9 @@ from autoprune import devices
 from autoprune.config import SearchConfig, violations
 from autoprune.data import ClassificationData, DataSpec, load_data
 from autoprune.errors import AutopruneError
-from autoprune.measure.latency import (
-    LatencyTable,
-    Meter,
-    RemoteMeter,
-    StructureModel,
-    build_table,
-    check_target,
-    local_meter,
-)
+from autoprune.measure.latency import Meter, RemoteMeter, check_target, local_meter
+from autoprune.measure.latency_table import LatencyTable, build_table
+from autoprune.measure.structure import StructureModel
 from autoprune.objectives import values_of
 from autoprune.pruning import checkpoint as ckpt_io
 from autoprune.pruning.checkpoint import PYTHON

@@ -6,8 +6,10 @@ from typing import Any, Callable
 
 from autoprune.config import SearchConfig
 from autoprune.errors import AutopruneError
-from autoprune.measure.latency import LatencyTable, StructureModel, node_resources, start_meter
+from autoprune.measure.latency import node_resources, start_meter
+from autoprune.measure.latency_table import LatencyTable
 from autoprune.measure.runtimes import in_runtime
+from autoprune.measure.structure import StructureModel
 from autoprune.searching.capacity import release_gpu_node, wait_for_gpu_node
 from autoprune.searching.storage import RunDir
 from autoprune.searching.trial import TrialSettings

@@ -10,8 +10,9 @@ import torch
 from torch import nn
 
 from autoprune import devices
-from autoprune.measure.latency import LatencySpec, Meter, local_meter
+from autoprune.measure.latency import Meter, local_meter
 from autoprune.measure.metrics import count_macs, count_params, serialized_size, torch_threads
+from autoprune.measure.spec import LatencySpec
 from autoprune.pruning import prune
 from autoprune.pruning.policy import Policy, discover
 from autoprune.pruning.reconstruct import reconstruct

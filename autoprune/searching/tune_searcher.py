@@ -72,6 +72,14 @@ class AskTellSearch(RaySearcher):
     def set_state(self, state: dict[str, Any]) -> None:
         self._asked = int(state.get("asked", 0))
 
+    def __getstate__(self) -> dict[str, Any]:
+        """What ``Tuner`` pickles into its experiment (for ``Tuner.restore``, which autoprune does not use: a run
+        resumes from its journal and trials.parquet): everything but the searcher and the callbacks, which stay in
+        the driver (Optuna's samplers hold thread locks; the stage-0 engine holds its evaluators)."""
+        state = self.__dict__.copy()
+        state.update(policy_searcher=None, violations=None, screen=None, on_skip=None)
+        return state
+
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
         if trial_id not in self._ids:
             return

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from autoprune.config import SearchConfig
-from autoprune.measure.latency import StructureModel
+from autoprune.measure.structure import StructureModel
 from autoprune.searching.results import ResultsStore
 from autoprune.searching.searchers.base import Searcher
 from autoprune.searching.space import SearchSpace

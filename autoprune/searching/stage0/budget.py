@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from autoprune.config import Constraint
-from autoprune.measure.latency import StructureModel
 from autoprune.measure.predictor import LatencyModel
+from autoprune.measure.structure import StructureModel
 from autoprune.searching.searchers.points import channels
 from autoprune.searching.space import CRITERION_KEY, SearchSpace
 

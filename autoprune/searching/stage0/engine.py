@@ -4,8 +4,11 @@
 candidates, ``sensitivity``'s curves, ``greedy``'s proposals) is gathered into a batch; the batch goes to the
 ``EvaluatorPool`` (one evaluator per CPU slot of the cluster), each outcome is written to ``trials.parquet`` (``stage``
 ``proxy``, latency predicted by the run's latency model: ``latency_source`` ``predicted``) and told to the searcher as
-it streams back. Only the points the searcher asks to fine-tune leave ``ask`` for Ray Tune. A point scored before
-(a resumed search's rows) is told its recorded outcome and never scored again.
+it streams back. Only the points the searcher asks to fine-tune leave ``ask`` for Ray Tune, and under a latency
+budget only once the latency actor has timed them within it: timing costs a second or two (the trial's own
+measurement is then answered from the actor's cache), a fine-tune minutes. A point measured over the bound is told
+to the searcher as failed and recorded as a ``skipped`` row, never fine-tuned. A point scored before (a resumed
+search's rows) is told its recorded outcome and never scored again.
 """
 from __future__ import annotations
 
@@ -57,9 +60,12 @@ class Stage0Engine(Searcher):
         self.metric = store.metric
         self.maximize = next((o.maximize for o in self.objectives if o.name == self.metric), True)
         self.scored: dict[Key, Outcome] = {}
+        self.over: set[Key] = set()  # fine-tune proposals measured over the latency bound
         for row in store.rows:
             if row.get("stage") == "proxy" and row["status"] in ("ok", "failed"):
                 self.scored[policy_key(_point_of(row, self.space.groups))] = self._outcome(row)
+            elif row["status"] == "skipped" and row.get("latency_source") == "measured":
+                self.over.add(policy_key(_point_of(row, self.space.groups)))
         self._held: tuple[int, dict[str, Any]] | None = None
         self.count, self.wall_s = 0, 0.0
         self.step_s: dict[str, float] = dict.fromkeys(STEPS, 0.0)
@@ -69,6 +75,13 @@ class Stage0Engine(Searcher):
         if self._held is not None:
             held, self._held = self._held, None
             return held
+        while True:
+            suggestion = self._next()
+            if not isinstance(suggestion, tuple) or not self._measured_over(*suggestion):
+                return suggestion
+
+    def _next(self) -> tuple[int, dict[str, Any]] | str | None:
+        """The searcher's next point that is not for stage 0, the stage-0 points it asks on the way scored."""
         pending: list[tuple[int, dict[str, Any]]] = []
         while True:
             suggestion = self.inner.ask()
@@ -85,6 +98,29 @@ class Stage0Engine(Searcher):
                     return suggestion
                 continue
             return suggestion
+
+    def _measured_over(self, sid: int, point: dict[str, Any]) -> bool:
+        """Time a fine-tune proposal (see module); when it breaks the latency bound, tell the searcher it failed."""
+        limits = [lim for lim in self.budget.limits if lim.metric == "latency_ms"]
+        if self.keeper is None or not limits:
+            return False
+        key = policy_key(point)
+        if key not in self.over:
+            report = self.keeper.measure(point)
+            broken = [lim for lim in limits if report.latency_ms > lim.bound]
+            if not broken:
+                return False
+            self.over.add(key)
+            row: dict[str, Any] = {f"ratio:{g}": point[g] for g in self.space.groups}
+            reason = f"skipped: measured latency {report.latency_ms:.3f} ms breaks '{broken[0].text}'"
+            row.update(trial_id=f"skip-{uuid.uuid4().hex[:8]}", status="skipped", error=reason, searcher=self.name,
+                       criterion=point[CRITERION_KEY], stage=stage_of(point), latency_ms=report.latency_ms,
+                       latency_predicted_ms=report.predicted_ms, latency_source="measured",
+                       finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+            self.store.append(row)
+            self.echo(f"{row['trial_id']:>14s} {reason} (predicted {report.predicted_ms:.3f} ms): not fine-tuned")
+        self.inner.tell(sid, Outcome("failed"))
+        return True
 
     def prepare(self) -> None:
         """Run the stage-0 work the searcher asks for before its first fine-tune (held for the next ``ask``)."""
@@ -162,15 +198,17 @@ class Stage0Engine(Searcher):
         return Outcome("ok", values_of(row, self.objectives), violations(self.constraints, row))
 
     def progress(self) -> str:
-        """One line: candidates scored, the rate, and how many are predicted within the budget."""
+        """One line: candidates scored, the rate, how many were predicted within the budget when they were scored,
+        and the best proxy metric among those."""
         rows = [r for r in self.store.rows if r.get("stage") == "proxy" and r["status"] == "ok"]
-        inside = sum(self.budget.within(_point_of(r, self.space.groups)) for r in rows) if self.budget.active else None
+        inside = [r for r in rows if all(r[lim.metric] <= lim.bound for lim in self.budget.limits)]
         rate = 60 * self.count / self.wall_s if self.wall_s > 0 else 0.0
-        best = max((r[self.metric] for r in rows), default=float("nan"))
+        pick = max if self.maximize else min
+        best = pick((r[self.metric] for r in inside), default=float("nan"))
         return (f"stage 0: {len(rows)} candidates scored ({self.count} this run, {rate:.0f}/min on "
-                f"{self.pool.size} evaluators)" + (f", {inside} predicted within {_limits(self.budget)}"
-                                                   if inside is not None else "")
-                + f"; best proxy {self.metric} {best:.4f}")
+                f"{self.pool.size} evaluators)" + (f", {len(inside)} predicted within {_limits(self.budget)}"
+                                                   if self.budget.active else "")
+                + f"; best proxy {self.metric} {best:.4f}" + (" within it" if self.budget.active else ""))
 
     def stats(self) -> dict[str, Any]:
         """Candidates scored this run, wall seconds, seconds per step summed over evaluators, evaluators."""

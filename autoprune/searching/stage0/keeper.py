@@ -5,8 +5,9 @@ Stage-0 candidates are not timed: the search's latency model predicts them (``au
 fitted on what the latency actor has timed: the base and the space's corners, then ``calibrate``'s structures (half
 drawn across the budget's latency band, half random proposals repaired onto its bound, the shapes a repairing
 searcher hands out), then, while stage 0 runs, the most promising candidate of each batch (``sample``: the best proxy
-metric predicted within the budget, not timed yet), timed by the actor in the background. Each refresh hands the
-budget the refitted model and tightens its latency bound by the model's leave-one-out error.
+metric predicted within the budget, not timed yet), timed by the actor in the background, and every proposal the
+engine is about to fine-tune (``measure``). Each refresh hands the budget the refitted model and tightens its latency
+bound by the model's leave-one-out error.
 """
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from autoprune.measure.latency import RemoteMeter, structure_key
+from autoprune.measure.latency import RemoteMeter
+from autoprune.measure.structure import structure_key
 from autoprune.pruning import prune
 from autoprune.pruning.structural import RECORD_ATTR
 from autoprune.searching.searchers.points import channels
@@ -70,6 +72,14 @@ class LatencyKeeper:
             self._timing.append(self.meter.measure.remote(model, kept))
             self.sampled += 1
             return
+
+    def measure(self, point: dict[str, Any]) -> Any:
+        """Time ``point``'s structure now (the actor answers a structure it timed before from its cache) and refresh
+        the budget; returns the actor's ``LatencyReport``."""
+        self._timed.add(structure_key(channels(self.budget.space, point)))
+        report = RemoteMeter(self.meter).measure(*structure_of(self.base_model, self.example, self.budget.space, point))
+        self.refresh()
+        return report
 
     def collect(self) -> None:
         """Refresh the budget when background measurements have finished."""
