@@ -2,12 +2,13 @@
 
     .venv/bin/python bench/stage0_throughput.py [--candidates 1000] [--floor 30]
 
-1. In-process floor: the search's ``Stage0Evaluator`` scores ``--floor`` random candidates of the default space
-   (ResNet-20, embedded Fashion-MNIST) on one thread; its seconds per candidate divided by the slots (CPUs / resources.cpu)
-   is the best a search on this machine can do.
-2. Inside a search: ``autoprune search`` on the default space with ``searcher.proxy_trials=--candidates`` and one
-   fine-tune, under the demo's latency budget; the stage-0 rate is what the engine reports over its batches (wall time
-   from the first batch to the last, the latency model's calibration before it excluded).
+1. Inside a search: ``autoprune search`` on the default space (ResNet-20, embedded Fashion-MNIST) with
+   ``searcher.proxy_trials=--candidates`` and one fine-tune, under the demo's latency budget; the stage-0 rate is what
+   the engine reports over its batches (wall time from the first batch to the last, the latency model's calibration
+   before it excluded).
+2. In-process floor, after the search (nothing else running): the search's ``Stage0Evaluator`` scores ``--floor`` of
+   the candidates the search scored, on one thread; its seconds per candidate divided by the slots (CPUs /
+   resources.cpu) is the best a search on this machine can do with these candidates.
 
 Printed: candidates per minute inside the search, the floor's, their ratio (goal <= 1.25), and per candidate the
 median seconds of each step (prune, recalibrate, evaluate; latency is predicted, not timed: 0) with the overhead
@@ -38,7 +39,7 @@ STEPS = ("prune", "recalibrate", "evaluate")
 RATE = re.compile(r"stage 0: \d+ candidates scored \((\d+) this run, (\d+)/min on (\d+) evaluators\)")
 
 
-def floor(config, count: int) -> dict[str, float]:
+def floor(config, points: list[dict]) -> dict[str, float]:
     """Seconds per candidate in-process, per step and in all."""
     data = controller.classification_data(config)
     task = controller.build_task(config, data)
@@ -46,15 +47,13 @@ def floor(config, count: int) -> dict[str, float]:
     model = base.build()
     space = SearchSpace.from_config(config, discover(model, base.example_input, config["space.ignore"]))
     evaluator = Stage0Evaluator(model, task, space, replace(stage0_settings(config, 1), threads=1))
-    rng = random.Random(1)
     steps: dict[str, list[float]] = {s: [] for s in STEPS}
     start = time.perf_counter()
-    for _ in range(count):
-        point = {**{q.group: rng.choice(q.grid()) for q in space.params}, "criterion": rng.choice(space.criteria)}
+    for point in points:
         scored = evaluator.score(point)
         for s in STEPS:
             steps[s].append(scored.seconds.get(s, 0.0))
-    total = (time.perf_counter() - start) / count
+    total = (time.perf_counter() - start) / len(points)
     return {"total": total, **{s: statistics.median(v) for s, v in steps.items()}}
 
 
@@ -64,7 +63,6 @@ def main() -> int:
     p.add_argument("--floor", type=int, default=30)
     args = p.parse_args()
     config = load_config(CONFIG)
-    inproc = floor(config, args.floor)
     slots = int((os.cpu_count() or 1) // config["resources.cpu"])
     lines: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -74,6 +72,9 @@ def main() -> int:
         controller.run_search(search, f"{tmp}/run", echo=lambda line: (lines.append(line), print(line, flush=True)))
         search_s = time.perf_counter() - started
         rows = [r for r in read_trials(f"{tmp}/run").to_pylist() if r.get("stage") == "proxy" and r["status"] == "ok"]
+    groups = [k[len("ratio:"):] for k in rows[0] if k.startswith("ratio:")]
+    sample = random.Random(1).sample(rows, min(args.floor, len(rows)))
+    inproc = floor(config, [{**{g: r[f"ratio:{g}"] for g in groups}, "criterion": r["criterion"]} for r in sample])
     rates = [RATE.search(line) for line in lines]
     last = [m for m in rates if m][-1]
     count, per_minute, evaluators = int(last[1]), float(last[2]), int(last[3])

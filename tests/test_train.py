@@ -112,3 +112,17 @@ def test_training_stopped_after_an_epoch_resumes_on_the_same_schedule_and_optimi
     restarted.load_state_dict(saved)
     train(restarted, batches, TrainConfig(epochs=2, lr=0.05, seed=0))  # the old behaviour: a fresh schedule
     assert not all(torch.allclose(a, b) for a, b in zip(straight.parameters(), restarted.parameters()))
+
+
+def test_base_training_on_ray_reports_each_epoch_it_finishes(ray_local):
+    from autoprune.data import DataSpec, load_data
+    from autoprune.searching.base_training import fit
+
+    data = load_data(DataSpec(max_train_samples=64))
+    model = build_model(ModelSpec("resnet20", num_classes=10, in_channels=1))
+    lines: list[str] = []
+    fitted = fit(model, data, TrainConfig(epochs=2, lr=0.05), batch_size=32, echo=lines.append, want_gpu=False)
+    epochs = [line for line in lines if line.startswith("  base epoch")]
+    assert [line.split(":")[0] for line in epochs] == ["  base epoch 1/2", "  base epoch 2/2"]
+    assert [float(line.split("loss ")[1].split()[0]) for line in epochs] == pytest.approx(fitted.losses, abs=1e-4)
+    assert lines[-1].startswith("  trained on cpu")

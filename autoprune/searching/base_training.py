@@ -5,6 +5,7 @@ its autoscaler can add) a GPU node, and runs on the best device of the node it l
 """
 from __future__ import annotations
 
+import math
 import os
 import socket
 import time
@@ -38,14 +39,27 @@ def fit(model: Any, data: ClassificationData, config: TrainConfig, batch_size: i
         want_gpu: bool, what: str = "base", loader_seed: int = 0) -> Fitted:
     """Train ``model`` on ``data``'s training split in a Ray task (Ray must be initialised), on a GPU when
     ``want_gpu`` or the cluster has (or its autoscaler can add) a GPU node, then evaluate it on the validation and
-    test splits there; ``model`` gets the trained weights. Per-epoch losses are echoed when it is done."""
+    test splits there; ``model`` gets the trained weights. Each epoch's loss is echoed as the epoch ends."""
     import ray
+    from ray.util.queue import Queue
 
     gpu = want_gpu or ClusterShape.current().most("GPU") >= 1
     # max_calls=1: the worker exits after it, so its CUDA context and cached memory leave the GPU the trials share
     task = ray.remote(max_calls=1, max_retries=0)(_fit).options(num_cpus=1, num_gpus=1 if gpu else 0)
+    epochs = math.ceil(config.epochs)
+    progress = Queue(actor_options={"num_cpus": 0})  # (epoch, mean loss, seconds) from the task as it trains
+
+    def report() -> None:
+        while not progress.empty():
+            epoch, loss, seconds = progress.get()
+            echo(f"  {what} epoch {epoch}/{epochs}: loss {loss:.4f} ({seconds:.0f} s)")
+
     try:
-        fitted: Fitted = ray.get(task.remote(model, data, config, batch_size, loader_seed))
+        ref = task.remote(model, data, config, batch_size, loader_seed, progress)
+        while not ray.wait([ref], timeout=1.0)[0]:
+            report()
+        fitted: Fitted = ray.get(ref)
+        report()
     except ray.exceptions.RayTaskError as e:
         cause = e.cause if isinstance(e.cause, BaseException) else None
         if isinstance(cause, AutopruneError):
@@ -53,15 +67,17 @@ def fit(model: Any, data: ClassificationData, config: TrainConfig, batch_size: i
         detail = f"{type(cause).__name__}: {str(cause).strip().splitlines()[0]}" if cause is not None and str(cause) \
             else str(e).strip().splitlines()[-1]
         raise AutopruneError(f"training the {what} model failed on the cluster: {detail}") from None
+    finally:
+        progress.shutdown()
     model.load_state_dict(fitted.state)
-    for epoch, loss in enumerate(fitted.losses, 1):
-        echo(f"  {what} epoch {epoch}: loss {loss:.4f}")
     echo(f"  trained on {fitted.where} in {fitted.metrics['train_seconds']:.0f} s")
     return fitted
 
 
-def _fit(model: Any, data: ClassificationData, config: TrainConfig, batch_size: int, loader_seed: int) -> Fitted:
-    """The Ray task: the device Ray gave it (a GPU, else every core of the node: nothing else runs yet)."""
+def _fit(model: Any, data: ClassificationData, config: TrainConfig, batch_size: int, loader_seed: int,
+         progress: Any) -> Fitted:
+    """The Ray task: the device Ray gave it (a GPU, else every core of the node: nothing else runs yet); each epoch's
+    loss goes to the ``progress`` queue as it ends."""
     import torch
 
     from autoprune import devices
@@ -72,7 +88,8 @@ def _fit(model: Any, data: ClassificationData, config: TrainConfig, batch_size: 
         torch.set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     start = time.perf_counter()
     loader = data.loader("train", batch_size, shuffle=True, augment=True, seed=loader_seed, device=device)
-    losses = train(model, loader, config, device=device)
+    losses = train(model, loader, config, device=device,
+                   on_epoch=lambda epoch, loss: progress.put((epoch, loss, time.perf_counter() - start)))
     seconds = round(time.perf_counter() - start, 1)
     metrics = {"val_accuracy": evaluate(model, data.loader("val", 256, device=device), device),
                "test_accuracy": evaluate(model, data.loader("test", 256, device=device), device),
