@@ -7,7 +7,8 @@ staged searcher waits for every stage-0 outcome before it fine-tunes), and fine-
 reservations. ``map`` streams each chunk's outcomes back as it finishes. An evaluator that dies (its node lost, its
 process killed) is replaced where its node still lives, and its chunk is sent again: no candidate is lost, none is
 counted twice (a chunk's outcomes are handed over once, when its call returns). Nodes that join while ``map`` runs
-get evaluators at the next check (every ``RECONCILE_S``).
+get evaluators when the next chunk returns (a look at the cluster's nodes: milliseconds), or within ``RECONCILE_S``
+when none does.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from typing import Any
 from autoprune.errors import AutopruneError
 from autoprune.searching.stage0.evaluator import Scored, Stage0Evaluator, Stage0Settings
 
-RECONCILE_S = 5.0  # how often map looks for nodes that joined
+RECONCILE_S = 5.0  # how often map looks for nodes that joined while no chunk returns
 MAX_LOSSES_IN_A_ROW = 8  # evaluators dying with no chunk finished in between: something kills every one
 OnScored = Callable[[list[dict[str, Any]], list[Scored]], None]
 
@@ -128,7 +129,7 @@ class EvaluatorPool:
                     continue
                 losses = 0
                 on_scored(chunk, outcomes)
-            if time.monotonic() - last >= RECONCILE_S:
+            if done or time.monotonic() - last >= RECONCILE_S:
                 self.reconcile()
                 last = time.monotonic()
 
