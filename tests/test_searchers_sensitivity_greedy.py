@@ -159,6 +159,23 @@ def test_allocations_meet_the_budget_as_the_latency_model_predicts_the_whole_str
     assert record["allocations"][0]["budget"] == 6
 
 
+def test_with_the_search_budget_the_first_allocation_meets_its_tightened_bound_in_its_model(tmp_path):
+    """Under the stage-0 engine the budget's latency model (not ``predict_latency``) prices allocations, and the
+    constraint's bound is tightened by the model's error."""
+    from types import SimpleNamespace
+
+    s = make("sensitivity", run_dir=RunDir(tmp_path), trials=1, predict_latency=predict_latency,
+             constraints=[Constraint.parse("latency_ms <= 6", "constraints")])
+    s.use_budget(SimpleNamespace(model=SimpleNamespace(predict=interacting), margin=0.1))
+    run_phase_a(s)
+    full, _ = drain(s)
+    (_, point), = full
+    modelled = interacting({g: round(100 * (1 - point[g])) for g in "abc"})
+    record = json.loads((tmp_path / SENSITIVITY_FILE).read_text())["allocations"][0]
+    assert record["budget"] == pytest.approx(6 * 0.9) and record["predicted_latency_ms"] == pytest.approx(modelled)
+    assert modelled <= 6 * 0.9
+
+
 def test_cached_curves_skip_phase_a(tmp_path):
     first = make("sensitivity", run_dir=RunDir(tmp_path / "run"), trials=3)
     run_phase_a(first)
@@ -456,3 +473,21 @@ def test_a_metric_to_minimise_is_searched_as_its_mirror_to_maximise(tmp_path, na
         assert s.curves.score == "wer" and not s.curves.maximize
         allocation = Knapsack(s.curves, "latency_ms").solve(0.6 * BASE_MS)
         assert allocation.score == pytest.approx(1.0 - brute_force(0.6 * BASE_MS))
+
+
+def test_with_the_search_budget_a_failed_allocation_is_allocated_again_with_the_refitted_model(tmp_path):
+    """The stage-0 engine fails an allocation measured over the bound; the latency model, refitted on that
+    measurement, then prices the next allocation for the same budget."""
+    from types import SimpleNamespace
+
+    model = SimpleNamespace(predict=predict_latency)
+    s = make("sensitivity", run_dir=RunDir(tmp_path), trials=1,
+             constraints=[Constraint.parse("latency_ms <= 7.5", "constraints")])
+    s.use_budget(SimpleNamespace(model=model, margin=0.0))
+    run_phase_a(s)
+    (sid, first), = drain(s)[0]
+    assert latency(first) <= 7.5
+    model.predict = lambda channels: predict_latency(channels) + 1.0  # the refit: 1 ms more everywhere
+    s.tell(sid, Outcome("failed"))
+    (_, second), = drain(s)[0]
+    assert groups_of(second) != groups_of(first) and latency(second) <= 6.5

@@ -299,6 +299,7 @@ class SensitivitySearcher(Searcher):
         self._asked: set[Key] = set()
         self.curves = self._cached()
         self.plan: list[Allocation] | None = None
+        self.replans = 0
 
     def _cached(self) -> Curves | None:
         """Curves with this search's key from the run directory, else from the shared cache."""
@@ -378,10 +379,18 @@ class SensitivitySearcher(Searcher):
             raise AutopruneError(f"searcher 'sensitivity': the base model's {self.metric} is unknown")
         return float(predict(full_structure(self.space)))
 
-    def budgets(self, lowest: float, base: float) -> tuple[list[float], list[float]]:
-        """The first budgets (a constraint's bound, then an even spread in ``spread_order``) and the spread,
-        ascending."""
-        bounds = [c.bound({self.metric: base}) for c in self.constraints if c.metric == self.metric]
+    def _cost_model(self) -> tuple[Predict | None, float]:
+        """The cost model and the fraction the constraint's bound is tightened by: with the search's budget
+        (``use_budget``) and a latency cost, its latency model (refitted as structures are timed) and its margin
+        (the model's error), so that an allocation predicted within is measured within; else ``predict_<cost>``."""
+        if self.metric == "latency_ms" and self.budget is not None and self.budget.model is not None:
+            return self.budget.model.predict, float(self.budget.margin)
+        return self.predictors[self.metric], 0.0
+
+    def budgets(self, lowest: float, base: float, margin: float = 0.0) -> tuple[list[float], list[float]]:
+        """The first budgets (a constraint's bound, tightened by ``margin``, then an even spread in ``spread_order``)
+        and the spread, ascending."""
+        bounds = [c.bound({self.metric: base}) * (1.0 - margin) for c in self.constraints if c.metric == self.metric]
         first = [max(min(bounds), lowest)] if bounds else []
         n = self.count - len(first)
         hi = max(HEADROOM * base, lowest)
@@ -391,12 +400,13 @@ class SensitivitySearcher(Searcher):
     def _allocate(self, curves: Curves) -> list[Allocation]:
         """Distinct allocations for the budgets, refined by midpoints until ``trials`` of them; written out."""
         knapsack = Knapsack(curves, self.metric)
-        model = _memoized(self.predictors[self.metric])
+        cost_model, margin = self._cost_model()
+        model = _memoized(cost_model)
         base = self._base_cost(curves)
         fastest = knapsack.solve(knapsack.lowest)
         assert fastest is not None  # the knapsack always reaches its own lowest budget
         lowest = fastest.cost if model is None else float(model(channels(self.space, fastest.point(self.criterion))))
-        budgets, levels = self.budgets(lowest, base)
+        budgets, levels = self.budgets(lowest, base, margin)
         plan: dict[Key, Allocation] = {}
 
         def add(for_budgets: list[float]) -> None:
@@ -428,7 +438,12 @@ class SensitivitySearcher(Searcher):
         self.run_dir.write_bytes(PLOT_FILE, plot_curves(curves, self.metric))
 
     def tell(self, suggestion_id: int, outcome: Outcome) -> None:
+        stage = self.book.running[suggestion_id][0]
         self.book.tell(suggestion_id, outcome)
+        if stage == "full" and outcome.state == "failed" and self.budget is not None and self.replans < self.count:
+            # e.g. measured over the latency bound before its fine-tune (the stage-0 engine): allocate again, with the
+            # latency model refitted on that measurement; allocations already handed out are not handed out again
+            self.plan, self.replans = None, self.replans + 1
 
     def replay(self, point: dict[str, Any], outcome: Outcome) -> None:
         """A stage-0 row fills its curve point; a full row is an allocation already taken."""
