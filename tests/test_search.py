@@ -334,7 +334,7 @@ def test_staged_search_fine_tunes_only_the_best_stage0_candidates(tmp_path, base
 
 def test_greedy_screens_at_stage_0_and_short_tunes_its_shortlist_through_ray(tmp_path, base_path):
     summary, _ = search(tmp_path, base_path, "searcher.name=greedy", "searcher.greedy_shortlist=1",
-                        "searcher.greedy_step=0.05", "searcher.short_epochs=0.1", "trials=1",
+                        "searcher.greedy_step=0.02", "searcher.short_epochs=0.1", "trials=1",
                         "space.criteria=[l1]", "space.ratio.high=0.6", "constraints=[]")
     rows = read_trials(summary.run_dir).to_pylist()
     assert all(r["status"] == "ok" for r in rows)
@@ -356,14 +356,15 @@ def test_greedy_screens_at_stage_0_and_short_tunes_its_shortlist_through_ray(tmp
 
 
 def test_candidates_predicted_to_break_a_latency_constraint_are_skipped_unpruned(tmp_path, base_path):
+    # uniform 0.7, the space's smallest model, runs at 0.51-0.54x the base on the machines tried: well within 0.6
     summary, lines = search(tmp_path, base_path, "searcher.name=uniform", "searcher.grid=4", "trials=4",
-                            "space.criteria=[l1]", "constraints=['latency_ms <= base * 0.5']")
+                            "space.criteria=[l1]", "constraints=['latency_ms <= base * 0.6']")
     rows = read_trials(summary.run_dir).to_pylist()
     skipped = [r for r in rows if r["status"] == "skipped"]
     ran = [r for r in rows if r["status"] != "skipped"]
     assert skipped and ran and len(skipped) + len(ran) == 4
     base = ran[0]["base_latency_ms"]
     for r in skipped:  # never pruned, fine-tuned or timed: only the prediction that ruled them out
-        assert r["latency_predicted_ms"] > 0.5 * base * 1.15 and r["latency_ms"] is None and r["accuracy"] is None
-        assert "breaks 'latency_ms <= base * 0.5'" in r["error"]
+        assert r["latency_predicted_ms"] > 0.6 * base * 1.15 and r["latency_ms"] is None and r["accuracy"] is None
+        assert "breaks 'latency_ms <= base * 0.6'" in r["error"]
     assert max(r["ratio:layer1.0.conv1"] for r in skipped) < min(r["ratio:layer1.0.conv1"] for r in ran)

@@ -100,9 +100,13 @@ class ScriptedSearcher:
 class FakePool:
     size, started, lost = 1, 1, 0
 
+    def __init__(self):
+        self.scored = []
+
     def map(self, points, on_scored):
         from autoprune.searching.stage0.evaluator import Scored
 
+        self.scored += points
         on_scored(points, [Scored({"proxy_accuracy": 0.5, "params": 1, "size_bytes": 1, "macs": 1.0,
                                    "channels": {}, "criterion_used": p["criterion"]}) for p in points])
 
@@ -154,7 +158,26 @@ def test_a_fine_tune_measured_over_the_latency_bound_is_skipped_not_fine_tuned(t
     # resumed: the point measured over is failed again without another measurement or another row
     again = ScriptedSearcher(space, [point(0.3), point(0.6)], [point(0.3)])
     keeper.measured.clear()
-    resumed = Stage0Engine(again, FakePool(), ResultsStore(tmp_path, space.groups), budget, [constraint],
+    pool = FakePool()
+    resumed = Stage0Engine(again, pool, ResultsStore(tmp_path, space.groups), budget, [constraint],
                            {"latency_ms": 10.0}, batch=4, echo=lambda line: None, keeper=keeper)
     assert resumed.ask() is None and keeper.measured == [] and again.told[2].state == "failed"
-    assert sum(r["status"] == "skipped" for r in ResultsStore(tmp_path, space.groups).rows) == 1
+    assert pool.scored == [] and again.told[0].state == again.told[1].state == "ok"  # told from the rows
+    rows = ResultsStore(tmp_path, space.groups).rows
+    assert sum(r["status"] == "skipped" for r in rows) == 1 and sum(r["stage"] == "proxy" for r in rows) == 2
+
+
+def test_one_policy_asked_twice_in_a_batch_is_scored_once_and_told_to_both(tmp_path):
+    from autoprune.searching.results import ResultsStore
+    from autoprune.searching.stage0.budget import Budget
+    from autoprune.searching.stage0.engine import Stage0Engine
+
+    space = SearchSpace((RatioParam("a", 16, 0.0, 0.8, 0.1),), ("l1",))
+    inner = ScriptedSearcher(space, [{"a": 0.3, "criterion": "l1"}] * 2 + [{"a": 0.5, "criterion": "l1"}], [])
+    pool = FakePool()
+    budget = Budget(space, None, [])
+    budget.predict = lambda p: {"latency_ms": 5.0}
+    engine = Stage0Engine(inner, pool, ResultsStore(tmp_path, space.groups), budget, [],
+                          {"latency_ms": 10.0}, batch=4, echo=lambda line: None)
+    assert engine.ask() is None
+    assert [p["a"] for p in pool.scored] == [0.3, 0.5] and sorted(inner.told) == [0, 1, 2]

@@ -125,4 +125,4 @@ def test_base_training_on_ray_reports_each_epoch_it_finishes(ray_local):
     epochs = [line for line in lines if line.startswith("  base epoch")]
     assert [line.split(":")[0] for line in epochs] == ["  base epoch 1/2", "  base epoch 2/2"]
     assert [float(line.split("loss ")[1].split()[0]) for line in epochs] == pytest.approx(fitted.losses, abs=1e-4)
-    assert lines[-1].startswith("  trained on cpu")
+    assert lines[-1].startswith("  trained on ")

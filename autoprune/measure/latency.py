@@ -153,10 +153,6 @@ class LatencyMeter:
         self.reference()
         return self.model.predict(channels)
 
-    def predict_many(self, structures: list[dict[str, int]]) -> list[float]:
-        """``predict`` for many structures in one call."""
-        return [self.predict(c) for c in structures]
-
     def predictor(self) -> LatencyModel:
         """The latency model as fitted now (a copy the caller can predict with, locally)."""
         self.reference()

@@ -37,7 +37,7 @@ RERUN_ATTR = "autoprune:rerun_of"
 WARM_ATTR = "autoprune:warm_start"
 REPAIRED_ATTR = "autoprune:repaired_to"  # a proposal outside the budget: the point it was repaired into
 REPAIR_OF_ATTR = "autoprune:repair_of"   # the repaired point's trial: which proposal it repairs
-MAX_REJECTED = 200  # proposals in a row closed (duplicates, repaired onto taken points) before the space counts as spent
+MAX_REJECTED = 200  # proposals closed in one ask (duplicates, repairs) before the space counts as spent
 RANDOM_DRAWS = 10_000  # random draws that look for an untaken point before the space counts as exhausted
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 TrialState = optuna.trial.TrialState
@@ -114,11 +114,15 @@ class OptunaSearcher(Searcher):
             self.journal.save()
 
     def _untaken(self, taken: dict[tuple[Any, ...], int]) -> dict[str, Any] | None:
-        """A random grid point no trial has taken; None when the space is exhausted."""
+        """A random grid point no trial has taken (under a budget, drawn across its band); None when the space is
+        exhausted."""
         size = math.prod(len(p.grid()) for p in self.space.params) * len(self.space.criteria)
         for _ in range(RANDOM_DRAWS if len(taken) < size else 0):
-            point: dict[str, Any] = {p.group: self._rng.choice(p.grid()) for p in self.space.params}
-            point[CRITERION_KEY] = self._rng.choice(self.space.criteria)
+            if self.budget is not None and self.budget.active:
+                point = self.budget.band_point(self._rng)
+            else:
+                point = {p.group: self._rng.choice(p.grid()) for p in self.space.params}
+                point[CRITERION_KEY] = self._rng.choice(self.space.criteria)
             if self._key(point) not in taken:
                 return point
         return None

@@ -32,8 +32,8 @@ class SensitivitySeeded(Searcher):
         self._next_id = 0
 
     def use_budget(self, budget: Any) -> None:
-        self.target.use_budget(budget)
-        self.then.use_budget(budget)
+        self.sensitivity.use_budget(budget)  # its allocations priced by the budget's model, under its margin
+        self.then.use_budget(budget)  # the Optuna searcher, itself or wrapped
 
     def _wrap(self, whose: str, suggestion: tuple[int, dict[str, Any]]) -> tuple[int, dict[str, Any]]:
         self._next_id += 1

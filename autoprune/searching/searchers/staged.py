@@ -62,7 +62,8 @@ class StagedSearcher(Searcher):
                 return WAIT
             if suggestion is not None:
                 inner_id, point = suggestion
-                self._asked_proxies += 1
+                # a resumed study re-runs a point whose row was written but whose tell was lost: counted once
+                self._asked_proxies += policy_key(point) not in self._proxies
                 sid = self._new_id()
                 staged = {**point, STAGE_KEY: "proxy"}
                 self._running[sid] = ("proxy", inner_id, staged)

@@ -42,9 +42,19 @@ def attach_engine(config: SearchConfig, searcher: Searcher, store: ResultsStore,
                   space: SearchSpace, structure: StructureModel, meter: Any, threads: int,
                   echo: Echo) -> Stage0Engine:
     """The engine around ``searcher`` (see module), its stage-0 work before the first fine-tune done."""
+    pool = EvaluatorPool(base_model, task, space, stage0_settings(config, threads), cpus=config["resources.cpu"])
+    try:
+        return _attach(config, searcher, store, base_model, task, space, structure, meter, pool, echo)
+    except BaseException:  # an error or an interrupt before the engine is handed over: its evaluators go too
+        pool.close()
+        raise
+
+
+def _attach(config: SearchConfig, searcher: Searcher, store: ResultsStore, base_model: Any, task: Task,
+            space: SearchSpace, structure: StructureModel, meter: Any, pool: EvaluatorPool,
+            echo: Echo) -> Stage0Engine:
     import ray
 
-    pool = EvaluatorPool(base_model, task, space, stage0_settings(config, threads), cpus=config["resources.cpu"])
     base = pool.base_outcome()
     metric = config["metric.name"]
     reference = ray.get(meter.reference.remote()).latency_ms

@@ -29,7 +29,6 @@ from autoprune.searching.stage0.keeper import LatencyKeeper
 from autoprune.searching.stage0.pool import EvaluatorPool
 
 Echo = Callable[[str], None]
-STEPS = ("prune", "reconstruct", "recalibrate", "evaluate")
 
 
 class Stage0Engine(Searcher):
@@ -67,8 +66,8 @@ class Stage0Engine(Searcher):
             elif row["status"] == "skipped" and row.get("latency_source") == "measured":
                 self.over.add(policy_key(_point_of(row, self.space.groups)))
         self._held: tuple[int, dict[str, Any]] | None = None
-        self.count, self.wall_s = 0, 0.0
-        self.step_s: dict[str, float] = dict.fromkeys(STEPS, 0.0)
+        self.count, self.wall_s = 0, 0.0  # candidates scored this run; seconds from the first batch to the last
+        self._first: float | None = None
 
     # the searcher interface: what leaves ask() is for Ray Tune
     def ask(self) -> tuple[int, dict[str, Any]] | str | None:
@@ -139,17 +138,21 @@ class Stage0Engine(Searcher):
 
     # scoring
     def _score(self, suggestions: list[tuple[int, dict[str, Any]]]) -> None:
+        ids: dict[Key, list[int]] = {}  # the suggestions of each policy not scored yet (scored once, told to each)
         fresh = []
         for sid, point in suggestions:
             known = self.scored.get(policy_key(point))
             if known is not None:
                 self.inner.tell(sid, known)
-            else:
-                fresh.append((sid, point))
+                continue
+            if policy_key(point) not in ids:
+                fresh.append(point)
+            ids.setdefault(policy_key(point), []).append(sid)
         if not fresh:
             return
-        ids = {policy_key(p): sid for sid, p in fresh}
         start = time.perf_counter()
+        if self._first is None:
+            self._first = start
         if self.keeper is not None:
             self.keeper.collect()
         sign = 1.0 if self.maximize else -1.0
@@ -158,20 +161,19 @@ class Stage0Engine(Searcher):
         def on_scored(points: list[dict[str, Any]], outcomes: list[Scored]) -> None:
             rows = [self._row(p, o) for p, o in zip(points, outcomes)]
             self.store.extend(rows)
-            for point, row, scored in zip(points, rows, outcomes):
+            for point, row in zip(points, rows):
                 outcome = self._outcome(row)
                 self.scored[policy_key(point)] = outcome
-                self.inner.tell(ids[policy_key(point)], outcome)
-                for step in STEPS:
-                    self.step_s[step] += scored.seconds.get(step, 0.0)
+                for sid in ids[policy_key(point)]:
+                    self.inner.tell(sid, outcome)
                 if row["status"] == "ok":
                     batch.append((point, sign * row[self.metric]))
             self.count += len(points)
 
-        self.pool.map([p for _, p in fresh], on_scored)
+        self.pool.map(fresh, on_scored)
         if self.keeper is not None:
             self.keeper.sample(batch)
-        self.wall_s += time.perf_counter() - start
+        self.wall_s = time.perf_counter() - self._first  # the searcher's asks between batches included
         self.echo(self.progress())
 
     def _row(self, point: dict[str, Any], scored: Scored) -> dict[str, Any]:
@@ -209,11 +211,6 @@ class Stage0Engine(Searcher):
                 f"{self.pool.size} evaluators)" + (f", {len(inside)} predicted within {_limits(self.budget)}"
                                                    if self.budget.active else "")
                 + f"; best proxy {self.metric} {best:.4f}" + (" within it" if self.budget.active else ""))
-
-    def stats(self) -> dict[str, Any]:
-        """Candidates scored this run, wall seconds, seconds per step summed over evaluators, evaluators."""
-        return {"count": self.count, "wall_s": self.wall_s, "steps_s": dict(self.step_s), "evaluators": self.pool.size,
-                "evaluators_started": self.pool.started, "evaluators_lost": self.pool.lost}
 
     def close(self) -> None:
         self.pool.close()

@@ -42,7 +42,6 @@ class LatencyKeeper:
         self.meter, self.base_model, self.example, self.budget = meter, base_model, example, budget
         self._timing: list[Any] = []     # measurements the actor is still making
         self._timed: set[str] = set()    # structures sent to be timed
-        self.sampled = 0
 
     def calibrate(self, count: int, seed: int, echo: Echo) -> None:
         """Time ``count`` structures across the space (see module), then refresh."""
@@ -70,7 +69,6 @@ class LatencyKeeper:
             self._timed.add(key)
             model, kept = structure_of(self.base_model, self.example, self.budget.space, point)
             self._timing.append(self.meter.measure.remote(model, kept))
-            self.sampled += 1
             return
 
     def measure(self, point: dict[str, Any]) -> Any:

@@ -2,9 +2,9 @@
 
 Each evaluator is a Ray actor holding a ``Stage0Evaluator`` (the base model, its rankings, the calibration batches),
 pinned to a node (hard node affinity) with ``slots = node CPUs // cpu per evaluator`` of them per node, so they
-spread over every node that has room. The actors reserve no logical CPU: stage 0 runs while no fine-tune does (a
-staged searcher waits for every stage-0 outcome before it fine-tunes), and fine-tunes keep their Ray Tune trials'
-reservations. ``map`` streams each chunk's outcomes back as it finishes. An evaluator that dies (its node lost, its
+spread over every node that has room. The actors reserve no logical CPU: a staged searcher's stage 0 runs while no fine-tune does
+(it waits for every stage-0 outcome before it fine-tunes), and fine-tunes keep their Ray Tune trials' reservations;
+``greedy`` scores its next iteration while the previous one's model fine-tunes, sharing those cores. ``map`` streams each chunk's outcomes back as it finishes. An evaluator that dies (its node lost, its
 process killed) is replaced where its node still lives, and its chunk is sent again: no candidate is lost, none is
 counted twice (a chunk's outcomes are handed over once, when its call returns). Nodes that join while ``map`` runs
 get evaluators when the next chunk returns (a look at the cluster's nodes: milliseconds), or within ``RECONCILE_S``
@@ -94,7 +94,10 @@ class EvaluatorPool:
         import ray
 
         self.reconcile()
-        return dict(ray.get(self._evaluators[0].handle.base_outcome.remote()))
+        try:
+            return dict(ray.get(self._evaluators[0].handle.base_outcome.remote()))
+        except ray.exceptions.RayActorError as e:  # its constructor raised: the evaluators cannot start
+            raise AutopruneError(f"a stage-0 evaluator could not start: {_cause(e)}") from None
 
     def map(self, points: list[dict[str, Any]], on_scored: OnScored) -> None:
         """Score every point; ``on_scored(points, outcomes)`` gets each chunk once, as it finishes (any order)."""
