@@ -64,6 +64,7 @@ class OptunaSearcher(Searcher):
             raise AutopruneError(f"config key 'objectives': the study '{self.study.study_name}' optimises "
                                  f"{self.study.metric_names}, not {names}; a resumed search keeps its objectives")
         self._running: dict[int, tuple[optuna.Trial, dict[str, Any]]] = {}
+        self._trial_keys: dict[int, tuple[Any, ...]] = {}  # trial number -> its point's key (``_taken``)
         self._rng = random.Random(self.seed + previous)
         self._warm_started = False
         self._close_interrupted()
@@ -92,10 +93,12 @@ class OptunaSearcher(Searcher):
         """Points evaluated (told), running, or queued, each with the number of its trial."""
         taken: dict[tuple[Any, ...], int] = {}
         for t in self.study.get_trials(deepcopy=False):
-            if OUTCOME_ATTR in t.user_attrs:
-                taken[self._key(self._point(t.params))] = t.number
-            elif t.state == TrialState.WAITING:
-                taken[self._key(self._point(t.system_attrs["fixed_params"]))] = t.number
+            if OUTCOME_ATTR in t.user_attrs or t.state == TrialState.WAITING:
+                key = self._trial_keys.get(t.number)  # a trial's point never changes: its key is computed once
+                if key is None:
+                    params = t.params if OUTCOME_ATTR in t.user_attrs else t.system_attrs["fixed_params"]
+                    key = self._trial_keys[t.number] = self._key(self._point(params))
+                taken[key] = t.number
         for number, (_, point) in self._running.items():
             taken[self._key(point)] = number
         return taken

@@ -2,11 +2,12 @@
 
 Each evaluator is a Ray actor holding a ``Stage0Evaluator`` (the base model, its rankings, the calibration batches),
 pinned to a node (hard node affinity) with ``slots = node CPUs // cpu per evaluator`` of them per node, so they
-spread over every node that has room. The actors reserve no logical CPU: a staged searcher's stage 0 runs while no fine-tune does
-(it waits for every stage-0 outcome before it fine-tunes), and fine-tunes keep their Ray Tune trials' reservations;
-``greedy`` scores its next iteration while the previous one's model fine-tunes, sharing those cores. ``map`` streams each chunk's outcomes back as it finishes. An evaluator that dies (its node lost, its
-process killed) is replaced where its node still lives, and its chunk is sent again: no candidate is lost, none is
-counted twice (a chunk's outcomes are handed over once, when its call returns). Nodes that join while ``map`` runs
+spread over every node that has room. The actors reserve no logical CPU: a staged searcher's stage 0 runs while no
+fine-tune does (it waits for every stage-0 outcome before it fine-tunes), and fine-tunes keep their Ray Tune trials'
+reservations; ``greedy`` scores its next iteration while the previous one's model fine-tunes, sharing those cores.
+``map`` streams each chunk's outcomes back as it finishes. An evaluator that dies (its node lost, its process killed)
+is replaced where its node still lives, and its chunk is sent again: no candidate is lost, none is counted twice (a
+chunk's outcomes are handed over once, when its call returns). Nodes that join while ``map`` runs
 get evaluators when the next chunk returns (a look at the cluster's nodes: milliseconds), or within ``RECONCILE_S``
 when none does.
 """
