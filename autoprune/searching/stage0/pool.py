@@ -22,7 +22,7 @@ from autoprune.errors import AutopruneError
 from autoprune.searching.stage0.evaluator import Scored, Stage0Evaluator, Stage0Settings
 
 RECONCILE_S = 5.0  # how often map looks for nodes that joined while no chunk returns
-MAX_LOSSES_IN_A_ROW = 8  # evaluators dying with no chunk finished in between: something kills every one
+MAX_LOSSES_IN_A_ROW = 8  # beyond the evaluators map started with, dying with no chunk finished in between
 OnScored = Callable[[list[dict[str, Any]], list[Scored]], None]
 
 
@@ -107,7 +107,7 @@ class EvaluatorPool:
         self.reconcile()
         queue = [points[i:i + self.chunk] for i in range(0, len(points), self.chunk)]
         running: dict[Any, tuple[_Evaluator, list[dict[str, Any]]]] = {}
-        last, losses = time.monotonic(), 0
+        last, losses, evaluators = time.monotonic(), 0, len(self._evaluators)
         while queue or running:
             busy = {id(e) for e, _ in running.values()}
             for evaluator in [e for e in self._evaluators if id(e) not in busy]:
@@ -124,7 +124,9 @@ class EvaluatorPool:
                     self.lost += 1
                     self.resent += 1
                     losses += 1
-                    if losses > MAX_LOSSES_IN_A_ROW:  # e.g. an evaluator that cannot start: its error, once
+                    # a lost node takes all its evaluators' chunks at once: only more losses than that say that
+                    # something kills every evaluator (e.g. one that cannot start: its error, once)
+                    if losses > MAX_LOSSES_IN_A_ROW + evaluators:
                         raise AutopruneError(f"stage-0 evaluators keep dying ({losses} in a row, none scored a "
                                              f"candidate): {_cause(e)}") from None
                     self._evaluators = [e for e in self._evaluators if e is not evaluator]
