@@ -6,6 +6,8 @@ and where its Optuna study lives.
 from __future__ import annotations
 
 import json
+import time
+import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -124,3 +126,12 @@ def run_objectives(run_dir: str | Path | RunDir) -> tuple[Objective, ...]:
     if marker.get("version", 1) < 2:
         return DEFAULT_OBJECTIVES
     return parse_objectives(marker["objectives"], f"{MARKER} objectives", run_metric(run_dir))
+
+
+def skipped_row(point: dict[str, Any], groups: list[str], reason: str, searcher: str, **fields: Any) -> dict[str, Any]:
+    """The row of a candidate skipped before it was fine-tuned (never counted as a trial): its ratios, criterion, why,
+    and ``fields`` (its predicted or measured latency)."""
+    row: dict[str, Any] = {f"ratio:{g}": point[g] for g in groups}
+    row.update(trial_id=f"skip-{uuid.uuid4().hex[:8]}", status="skipped", error=reason, searcher=searcher,
+               criterion=point["criterion"], finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"), **fields)
+    return row

@@ -6,7 +6,6 @@ import math
 import os
 import sys
 import time
-import uuid
 from typing import Any
 
 # Quiet, file-light Tune (set before Ray is imported): no TensorBoard/CSV loggers per trial, the classic
@@ -20,7 +19,7 @@ from ray import tune  # noqa: E402
 
 from autoprune.config import SearchConfig, violations  # noqa: E402
 from autoprune.searching.front import compute_front, format_rows  # noqa: E402
-from autoprune.searching.results import ResultsStore  # noqa: E402
+from autoprune.searching.results import ResultsStore, skipped_row  # noqa: E402
 from autoprune.searching.screening import LatencyScreen, Verdict  # noqa: E402
 from autoprune.searching.searchers import Searcher  # noqa: E402
 from autoprune.searching.space import SearchSpace  # noqa: E402
@@ -122,10 +121,8 @@ class SkipRecorder:
         self.store, self.space, self.echo = store, space, echo
 
     def __call__(self, point: dict[str, Any], verdict: Verdict, searcher: str) -> None:
-        row: dict[str, Any] = {f"ratio:{g}": point[g] for g in self.space.groups}
-        row.update(trial_id=f"skip-{uuid.uuid4().hex[:8]}", status="skipped", error=verdict.reason, searcher=searcher,
-                   criterion=point["criterion"], latency_predicted_ms=verdict.predicted_ms,
-                   finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        row = skipped_row(point, self.space.groups, str(verdict.reason), searcher,
+                          latency_predicted_ms=verdict.predicted_ms)
         self.store.append(row)
         self.echo(f"{row['trial_id']:>14s} {verdict.reason}")
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from autoprune.config import Constraint, violations
 from autoprune.objectives import values_of
-from autoprune.searching.results import ResultsStore
+from autoprune.searching.results import ResultsStore, skipped_row
 from autoprune.searching.searchers.base import Outcome, Searcher, stage_of
 from autoprune.searching.searchers.points import Key, policy_key
 from autoprune.searching.space import CRITERION_KEY
@@ -110,12 +110,10 @@ class Stage0Engine(Searcher):
             if not broken:
                 return False
             self.over.add(key)
-            row: dict[str, Any] = {f"ratio:{g}": point[g] for g in self.space.groups}
             reason = f"skipped: measured latency {report.latency_ms:.3f} ms breaks '{broken[0].text}'"
-            row.update(trial_id=f"skip-{uuid.uuid4().hex[:8]}", status="skipped", error=reason, searcher=self.name,
-                       criterion=point[CRITERION_KEY], stage=stage_of(point), latency_ms=report.latency_ms,
-                       latency_predicted_ms=report.predicted_ms, latency_source="measured",
-                       finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+            row = skipped_row(point, self.space.groups, reason, self.name, stage=stage_of(point),
+                              latency_ms=report.latency_ms, latency_predicted_ms=report.predicted_ms,
+                              latency_source="measured")
             self.store.append(row)
             self.echo(f"{row['trial_id']:>14s} {reason} (predicted {report.predicted_ms:.3f} ms): not fine-tuned")
         self.inner.tell(sid, Outcome("failed"))
