@@ -79,7 +79,7 @@ def test_driver_crash_then_resume_completes_without_rerunning_or_losing_trials(t
     run_dir = tmp_path / "run"
     # the driver and everything it started die at once
     stop_search_midway(run_dir, [*TINY, f"base.checkpoint={base_path}", "trials=4", "concurrency=1",
-                                 "finetune.epochs=1"], 2, signal.SIGKILL)
+                                 "finetune.epochs=1", "searcher.proxy_trials=0"], 2, signal.SIGKILL)
     before = {r["trial_id"]: r for r in read_trials(run_dir).to_pylist()}  # still readable: atomic writes
     assert 2 <= len(before) < 4
     config = load_config(run_dir / "config.yaml")

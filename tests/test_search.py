@@ -167,7 +167,8 @@ def test_resume_after_a_stop_mid_search_runs_only_the_remaining_trials(tmp_path,
 
     run = tmp_path / "run"
     # the user presses Ctrl-C mid-search
-    stop_search_midway(run, [*TINY, f"base.checkpoint={base_path}", "trials=4", "concurrency=1"], 2, signal.SIGINT)
+    stop_search_midway(run, [*TINY, f"base.checkpoint={base_path}", "trials=4", "concurrency=1",
+                                   "searcher.proxy_trials=0"], 2, signal.SIGINT)
     before = {r["trial_id"]: r for r in read_trials(run).to_pylist()}
     assert 2 <= len(before) < 4
     _, lines = search(tmp_path, base_path, "trials=4", "concurrency=1", resume=True, run_dir=run)

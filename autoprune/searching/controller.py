@@ -590,6 +590,8 @@ def _search(config: SearchConfig, run_dir: RunDir, marker: dict[str, Any], task:
                                    settings.threads, echo)
         budget_reached = run_tune(config, run_dir, base, task, space, engine or searcher, store, settings, remaining,
                                   echo, meter)
+        if engine is None and searcher.stop_reason:  # the engine says it when it happens
+            echo(searcher.stop_reason)
     finally:
         if engine is not None:
             engine.close()

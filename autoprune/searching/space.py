@@ -22,13 +22,21 @@ class RatioParam:
     high: float
     step: float
 
+    def _steps(self) -> int:
+        return int(math.floor((self.high - self.low) / self.step + 1e-9))  # never past high
+
+    def _value(self, i: int) -> float:
+        return round(self.low + i * self.step, 10)
+
     def grid(self) -> list[float]:
-        n = int(math.floor((self.high - self.low) / self.step + 1e-9))  # never past high
-        return [round(self.low + i * self.step, 10) for i in range(n + 1)]
+        return [self._value(i) for i in range(self._steps() + 1)]
 
     def snap(self, ratio: float) -> float:
-        """The grid value closest to ``ratio``."""
-        return min(self.grid(), key=lambda r: abs(r - ratio))
+        """The grid value closest to ``ratio`` (the lower one of two as close)."""
+        below = min(max(int(math.floor((ratio - self.low) / self.step)), 0), self._steps())
+        above = min(below + 1, self._steps())
+        low, high = self._value(below), self._value(above)
+        return high if abs(high - ratio) < abs(low - ratio) else low
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ class Searcher(ABC):
     name: ClassVar[str]
     resumed: bool = False
     budget: Any = None  # the search's structural budget (``use_budget``)
+    stop_reason: str | None = None  # why its proposals ended before their schedule did (one line for the user)
 
     def __init__(self, space: SearchSpace, *, seed: int = 0, warm_start: int = 0,
                  objectives: Sequence[Objective] = DEFAULT_OBJECTIVES, **settings: Any) -> None:

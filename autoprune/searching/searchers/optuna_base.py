@@ -39,6 +39,7 @@ REPAIRED_ATTR = "autoprune:repaired_to"  # a proposal outside the budget: the po
 REPAIR_OF_ATTR = "autoprune:repair_of"   # the repaired point's trial: which proposal it repairs
 MAX_REJECTED = 200  # proposals closed in one ask (duplicates, repairs) before the space counts as spent
 RANDOM_DRAWS = 10_000  # random draws that look for an untaken point before the space counts as exhausted
+BAND_DRAWS = 500  # the same under a budget: each draw across its band is a bisection along the latency model
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 TrialState = optuna.trial.TrialState
 
@@ -120,7 +121,7 @@ class OptunaSearcher(Searcher):
         """A random grid point no trial has taken (under a budget, drawn across its band); None when the space is
         exhausted."""
         size = math.prod(len(p.grid()) for p in self.space.params) * len(self.space.criteria)
-        for _ in range(RANDOM_DRAWS if len(taken) < size else 0):
+        for _ in range(self._draws() if len(taken) < size else 0):
             if self.budget is not None and self.budget.active:
                 point = self.budget.band_point(self._rng)
             else:
@@ -129,6 +130,9 @@ class OptunaSearcher(Searcher):
             if self._key(point) not in taken:
                 return point
         return None
+
+    def _draws(self) -> int:
+        return BAND_DRAWS if self.budget is not None and self.budget.active else RANDOM_DRAWS
 
     def ask(self) -> tuple[int, dict[str, Any]] | None:
         """The next point no trial has taken; None when the space holds none (``RANDOM_DRAWS``)."""
@@ -157,8 +161,14 @@ class OptunaSearcher(Searcher):
             self.study.tell(trial, state=TrialState.FAIL)
             fresh = self._untaken(taken)
             if fresh is None:
+                within = " within the budget" if self._draws() == BAND_DRAWS else ""
+                self.stop_reason = (f"{self.name} found no untaken point in {self._draws()} random draws "
+                                    f"({len(taken)} points taken): the space{within} is spent")
                 break
             self.study.enqueue_trial({k: fresh[k] for k in dists})
+        else:
+            self.stop_reason = (f"{self.name}'s last {MAX_REJECTED} proposals were all taken points or outside the "
+                                f"budget ({len(self._taken())} points taken): widen the space or loosen the budget")
         self._save()
         return None
 

@@ -51,6 +51,7 @@ class SensitivitySeeded(Searcher):
             self._seeded = True
             self.target.seed_points = [a.point(self.sensitivity.criterion) for a in self.sensitivity.plan or []]
         suggestion = self.then.ask()
+        self.stop_reason = self.then.stop_reason
         return suggestion if not isinstance(suggestion, tuple) else self._wrap("then", suggestion)
 
     def tell(self, suggestion_id: int, outcome: Outcome) -> None:

@@ -68,7 +68,10 @@ class StagedSearcher(Searcher):
                 staged = {**point, STAGE_KEY: "proxy"}
                 self._running[sid] = ("proxy", inner_id, staged)
                 return sid, staged
-            self._asked_proxies = self.proxy_trials  # the inner searcher has nothing left: go on to fine-tuning
+            # the inner searcher has nothing left: go on to fine-tuning, and say so
+            self.stop_reason = (f"stage 0 ended after {self._asked_proxies} of {self.proxy_trials} candidates: "
+                                f"{self.inner.stop_reason or f'{self.inner.name} proposed no more'}")
+            self._asked_proxies = self.proxy_trials
         if any(stage == "proxy" for stage, _, _ in self._running.values()):
             return WAIT  # the selection needs every stage-0 outcome
         if self._queue is None:

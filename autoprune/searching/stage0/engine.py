@@ -84,6 +84,9 @@ class Stage0Engine(Searcher):
         pending: list[tuple[int, dict[str, Any]]] = []
         while True:
             suggestion = self.inner.ask()
+            if self.inner.stop_reason != self.stop_reason:
+                self.stop_reason = self.inner.stop_reason
+                self.echo(str(self.stop_reason))
             if isinstance(suggestion, tuple) and stage_of(suggestion[1]) == "proxy":
                 pending.append(suggestion)
                 if len(pending) >= self.batch:
