@@ -63,19 +63,32 @@ def write_manifest(directory: Path) -> None:
     (directory / MANIFEST_FILE).write_text("\n".join(lines) + "\n")
 
 
-def verify_manifest(directory: Path) -> None:
-    """Refuse an export whose files do not match its manifest (tampered, truncated or missing)."""
+def verify_manifest(directory: Path, required: Sequence[str] = (MODEL_FILE,)) -> None:
+    """Refuse an export whose files do not match its manifest (tampered, truncated or missing), whose manifest
+    leaves out a file in ``required`` (what the caller reads), or names a file outside ``directory``."""
     manifest = directory / MANIFEST_FILE
     if not manifest.is_file():
         raise AutopruneError(f"export '{directory}' has no {MANIFEST_FILE}: refusing to load it")
-    for line in manifest.read_text().splitlines():
+    listed = set()
+    for number, line in enumerate(manifest.read_text().splitlines(), 1):
         expected, _, name = line.partition("  ")
+        if not name or len(expected) != 64:
+            raise AutopruneError(f"export '{directory}': line {number} of {MANIFEST_FILE} is not '<sha256>  <file>': "
+                                 f"refusing to load it")
+        if name in (".", "..") or Path(name).name != name:
+            raise AutopruneError(f"export '{directory}': {MANIFEST_FILE} names '{name}', not a file of the export "
+                                 f"directory: refusing to load it")
         path = directory / name
         if not path.is_file():
             raise AutopruneError(f"export '{directory}': {name} listed in {MANIFEST_FILE} is missing")
         if _sha256(path) != expected:
             raise AutopruneError(f"export '{directory}': {name} does not match its checksum in {MANIFEST_FILE} "
                                  f"(modified or corrupt): refusing to load it")
+        listed.add(name)
+    unlisted = [name for name in required if name not in listed]
+    if unlisted:
+        raise AutopruneError(f"export '{directory}': {MANIFEST_FILE} does not list {', '.join(unlisted)}: "
+                             f"refusing to load it")
 
 
 def metrics_differ(a: float, b: float) -> bool:
@@ -242,12 +255,27 @@ def write_export(out: Path, ckpt: ckpt_io.Checkpoint, policy: Policy, metrics: d
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         (tmp / "README.md").write_text(card + deploy_card(report, name))
         write_manifest(tmp)
+        replace_directory(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+
+
+def replace_directory(new: Path, out: Path) -> None:
+    """Move ``new`` to ``out``; a previous ``out`` is renamed aside first and removed once ``new`` is in place (put
+    back if that rename fails), so ``out`` is always one whole export, never a partly removed one."""
+    if not out.exists():
+        new.rename(out)
+        return
+    old = out.with_name(f".{out.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    out.rename(old)
+    try:
+        new.rename(out)
+    except BaseException:
+        old.rename(out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def card_rows(metric: str) -> tuple[tuple[str, str, str], ...]:
@@ -297,7 +325,9 @@ def load(directory: str | Path, model: nn.Module | None = None, shared: bool = F
     directory = Path(directory)
     if not directory.is_dir():
         raise AutopruneError(f"export directory '{directory}' does not exist")
-    verify_manifest(directory)
+    from autoprune.deploy.sharing import SHARED_FILE
+
+    verify_manifest(directory, (MODEL_FILE, SHARED_FILE) if shared else (MODEL_FILE,))
     path = directory / MODEL_FILE
     rebuilt = ckpt_io.load(path).build(path, base_module=model)
     return with_shared_weights(directory, rebuilt).eval() if shared else rebuilt
