@@ -80,7 +80,7 @@ class ScriptedSearcher:
         from autoprune.objectives import DEFAULT_OBJECTIVES
 
         self.space, self.seed, self.warm_start, self.objectives = space, 0, 0, DEFAULT_OBJECTIVES
-        self.name, self.resumed = "scripted", False
+        self.name, self.resumed, self.stop_reason = "scripted", False, None
         self.queue = [{**p, "stage": "proxy"} for p in proxies] + [dict(p) for p in fine_tunes]
         self.asked, self.told = {}, {}
 
@@ -181,3 +181,32 @@ def test_one_policy_asked_twice_in_a_batch_is_scored_once_and_told_to_both(tmp_p
                           {"latency_ms": 10.0}, batch=4, echo=lambda line: None)
     assert engine.ask() is None
     assert [p["a"] for p in pool.scored] == [0.3, 0.5] and sorted(inner.told) == [0, 1, 2]
+
+
+def test_a_time_budget_spent_in_stage_0_scores_no_further_batch_and_says_so(tmp_path, monkeypatch):
+    from autoprune.searching.results import ResultsStore
+    from autoprune.searching.stage0 import engine as engine_module
+    from autoprune.searching.stage0.budget import Budget
+    from autoprune.searching.stage0.engine import Stage0Engine
+
+    space = SearchSpace((RatioParam("a", 16, 0.0, 0.8, 0.1),), ("l1",))
+    inner = ScriptedSearcher(space, [{"a": round(0.1 * i, 1), "criterion": "l1"} for i in range(8)],
+                             [{"a": 0.5, "criterion": "l1"}])
+    now = [100.0]
+    monkeypatch.setattr(engine_module.time, "monotonic", lambda: now[0])
+
+    class SlowPool(FakePool):
+        def map(self, points, on_scored):
+            super().map(points, on_scored)
+            now[0] += 6.0  # each batch takes 6 s of the search's clock
+
+    pool, lines = SlowPool(), []
+    budget = Budget(space, None, [])
+    budget.predict = lambda p: {"latency_ms": 5.0}
+    engine = Stage0Engine(inner, pool, ResultsStore(tmp_path, space.groups), budget, [], {"latency_ms": 10.0},
+                          batch=2, echo=lines.append, time_budget_s=10.0)
+    assert engine.ask() is None  # no fine-tune either: the budget is spent
+    assert len(pool.scored) == 4  # two batches: 0 s and 6 s in; at 12 s none
+    assert lines[-1] == "time budget of 10 s reached during stage 0 after 4 candidates this run: no further " \
+                        "candidate is scored"
+    assert engine.stop_reason == lines[-1]

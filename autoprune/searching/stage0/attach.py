@@ -66,7 +66,8 @@ def _attach(config: SearchConfig, searcher: Searcher, store: ResultsStore, base_
     keeper.calibrate(config["latency.calibration"], config["searcher.seed"], echo)
     searcher.use_budget(budget)
     engine = Stage0Engine(searcher, pool, store, budget, config.constraints, base_values,
-                          batch=max(config["searcher.population"], 4 * pool.size), echo=echo, keeper=keeper)
+                          batch=max(config["searcher.population"], 4 * pool.size), echo=echo, keeper=keeper,
+                          time_budget_s=config["time_budget_s"])
     echo(f"stage 0: {pool.size} resident evaluators (base proxy {metric} {base[f'proxy_{metric}']:.4f}, "
          f"{config['searcher.proxy_batches']} recalibration batches, {config['searcher.proxy_samples']} proxy samples)")
     engine.prepare()

@@ -45,17 +45,20 @@ class Stage0Engine(Searcher):
         batch: stage-0 points gathered before a batch is scored.
         echo: where progress lines go.
         keeper: times a candidate of each batch to keep the latency model honest (``keeper``), when given.
+        time_budget_s: the search's ``time_budget_s``, counted from the first ask (Ray Tune's clock starts then
+            too): once spent, no further batch is scored and ``ask`` returns None.
     """
 
     def __init__(self, inner: Searcher, pool: EvaluatorPool, store: ResultsStore, budget: Budget,
                  constraints: list[Constraint], base: dict[str, Any], batch: int, echo: Echo,
-                 keeper: LatencyKeeper | None = None) -> None:
+                 keeper: LatencyKeeper | None = None, time_budget_s: float | None = None) -> None:
         super().__init__(inner.space, seed=inner.seed, warm_start=inner.warm_start, objectives=inner.objectives)
         self.inner, self.pool, self.store, self.budget = inner, pool, store, budget
         self.name = inner.name  # type: ignore[misc]  # the wrapped searcher's name is what the results show
         self.resumed = inner.resumed
         self.constraints, self.base, self.batch, self.echo = constraints, base, max(1, batch), echo
         self.keeper = keeper
+        self.time_budget_s, self._clock = time_budget_s, None  # the clock starts at the first ask
         self.metric = store.metric
         self.maximize = next((o.maximize for o in self.objectives if o.name == self.metric), True)
         self.scored: dict[Key, Outcome] = {}
@@ -71,6 +74,8 @@ class Stage0Engine(Searcher):
 
     # the searcher interface: what leaves ask() is for Ray Tune
     def ask(self) -> tuple[int, dict[str, Any]] | str | None:
+        if self._clock is None:
+            self._clock = time.monotonic()
         if self._held is not None:
             held, self._held = self._held, None
             return held
@@ -83,10 +88,12 @@ class Stage0Engine(Searcher):
         """The searcher's next point that is not for stage 0, the stage-0 points it asks on the way scored."""
         pending: list[tuple[int, dict[str, Any]]] = []
         while True:
+            if self._spent():
+                return None
             suggestion = self.inner.ask()
-            if self.inner.stop_reason != self.stop_reason:
-                self.stop_reason = self.inner.stop_reason
-                self.echo(str(self.stop_reason))
+            if self.inner.stop_reason is not None and self.inner.stop_reason != self.stop_reason:
+                self.stop_reason = self.inner.stop_reason  # said when it happens
+                self.echo(self.stop_reason)
             if isinstance(suggestion, tuple) and stage_of(suggestion[1]) == "proxy":
                 pending.append(suggestion)
                 if len(pending) >= self.batch:
@@ -136,6 +143,16 @@ class Stage0Engine(Searcher):
 
     def use_budget(self, budget: Budget) -> None:
         self.inner.use_budget(budget)
+
+    def _spent(self) -> bool:
+        """Whether the time budget is spent (then said once, as the reason the proposals ended)."""
+        if self.time_budget_s is None or self._clock is None or time.monotonic() - self._clock < self.time_budget_s:
+            return False
+        if not (self.stop_reason or "").startswith("time budget"):
+            self.stop_reason = (f"time budget of {self.time_budget_s:g} s reached during stage 0 after {self.count} "
+                                f"candidates this run: no further candidate is scored")
+            self.echo(self.stop_reason)
+        return True
 
     # scoring
     def _score(self, suggestions: list[tuple[int, dict[str, Any]]]) -> None:
