@@ -63,7 +63,9 @@ DEFAULTS: dict[str, Any] = {
                  "seed_from": "uniform"},
     "scheduler": "none",  # or "asha": stop weak candidates early on validation accuracy (multi-fidelity)
     "trials": 16,
-    "time_budget_s": None,  # stop the search after this many seconds (Ray Tune's time_budget_s); null: no limit
+    # stop the search this many seconds after stage 0 starts (no stage-0 batch and no fine-tune begins later; Ray
+    # Tune's time_budget_s gets what stage 0 left); null: no limit
+    "time_budget_s": None,
     "concurrency": 2,
     "resources": {"cpu": 1.0, "gpu": 0.0},
     # target: a custom Ray resource naming the node that times candidates (null: the head node); table: a per-layer

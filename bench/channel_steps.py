@@ -13,10 +13,11 @@ stage are timed interleaved, round by round, after a warm-up, and each count's f
 ``--rounds`` rounds.
 
 Printed per runtime and stage: the curve (latency of each count relative to the full block), and for each multiple
-``m`` in 2, 4, 8, 16 the median ratio (``autoprune.measure.steps``, which ``space.round_to: auto`` probes with) ``latency(next multiple of m at or above c) / latency(c)`` over the counts
-that are not multiples: a ratio at or below 1.00 means a count that is not a multiple of ``m`` buys nothing (the
-next multiple up, with more channels, runs as fast or faster). The measured step is the largest ``m`` whose ratio
-is <= 1.02. Written to ``OUT/channel_steps.json``.
+``m`` in 2, 4, 8, 16 the median ratio ``latency(next multiple of m at or above c) / latency(c)`` over the counts
+that are not multiples (``autoprune.measure.steps``, which ``space.round_to: auto`` probes with): a ratio at or
+below 1.00 means a count that is not a multiple of ``m`` buys nothing (the next multiple up, with more channels,
+runs as fast or faster). The measured step is the largest ``m`` whose ratio is <= 1.02. Written to
+``OUT/channel_steps.json``.
 """
 from __future__ import annotations
 

@@ -14,7 +14,8 @@ from autoprune.pruning import checkpoint
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--set", "data.max_train_samples=256", "--set", "base.epochs=0.2", "--set", "finetune.epochs=0.2",
         "--set", "latency.batch_size=8", "--set", "latency.threads=1", "--set", "latency.repeats=30",
-        "--set", "latency.reference_repeats=30", "--set", "resources.cpu=1"]
+        "--set", "latency.reference_repeats=30", "--set", "resources.cpu=1",
+        "--set", "searcher.proxy_trials=0"]  # the default space's 400 stage-0 candidates: tests/test_stage0_*
 
 
 def cli(*args, cwd=ROOT):
@@ -158,11 +159,12 @@ def test_resume_with_other_objectives(tmp_path):
 
 
 def test_a_time_budget_spent_before_any_fine_tune_says_so(tmp_path, base):
-    # sensitivity's stage 0 alone takes many seconds (the reference and every group at every ratio): one second ends it
+    # a millisecond is spent by the first stage-0 batch of sensitivity's curves on any machine: then the budget ends
+    # the search before any fine-tune (the engine's clock: tests/test_stage0_engine.py)
     proc = cli("search", "search_spaces/resnet20_fashionmnist.yaml", "--out", tmp_path / "run", *TINY,
-               "--set", f"base.checkpoint={base}", "--set", "searcher.name=sensitivity", "--set", "time_budget_s=1",
-               "--set", "constraints=[]")
-    refused(proc, "the time budget (1 s, time_budget_s) ended the search before any fine-tuned trial finished",
+               "--set", f"base.checkpoint={base}", "--set", "searcher.name=sensitivity", "--set", "time_budget_s=0.001",
+               "--set", "constraints=[]", "--set", "latency.calibration=0", "--set", "searcher.population=4")
+    refused(proc, "the time budget (0.001 s, time_budget_s) ended the search before any fine-tuned trial finished",
             f"--resume {tmp_path / 'run'}")
     assert (tmp_path / "run" / "autoprune-run.json").is_file()  # the run directory stays, resumable
 

@@ -97,12 +97,11 @@ def test_a_search_whose_budget_band_runs_dry_says_why_it_stopped(name):
     s = StagedSearcher(make_searcher(name, SPACE, seed=0, warm_start=0, population=4, startup_trials=3), 500)
     s.use_budget(budget(3.6))  # only the most pruned corner of the space is within
     assert s.stop_reason is None
-    for asked in range(500):
-        suggestion = s.ask()
-        if suggestion is None or suggestion[1]["stage"] == "full":
-            break
+    asked, suggestion = 0, s.ask()
+    while suggestion is not None and suggestion[1]["stage"] == "proxy" and asked < 500:
         sid, point = suggestion
         s.tell(sid, Outcome("ok", (1.0 - latency(point) / 20, 100 * latency(point), latency(point)), {}))
+        asked, suggestion = asked + 1, s.ask()
     assert asked < 50  # stage 0 ended long before its 500 candidates
     assert s.stop_reason is not None and s.stop_reason.startswith(f"stage 0 ended after {asked} of 500 candidates: ")
     assert s.stop_reason.endswith("(4 points taken): the space within the budget is spent") and name in s.stop_reason

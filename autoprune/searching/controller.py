@@ -588,8 +588,11 @@ def _search(config: SearchConfig, run_dir: RunDir, marker: dict[str, Any], task:
         if uses_stage0(config):  # stage-0 candidates go to resident evaluators, fine-tunes to Ray Tune
             engine = attach_engine(config, searcher, store, base_model, task, space, structure, meter,
                                    settings.threads, echo)
-        budget_reached = run_tune(config, run_dir, base, task, space, engine or searcher, store, settings, remaining,
-                                  echo, meter)
+        left = engine.time_left() if engine is not None else config["time_budget_s"]
+        budget_reached = left is not None and left <= 0  # stage 0 spent it: no fine-tune starts
+        if not budget_reached:
+            budget_reached = run_tune(config, run_dir, base, task, space, engine or searcher, store, settings,
+                                      remaining, echo, meter, left)
         if engine is None and searcher.stop_reason:  # the engine says it when it happens
             echo(searcher.stop_reason)
     finally:

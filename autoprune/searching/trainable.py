@@ -61,7 +61,7 @@ def _restore(base: ckpt_io.Checkpoint) -> Resume | None:
 
 
 def policy_trial(config: dict[str, Any], *, base: ckpt_io.Checkpoint, task: Task, space: SearchSpace,
-                 settings: TrialSettings, meter: Any = None) -> None:
+                 settings: TrialSettings, meter: Any = None, base_scores: dict[str, float] | None = None) -> None:
     """Run one candidate; ``config['point']`` is the searcher's point of ``space``.
 
     After every fine-tuning epoch the pruned model is checkpointed, so a trial whose node is lost
@@ -85,7 +85,8 @@ def policy_trial(config: dict[str, Any], *, base: ckpt_io.Checkpoint, task: Task
         stage, remote = stage_of(config["point"]), RemoteMeter(meter) if meter is not None else None
         if stage == "short":
             settings = dataclasses.replace(settings, finetune_epochs=float(config["point"][EPOCHS_KEY]))
-        result = run_trial(base.build(), task, policy, settings, on_epoch=on_epoch, resume=resume, meter=remote)
+        result = run_trial(base.build(), task, policy, settings, on_epoch=on_epoch, resume=resume, meter=remote,
+                            base_scores=base_scores)
     except Exception as e:  # recorded as a failed trial; the search continues
         message = str(e).strip().splitlines()[0] if str(e).strip() else ""
         tune.report({"status": "failed", "error": f"{type(e).__name__}: {message}"[:500], "final": True,

@@ -104,14 +104,16 @@ EpochCallback = Callable[[int, dict[str, Any], "TrialResult", dict[str, Any]], N
 
 def run_trial(base_model: nn.Module, task: Task, policy: Policy, settings: TrialSettings,
               on_epoch: EpochCallback | None = None, resume: Resume | None = None,
-              meter: Meter | None = None) -> TrialResult:
+              meter: Meter | None = None, base_scores: dict[str, float] | None = None) -> TrialResult:
     """Prune → measure → adaptive BN → fine-tune (when the task trains) → evaluate.
 
     Size, MACs and latency do not change with fine-tuning, so they are measured right after pruning, latency
     by ``meter`` (the search's shared latency actor; an in-process one when None). ``on_epoch(epoch, metrics,
     state, progress)`` then gets the validation metric of every fine-tuning epoch together with those
     measurements, the state and the training progress to checkpoint. With ``resume``, pruning and measuring
-    are skipped and fine-tuning continues where it stopped, on the same learning-rate schedule.
+    are skipped and fine-tuning continues where it stopped, on the same learning-rate schedule. ``base_scores``:
+    the base's ``val_<metric>`` and ``test_<metric>`` when the caller knows them (a search evaluates its base once,
+    ``base_scores``), else evaluated here.
     """
     device = torch.device(devices.resolve(settings.device))
     watch = Stopwatch()
@@ -137,9 +139,15 @@ def run_trial(base_model: nn.Module, task: Task, policy: Policy, settings: Trial
                 task.finetune(pruned, settings.finetune_epochs, teacher=base_model if settings.kd else None,
                               on_epoch=report, progress=progress)
         with watch("evaluate"):
-            base.update({f"val_{name}": task.evaluate(base_model, "val"), f"test_{name}": task.evaluate(base_model, "test")})
+            base.update(base_scores if base_scores is not None else scores(base_model, task))
             after.update({f"val_{name}": task.evaluate(pruned, "val"), f"test_{name}": task.evaluate(pruned, "test")})
     return TrialResult(pruned.eval(), base, after, watch.seconds)
+
+
+def scores(model: nn.Module, task: Task) -> dict[str, float]:
+    """``model``'s metric on the validation and test splits: ``{val_<metric>, test_<metric>}``."""
+    name = task.metric.name
+    return {f"val_{name}": task.evaluate(model, "val"), f"test_{name}": task.evaluate(model, "test")}
 
 
 def _prune_and_measure(base_model: nn.Module, task: Task, policy: Policy, settings: TrialSettings,

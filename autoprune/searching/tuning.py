@@ -18,6 +18,7 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 from ray import tune  # noqa: E402
 
 from autoprune.config import SearchConfig, violations  # noqa: E402
+from autoprune.measure.metrics import torch_threads  # noqa: E402
 from autoprune.searching.front import compute_front, format_rows  # noqa: E402
 from autoprune.searching.results import ResultsStore, skipped_row  # noqa: E402
 from autoprune.searching.screening import LatencyScreen, Verdict  # noqa: E402
@@ -25,7 +26,7 @@ from autoprune.searching.searchers import Searcher  # noqa: E402
 from autoprune.searching.space import SearchSpace  # noqa: E402
 from autoprune.searching.storage import RunDir  # noqa: E402
 from autoprune.searching.trainable import PRUNED_FILE  # noqa: E402
-from autoprune.searching.trial import TrialSettings  # noqa: E402
+from autoprune.searching.trial import TrialSettings, scores  # noqa: E402
 from autoprune.tasks.base import Task  # noqa: E402
 
 
@@ -62,16 +63,20 @@ def init_ray(cpus: float) -> None:
 
 def run_tune(config: SearchConfig, run_dir: RunDir, base: Any, task: Task, space: SearchSpace,
              searcher: Searcher, store: ResultsStore, settings: TrialSettings, trials: int, echo,
-             meter: Any) -> bool:
+             meter: Any, time_budget_s: float | None) -> bool:
     """Run ``trials`` trials on Ray Tune; every trial times its candidate on the search's latency actor ``meter``.
-    Returns whether ``time_budget_s`` ended it (Tune's clock starts at ``fit``)."""
+    Returns whether ``time_budget_s`` (what is left of the search's ``time_budget_s``; Tune's clock starts at
+    ``fit``) ended it."""
     from autoprune.searching.trainable import policy_trial
     from autoprune.searching.tune_searcher import AskTellSearch
 
     constraints = config.constraints
     _quiet_tune()
+    with torch_threads(settings.threads):  # what no candidate changes, evaluated once for every trial
+        base_scores = scores(base.build().eval(), task)
     trainable = tune.with_resources(
-        tune.with_parameters(policy_trial, base=base, task=task, space=space, settings=settings, meter=meter),
+        tune.with_parameters(policy_trial, base=base, task=task, space=space, settings=settings, meter=meter,
+                             base_scores=base_scores),
         {"cpu": config["resources.cpu"], "gpu": config["resources.gpu"]},
     )
     screen = latency_screen(config, space, meter)
@@ -88,7 +93,7 @@ def run_tune(config: SearchConfig, run_dir: RunDir, base: Any, task: Task, space
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=search, scheduler=scheduler, num_samples=-1,  # the searcher ends it
-                                    time_budget_s=config["time_budget_s"],
+                                    time_budget_s=time_budget_s,
                                     max_concurrent_trials=config["concurrency"], reuse_actors=True,
                                     trial_name_creator=str, trial_dirname_creator=lambda t: f"trial_{t.trial_id}"),
         run_config=tune.RunConfig(name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=run_dir.uri,
@@ -99,8 +104,7 @@ def run_tune(config: SearchConfig, run_dir: RunDir, base: Any, task: Task, space
     echo(format_rows([], config["metric.name"]).splitlines()[0] + "  front")
     started = time.monotonic()
     tuner.fit()
-    budget = config["time_budget_s"]
-    return budget is not None and time.monotonic() - started >= budget
+    return time_budget_s is not None and time.monotonic() - started >= time_budget_s
 
 
 def latency_screen(config: SearchConfig, space: SearchSpace, meter: Any) -> LatencyScreen:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from autoprune.config import SearchConfig
+from autoprune.config import SEEDABLE, SearchConfig
 from autoprune.measure.structure import StructureModel
 from autoprune.searching.results import ResultsStore
 from autoprune.searching.searchers.base import Searcher
@@ -28,8 +28,10 @@ Echo = Callable[[str], None]
 
 
 def uses_stage0(config: SearchConfig) -> bool:
-    """Whether the configured searcher evaluates candidates at stage 0."""
-    return (config["searcher.proxy_trials"] > 0 or config["searcher.name"] in ("sensitivity", "greedy")
+    """Whether the configured searcher evaluates candidates at stage 0 (``proxy_trials`` stages the Optuna-backed
+    ones only: ``uniform`` fine-tunes its grid)."""
+    return ((config["searcher.proxy_trials"] > 0 and config["searcher.name"] in SEEDABLE)
+            or config["searcher.name"] in ("sensitivity", "greedy")
             or config["searcher.seed_from"] == "sensitivity")
 
 

@@ -45,8 +45,8 @@ class Stage0Engine(Searcher):
         batch: stage-0 points gathered before a batch is scored.
         echo: where progress lines go.
         keeper: times a candidate of each batch to keep the latency model honest (``keeper``), when given.
-        time_budget_s: the search's ``time_budget_s``, counted from the first ask (Ray Tune's clock starts then
-            too): once spent, no further batch is scored and ``ask`` returns None.
+        time_budget_s: the search's ``time_budget_s``, counted from the first ask (``prepare``, before Ray Tune
+            starts; Tune gets ``time_left``): once spent, no further batch is scored and ``ask`` returns None.
     """
 
     def __init__(self, inner: Searcher, pool: EvaluatorPool, store: ResultsStore, budget: Budget,
@@ -58,7 +58,8 @@ class Stage0Engine(Searcher):
         self.resumed = inner.resumed
         self.constraints, self.base, self.batch, self.echo = constraints, base, max(1, batch), echo
         self.keeper = keeper
-        self.time_budget_s, self._clock = time_budget_s, None  # the clock starts at the first ask
+        self.time_budget_s = time_budget_s
+        self._clock: float | None = None  # the time budget counts from the first ask
         self.metric = store.metric
         self.maximize = next((o.maximize for o in self.objectives if o.name == self.metric), True)
         self.scored: dict[Key, Outcome] = {}
@@ -144,9 +145,16 @@ class Stage0Engine(Searcher):
     def use_budget(self, budget: Budget) -> None:
         self.inner.use_budget(budget)
 
+    def time_left(self) -> float | None:
+        """Seconds of the time budget left (None without one): what Ray Tune gets for the fine-tunes."""
+        if self.time_budget_s is None:
+            return None
+        return self.time_budget_s - (time.monotonic() - self._clock if self._clock is not None else 0.0)
+
     def _spent(self) -> bool:
         """Whether the time budget is spent (then said once, as the reason the proposals ended)."""
-        if self.time_budget_s is None or self._clock is None or time.monotonic() - self._clock < self.time_budget_s:
+        left = self.time_left()
+        if left is None or left > 0:
             return False
         if not (self.stop_reason or "").startswith("time budget"):
             self.stop_reason = (f"time budget of {self.time_budget_s:g} s reached during stage 0 after {self.count} "
