@@ -69,12 +69,36 @@ def test_checkpoint_of_another_architecture_is_refused(tmp_path):
         checkpoint.load(path).build(path)
 
 
-def test_save_is_atomic_and_leaves_no_temporary_files(tmp_path):
+@pytest.mark.parametrize("fails", ["writing", "renaming"])
+def test_a_save_that_fails_midway_leaves_the_previous_checkpoint_and_no_temporary(tmp_path, monkeypatch, fails):
+    import os
+
+    import torch
+
     spec, model = pruned_resnet()
     path = tmp_path / "sub" / "p.pt"
     checkpoint.save(checkpoint.from_model(model, spec, DataSpec(), SHAPE, PRE), path)
-    checkpoint.save(checkpoint.from_model(model, spec, DataSpec(), SHAPE, PRE), path)
+    before = checkpoint.load(path).state_dict
+    for p in model.parameters():  # the next save would write other weights
+        p.data.add_(1.0)
+    real_save = torch.save
+
+    def half_written(obj, f, *args, **kwargs):
+        real_save(obj, f, *args, **kwargs)
+        f.truncate(f.tell() // 2)
+        raise OSError("disk full")
+
+    if fails == "writing":
+        monkeypatch.setattr(checkpoint.torch, "save", half_written)
+    else:
+        monkeypatch.setattr(checkpoint.os, "replace", lambda *a: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError, match="disk full"):
+        checkpoint.save(checkpoint.from_model(model, spec, DataSpec(), SHAPE, PRE), path)
+    monkeypatch.undo()
+    after = checkpoint.load(path).state_dict
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
     assert [p.name for p in path.parent.iterdir()] == ["p.pt"]
+    assert os.stat(path).st_size > 0
 
 
 def test_the_record_of_what_ranked_each_group_survives_a_checkpoint(tmp_path):

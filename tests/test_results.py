@@ -29,6 +29,49 @@ def test_rows_are_appended_once_per_trial_and_survive_reopening(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["trials.parquet"]  # no temporary files left
 
 
+class FailingFileSystem:
+    """The run directory's filesystem, but a write that stops halfway or a move that fails."""
+
+    def __init__(self, fs, fails):
+        self.fs, self.fails = fs, fails
+
+    def __getattr__(self, name):
+        return getattr(self.fs, name)
+
+    def open_output_stream(self, path, *args, **kwargs):
+        stream = self.fs.open_output_stream(path, *args, **kwargs)
+        if self.fails != "writing":
+            return stream
+        class HalfWritten:
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                stream.close()
+
+            def write(self, data):
+                stream.write(data[: len(data) // 2])
+                raise OSError("disk full")
+
+        return HalfWritten()
+
+    def move(self, src, dest):
+        raise OSError("disk full")
+
+
+@pytest.mark.parametrize("fails", ["writing", "moving"])
+def test_a_rewrite_that_fails_midway_leaves_the_previous_rows_and_no_temporary(tmp_path, fails):
+    store = ResultsStore(tmp_path, ["conv1", "layer1.0.conv1"])
+    store.append(row(1))
+    real = store.run.fs
+    store.run.fs = FailingFileSystem(real, fails)
+    with pytest.raises(OSError, match="disk full"):
+        store.append(row(2))
+    store.run.fs = real
+    assert [r["trial_id"] for r in read_trials(tmp_path).to_pylist()] == ["t1"]
+    assert [p.name for p in tmp_path.iterdir()] == ["trials.parquet"]
+
+
 def test_missing_and_corrupt_results(tmp_path):
     with pytest.raises(AutopruneError, match="trials.parquet does not exist"):
         read_trials(tmp_path)
