@@ -32,9 +32,11 @@ def test_steps_wait_while_a_measurement_runs():
     meter, trial = MeasurementGate(name), MeasurementGate(name)  # two processes' worth of open files
     events = []
     with meter.measuring():
-        t = run_in_thread(lambda: (trial.step().__enter__(), events.append("step")))
+        trying = threading.Event()
+        t = run_in_thread(lambda: (trying.set(), trial.step().__enter__(), events.append("step")))
+        assert trying.wait(5)  # the thread runs and is about to take a step
         t.join(0.3)
-        assert events == []  # blocked for as long as the measurement runs
+        assert events == [] and t.is_alive()  # blocked for as long as the measurement runs
     t.join(5)
     assert events == ["step"]
 
@@ -53,8 +55,11 @@ def test_a_measurement_waits_for_running_steps_and_new_steps_queue_behind_it():
     m = run_in_thread(measure)
     wait_until_held(MeasurementGate(name))  # the measurement holds the turnstile, waiting for the gate
     assert events == []  # the running step finishes first
-    late = run_in_thread(lambda: (other.step().__enter__(), events.append("late step")))
+    trying = threading.Event()
+    late = run_in_thread(lambda: (trying.set(), other.step().__enter__(), events.append("late step")))
+    assert trying.wait(5)
     late.join(0.3)
+    assert late.is_alive()  # queued behind the waiting measurement
     step.__exit__(None, None, None)
     m.join(5)
     late.join(5)

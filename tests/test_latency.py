@@ -1,6 +1,7 @@
 """The latency measurement path: ratio to the base x reference, cache by structure, prediction, feasibility."""
 import json
 import subprocess
+import statistics
 import sys
 from pathlib import Path
 
@@ -235,3 +236,35 @@ def test_the_base_structure_is_its_reference_and_timing_stops_once_the_ratio_is_
     assert same.latency_ms == 8.0 and same.ratio == 1.0 and calls == [["base"]]  # nothing timed beside it
     meter.measure(model, {"a": 4})
     assert calls == [["base"], ["base", "candidate"]]  # constant timings: one chunk of rounds is precise enough
+
+
+def noisy_timer(spread: float, seed: int = 0):
+    """A stand-in for measure_latency whose candidate rounds scatter by +-``spread`` around 4 ms (the base: 8 ms)."""
+    import random
+
+    rng, chunks = random.Random(seed), []
+
+    def measure(models, input_shape, **kw):
+        n = kw.get("repeats", 30)
+        chunks.append(n)
+        samples = {"base": [8.0] * n, "candidate": [4.0 * (1 + rng.uniform(-spread, spread)) for _ in range(n)]}
+        return {name: Latency(statistics.median(samples[name]), 0.0, n, 1, 1, "cpu", tuple(samples[name]))
+                for name in models}
+    return measure, chunks
+
+
+@pytest.mark.parametrize("spread, rounds", [(0.05, 100), (0.1, 200), (0.6, 600)])
+def test_noisy_rounds_are_added_until_the_ratio_is_precise_or_the_limit_is_reached(monkeypatch, spread, rounds):
+    """+-1.5 % (95 %) on the median ratio: +-5 % noise is precise after one chunk of 100 rounds (37 needed), +-10 %
+    after two (148 needed), +-60 % never (600 rounds, the limit)."""
+    import autoprune.measure.latency as lat
+
+    model = Convs()
+    x = torch.zeros(1, *SHAPE)
+    meter = lat.LatencyMeter(model, LatencySpec(SHAPE, repeats=100, max_rounds=600),
+                             StructureModel.from_model(model, x, discover(model, x)))
+    timer, chunks = noisy_timer(spread)
+    monkeypatch.setattr(lat, "measure_latency", timer)
+    report = meter.measure(model, {"a": 4})
+    assert sum(chunks[1:]) == rounds  # after the reference's own chunk
+    assert abs(report.ratio - 0.5) < 0.5 * spread
