@@ -120,12 +120,30 @@ def test_a_fractional_epoch_trains_and_reports_once(case):
 
 
 def test_finetune_distils_from_a_teacher(case):
+    """The same student fine-tuned the same way with and without a teacher: with it, its outputs end closer to the
+    teacher's (a fine-tune that ignores ``teacher`` fails), and the teacher is left as it was."""
+    import copy
+
     task, make = case
-    student, teacher = make(), make()
-    before, teacher_before = params(student), params(teacher)
-    task.finetune(student, 1, teacher=teacher)
-    assert not all(torch.equal(a, b) for a, b in zip(before, params(student)))
+    torch.manual_seed(1)
+    teacher = make()
+    torch.manual_seed(2)
+    student = make()
+    alone, taught = copy.deepcopy(student), copy.deepcopy(student)
+    teacher_before = params(teacher)
+    torch.manual_seed(3)
+    task.finetune(alone, 1)
+    torch.manual_seed(3)
+    task.finetune(taught, 1, teacher=teacher)
     assert all(torch.equal(a, b) for a, b in zip(teacher_before, params(teacher)))
+    batches = task.calibration(2)
+    inputs = torch.cat([x for x, _ in batches]) if batches else task.example_input()
+
+    def gap(model):
+        with torch.no_grad():
+            return torch.mean((model.eval()(inputs) - teacher.eval()(inputs)) ** 2).item()
+
+    assert gap(taught) < gap(alone), (gap(taught), gap(alone))
 
 
 def test_an_interrupted_finetune_resumes_from_its_progress_without_repeating_epochs(case):
