@@ -99,7 +99,8 @@ def test_finalize_writes_a_verified_export_of_the_trials_policy(run, finalized):
     runtimes = saved["runtimes"]
     assert runtimes["torch"]["test_accuracy"] == final["test_accuracy"]
     assert runtimes["onnxruntime"]["test_accuracy"] == pytest.approx(final["test_accuracy"], abs=0.001)
-    assert 0 <= runtimes["int8"]["test_accuracy"] == saved["int8"]["test_accuracy"] <= 1
+    assert runtimes["int8"]["test_accuracy"] == saved["int8"]["test_accuracy"]
+    assert abs(runtimes["int8"]["test_accuracy"] - final["test_accuracy"]) <= 0.05  # int8 keeps what fp32 has
     assert runtimes["int8"]["size_bytes"] == (out / "model.int8.onnx").stat().st_size
     assert "| onnxruntime | model.onnx |" in card and "| int8 | model.int8.onnx |" in card
 
@@ -121,7 +122,9 @@ def test_finalize_cli_trial_without_kd(run, tmp_path, capsys):
     convs = [m for m in shared.modules() if isinstance(m, torch.nn.Conv2d)]
     assert convs and all(m.weight.unique().numel() <= 16 for m in convs)
     assert conv_widths(shared) == conv_widths(autoprune.load(out))
-    assert 0 <= saved["weight_sharing"]["test_accuracy"] <= 1 and saved["weight_sharing"]["bits"] == 4
+    assert saved["weight_sharing"]["bits"] == 4
+    # 16 shared values per layer cost a few points at most
+    assert abs(saved["weight_sharing"]["test_accuracy"] - saved["final"]["test_accuracy"]) <= 0.1
 
 
 def copy_run(run, to, *names):
