@@ -124,3 +124,14 @@ class Mystery(torch.nn.Module):
 
     def forward(self, x):
         return self.head(mystery(self.conv(x)).mean((2, 3)))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_gate_files_left_behind():
+    """The measurement gates' lock files this session creates (``autoprune/measure/gate.py``) are removed at its end:
+    a later session never finds a leftover one."""
+    gates = Path(tempfile.gettempdir()) / "autoprune-gates"
+    before = set(gates.glob("*")) if gates.is_dir() else set()
+    yield
+    for path in (set(gates.glob("*")) if gates.is_dir() else set()) - before:
+        path.unlink(missing_ok=True)

@@ -1,7 +1,7 @@
 """The latency measurement path: ratio to the base x reference, cache by structure, prediction, feasibility."""
 import json
-import subprocess
 import statistics
+import subprocess
 import sys
 from pathlib import Path
 

@@ -225,8 +225,9 @@ def test_export_reproduces_the_pruned_model_and_its_test_accuracy(nsga2_run, tmp
                                                    "model.pt2", "policy.json"]
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["test_accuracy"] == row["test_accuracy"] == metrics["test_accuracy"]
-    for key in ("latency_ms", "size_bytes", "params", "macs", "input_shape", "preprocess"):
-        assert key in saved
+    for key in ("latency_ms", "size_bytes", "params", "macs"):  # the trial's own figures, not just their keys
+        assert saved[key] == pytest.approx(row[key]), key
+    assert saved["params"] == sum(p.numel() for p in autoprune.load(out).parameters())
     assert saved["input_shape"] == ["batch", 1, 28, 28] and len(saved["preprocess"]["mean"]) == 1
     module = autoprune.load(out)
     program = torch.export.load(str(out / "model.pt2")).module()
@@ -356,6 +357,7 @@ def test_greedy_screens_at_stage_0_and_short_tunes_its_shortlist_through_ray(tmp
     assert policy(shorts[0]) == policy(best) == policy(full[0])  # the best at stage 0, short-tuned, kept
 
 
+@pytest.mark.slow  # which candidates are skipped depends on this CPU's latencies: the rule is in test_tune_searcher
 def test_candidates_predicted_to_break_a_latency_constraint_are_skipped_unpruned(tmp_path, base_path):
     # uniform 0.7, the space's smallest model, runs at 0.51-0.54x the base on the machines tried: well within 0.6
     summary, lines = search(tmp_path, base_path, "searcher.name=uniform", "searcher.grid=4", "trials=4",
