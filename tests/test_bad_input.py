@@ -103,6 +103,7 @@ def test_nan_loss_during_finetuning(tmp_path, base):
                 "--finetune-epochs", "0.05", "--threads", "1"), "training diverged")
 
 
+@pytest.mark.slow  # the same refusal in Python: test_search.py::test_no_feasible_candidate_ends_with_an_empty_front
 def test_constraints_no_candidate_meets(tmp_path, base):
     run = tmp_path / "run"
     proc = cli("search", ROOT / "search_spaces/resnet20_fashionmnist.yaml", *TINY, "--set", "trials=2",
@@ -158,6 +159,7 @@ def test_resume_with_other_objectives(tmp_path):
             "keeps its objectives")
 
 
+@pytest.mark.slow  # the engine's clock, injected: tests/test_stage0_engine.py
 def test_a_time_budget_spent_before_any_fine_tune_says_so(tmp_path, base):
     # a millisecond is spent by the first stage-0 batch of sensitivity's curves on any machine: then the budget ends
     # the search before any fine-tune (the engine's clock: tests/test_stage0_engine.py)

@@ -66,7 +66,7 @@ def tpe_run(tmp_path_factory, base_path):
     return search(tmp_path_factory.mktemp("tpe"), base_path, "searcher.name=tpe", "trials=6")
 
 
-@pytest.mark.parametrize("searcher", ["nsga2", "tpe"])
+@pytest.mark.parametrize("searcher", ["nsga2", pytest.param("tpe", marks=pytest.mark.slow)])  # tpe: one more search
 def test_search_end_to_end(request, searcher):
     summary, lines = request.getfixturevalue(f"{searcher}_run")
     run = Path(summary.run_dir.path)
@@ -334,6 +334,7 @@ def test_staged_search_fine_tunes_only_the_best_stage0_candidates(tmp_path, base
     assert front_ids and front_ids <= {r["trial_id"] for r in full}  # stage-0 rows never enter the front
 
 
+@pytest.mark.slow  # greedy's rules: tests/test_searchers_sensitivity_greedy.py
 def test_greedy_screens_at_stage_0_and_short_tunes_its_shortlist_through_ray(tmp_path, base_path):
     summary, _ = search(tmp_path, base_path, "searcher.name=greedy", "searcher.greedy_shortlist=1",
                         "searcher.greedy_step=0.02", "searcher.short_epochs=0.1", "trials=1",
