@@ -327,7 +327,8 @@ def load(directory: str | Path, model: nn.Module | None = None, shared: bool = F
         raise AutopruneError(f"export directory '{directory}' does not exist")
     from autoprune.deploy.sharing import SHARED_FILE
 
-    verify_manifest(directory, (MODEL_FILE, SHARED_FILE) if shared else (MODEL_FILE,))
+    listed = (MODEL_FILE, SHARED_FILE) if shared and (directory / SHARED_FILE).is_file() else (MODEL_FILE,)
+    verify_manifest(directory, listed)  # an export without the shared file: with_shared_weights says so
     path = directory / MODEL_FILE
     rebuilt = ckpt_io.load(path).build(path, base_module=model)
     return with_shared_weights(directory, rebuilt).eval() if shared else rebuilt
