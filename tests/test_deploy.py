@@ -200,8 +200,13 @@ def test_quantization_aware_finetune_trains_a_copy(task):
     assert not any(hasattr(m, "parametrizations") for m in tuned.modules()) and not tuned.training
     assert [type(m) for m in tuned.modules()] == [type(m) for m in model.modules()]
     assert not torch.allclose(tuned(x), model(x))  # trained
-    int8 = OrtModel(quantize_int8(to_onnx(tuned, SHAPE), [inputs for inputs, _ in task.calibration(4)]))
-    assert abs(task.evaluate(int8, "test") - task.evaluate(tuned, "test")) <= 0.05  # what it was tuned for: int8 works
+    images = [inputs for inputs, _ in task.calibration(4)]
+    int8 = OrtModel(quantize_int8(to_onnx(tuned, SHAPE), images[:2]))
+    held_out = torch.cat(images[2:])
+    int8_logits, fp32_logits = int8(held_out), tuned(held_out).detach()
+    # the quantized copy computes what the tuned one does (an untrained model's accuracy is chance: its logits tell;
+    # int8 errs by about 15 % of their norm here, a wrong graph by about 100 %)
+    assert torch.linalg.norm(int8_logits - fp32_logits) <= 0.5 * torch.linalg.norm(fp32_logits)
 
 
 def test_a_diverged_quantization_aware_finetune_is_an_error(task):
@@ -233,14 +238,16 @@ def test_write_deployables_writes_and_reports_every_runtime(tmp_path, task):
     assert report["weight_sharing"]["size_bytes"] == (tmp_path / "model.shared.npz").stat().st_size
     runtimes = report["runtimes"]
     assert set(runtimes) == {"torch", "onnxruntime", "int8", "timing"}
-    measured = task.evaluate(small_cnn(), "test")  # the same seeded model in torch
-    for name, distance in (("torch", None), ("onnxruntime", 0.001), ("int8", 0.05)):
+    for name in ("torch", "onnxruntime", "int8"):
         r = runtimes[name]
         assert r["latency_ms"] > 0 and r["base_latency_ms"] > 0
-        assert distance is None or abs(r["test_accuracy"] - measured) <= distance, (name, r["test_accuracy"], measured)
         assert r["speedup"] == pytest.approx(r["base_latency_ms"] / r["latency_ms"])
     assert runtimes["torch"]["test_accuracy"] == 0.5 and runtimes["torch"]["size_bytes"] == 1000  # as recorded
     assert runtimes["timing"]["base_error"] is None
+    # each runtime's figure is what its written file scores: onnxruntime that of the model in torch, int8 its own
+    model_in_torch = task.evaluate(small_cnn(), "test")
+    assert runtimes["onnxruntime"]["test_accuracy"] == pytest.approx(model_in_torch, abs=0.001)
+    assert runtimes["int8"]["test_accuracy"] == task.evaluate(OrtModel(tmp_path / "model.int8.onnx"), "test")
     assert lines == []
     card = artefacts.deploy_card(report, "accuracy")
     assert "| int8 | model.int8.onnx |" in card and "6 bits per weight" in card

@@ -100,7 +100,11 @@ def test_finalize_writes_a_verified_export_of_the_trials_policy(run, finalized):
     assert runtimes["torch"]["test_accuracy"] == final["test_accuracy"]
     assert runtimes["onnxruntime"]["test_accuracy"] == pytest.approx(final["test_accuracy"], abs=0.001)
     assert runtimes["int8"]["test_accuracy"] == saved["int8"]["test_accuracy"]
-    assert abs(runtimes["int8"]["test_accuracy"] - final["test_accuracy"]) <= 0.05  # int8 keeps what fp32 has
+    # the int8 figure is the written file's, and that file computes what the model does (the fixture's base is
+    # barely trained, so accuracies alone would not tell a broken quantization from a working one)
+    assert runtimes["int8"]["test_accuracy"] == evaluate(OrtModel(out / "model.int8.onnx"), data.loader("test", 256))
+    images = next(iter(data.loader("test", 256)))[0]
+    assert relative_distance(OrtModel(out / "model.int8.onnx")(images), model(images).detach()) <= 0.15  # 0.04 here
     assert runtimes["int8"]["size_bytes"] == (out / "model.int8.onnx").stat().st_size
     assert "| onnxruntime | model.onnx |" in card and "| int8 | model.int8.onnx |" in card
 
@@ -123,8 +127,16 @@ def test_finalize_cli_trial_without_kd(run, tmp_path, capsys):
     assert convs and all(m.weight.unique().numel() <= 16 for m in convs)
     assert conv_widths(shared) == conv_widths(autoprune.load(out))
     assert saved["weight_sharing"]["bits"] == 4
-    # 16 shared values per layer cost a few points at most
-    assert abs(saved["weight_sharing"]["test_accuracy"] - saved["final"]["test_accuracy"]) <= 0.1
+    # the shared-weight figure is the reloaded model's, and 16 shared values per layer keep the outputs close
+    data = load_data(checkpoint.load(out / "model.pt").data_spec)
+    assert saved["weight_sharing"]["test_accuracy"] == evaluate(shared, data.loader("test", 256))
+    images = next(iter(data.loader("test", 256)))[0]
+    assert relative_distance(shared(images).detach(), autoprune.load(out)(images).detach()) <= 0.6  # 0.32 here
+
+
+def relative_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """How far outputs ``a`` are from ``b``, relative to ``b``'s norm."""
+    return float((a - b).norm() / b.norm())
 
 
 def copy_run(run, to, *names):

@@ -131,10 +131,12 @@ def test_finetune_distils_from_a_teacher(case):
     student = make()
     alone, taught = copy.deepcopy(student), copy.deepcopy(student)
     teacher_before = params(teacher)
+    # the toy tasks' epochs are a few small batches: six of them let the teacher's pull show (one for ResNet-20)
+    epochs = 1 if isinstance(task, ClassificationTask) else 6
     torch.manual_seed(3)
-    task.finetune(alone, 1)
+    task.finetune(alone, epochs)
     torch.manual_seed(3)
-    task.finetune(taught, 1, teacher=teacher)
+    task.finetune(taught, epochs, teacher=teacher)
     assert all(torch.equal(a, b) for a, b in zip(teacher_before, params(teacher)))
     batches = task.calibration(2)
     inputs = torch.cat([x for x, _ in batches]) if batches else task.example_input()
@@ -143,7 +145,8 @@ def test_finetune_distils_from_a_teacher(case):
         with torch.no_grad():
             return torch.mean((model.eval()(inputs) - teacher.eval()(inputs)) ** 2).item()
 
-    assert gap(taught) < gap(alone), (gap(taught), gap(alone))
+    # seeded batches and init; measured ratios 0.15 (classification) to 0.67 (imported)
+    assert gap(taught) < 0.8 * gap(alone), (gap(taught), gap(alone))
 
 
 def test_an_interrupted_finetune_resumes_from_its_progress_without_repeating_epochs(case):

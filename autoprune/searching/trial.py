@@ -140,7 +140,7 @@ def run_trial(base_model: nn.Module, task: Task, policy: Policy, settings: Trial
                               on_epoch=report, progress=progress)
         with watch("evaluate"):
             base.update(base_scores if base_scores is not None else scores(base_model, task))
-            after.update({f"val_{name}": task.evaluate(pruned, "val"), f"test_{name}": task.evaluate(pruned, "test")})
+            after.update(scores(pruned, task))
     return TrialResult(pruned.eval(), base, after, watch.seconds)
 
 

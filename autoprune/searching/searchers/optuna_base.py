@@ -131,8 +131,12 @@ class OptunaSearcher(Searcher):
                 return point
         return None
 
+    def _budgeted(self) -> bool:
+        """Whether draws are taken across the budget's band (not the whole space)."""
+        return self.budget is not None and self.budget.active
+
     def _draws(self) -> int:
-        return BAND_DRAWS if self.budget is not None and self.budget.active else RANDOM_DRAWS
+        return BAND_DRAWS if self._budgeted() else RANDOM_DRAWS
 
     def ask(self) -> tuple[int, dict[str, Any]] | None:
         """The next point no trial has taken; None when the space holds none (``RANDOM_DRAWS``)."""
@@ -161,7 +165,7 @@ class OptunaSearcher(Searcher):
             self.study.tell(trial, state=TrialState.FAIL)
             fresh = self._untaken(taken)
             if fresh is None:
-                within = " within the budget" if self._draws() == BAND_DRAWS else ""
+                within = " within the budget" if self._budgeted() else ""
                 self.stop_reason = (f"{self.name} found no untaken point in {self._draws()} random draws "
                                     f"({len(taken)} points taken): the space{within} is spent")
                 break

@@ -156,10 +156,11 @@ class Stage0Engine(Searcher):
         left = self.time_left()
         if left is None or left > 0:
             return False
-        if not (self.stop_reason or "").startswith("time budget"):
-            self.stop_reason = (f"time budget of {self.time_budget_s:g} s reached during stage 0 after {self.count} "
-                                f"candidates this run: no further candidate is scored")
-            self.echo(self.stop_reason)
+        reason = (f"time budget of {self.time_budget_s:g} s reached during stage 0 after {self.count} "
+                  f"candidates this run: no further candidate is scored")
+        if self.stop_reason != reason:  # no candidate is scored once spent: the count, and so the reason, stay
+            self.stop_reason = reason
+            self.echo(reason)
         return True
 
     # scoring
