@@ -11,8 +11,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))  # toy_models:NAME for the user-factory tests
 torch.set_num_threads(min(2, torch.get_num_threads()))
-# reference latencies are shared across searches on a machine (autoprune/measure/latency.py ReferenceStore): tests
-# keep theirs to themselves, inherited by subprocesses and local Ray workers
+# reference latencies and sensitivity curves are shared across searches on a machine ($AUTOPRUNE_CACHE_DIR): a test
+# session keeps its own (for module-scoped fixtures), and each test a fresh one (fresh_cache below)
 os.environ["AUTOPRUNE_CACHE_DIR"] = tempfile.mkdtemp(prefix="autoprune-test-cache-")
 
 DATA_ROOT = Path(os.environ.get("AUTOPRUNE_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
@@ -124,6 +124,13 @@ class Mystery(torch.nn.Module):
 
     def forward(self, x):
         return self.head(mystery(self.conv(x)).mean((2, 3)))
+
+
+@pytest.fixture(autouse=True)
+def fresh_cache(tmp_path_factory, monkeypatch):
+    """Each test its own cache directory: what a test measures or computes does not depend on the tests before it.
+    Subprocesses inherit it; the latency actor gets it from the search that starts it (``ReferenceStore.default``)."""
+    monkeypatch.setenv("AUTOPRUNE_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
 
 
 @pytest.fixture(scope="session", autouse=True)

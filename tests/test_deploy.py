@@ -361,7 +361,7 @@ def test_the_meter_times_in_its_runtime():
     example = torch.randn(1, *SHAPE)
     groups = discover(model, example)
     meter = local_meter(model, example, groups, LatencySpec(SHAPE, repeats=30, reference_repeats=30,
-                                                            max_rounds=60, runtime="int8"), shared_reference=False)
+                                                            max_rounds=60, runtime="int8"))
     assert isinstance(meter.base, OrtModel)
     candidate = small_cnn()
     candidate[0] = nn.Conv2d(1, 16, 3, padding=1)  # a narrower first layer (structure only matters)

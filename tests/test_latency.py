@@ -218,12 +218,14 @@ def test_the_reference_is_the_lowest_median_this_target_has_seen(tmp_path, monke
 
     def reference_with(ms):
         monkeypatch.setattr(lat, "measure_latency", fake_timer({"base": ms})[0])
-        return lat.LatencyMeter(model, LatencySpec(SHAPE), structure, shared_reference=True).reference().latency_ms
+        return lat.LatencyMeter(model, LatencySpec(SHAPE), structure, store=lat.ReferenceStore.when(True)).reference() \
+            .latency_ms
 
     assert reference_with(10.0) == 10.0
     assert reference_with(14.0) == 10.0   # measured under load: the quiet figure stands
     assert reference_with(9.0) == 9.0     # quieter still: it becomes the reference
     assert len(list((tmp_path / "latency").glob("*.json"))) == 1
+    assert lat.ReferenceStore.when(False) is None
     monkeypatch.setattr(lat, "measure_latency", fake_timer({"base": 12.0})[0])
     unshared = lat.LatencyMeter(model, LatencySpec(SHAPE), structure)
     assert unshared.reference().latency_ms == 12.0

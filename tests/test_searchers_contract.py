@@ -1,4 +1,7 @@
 """The contract every searcher meets."""
+import importlib
+import warnings
+
 import optuna
 import pytest
 
@@ -7,6 +10,7 @@ from autoprune.objectives import OBJECTIVES
 from autoprune.pruning.policy import Policy, PrunableGroup
 from autoprune.searching.searchers import SEARCHERS, Outcome, Searcher, make_searcher
 from autoprune.searching.searchers.journal import JOURNAL_FILE, StudyJournal
+from autoprune.searching.searchers.optuna_base import DUPLICATE_ATTR, RERUN_ATTR, OptunaSearcher
 from autoprune.searching.space import RatioParam, SearchSpace
 from autoprune.searching.storage import RunDir
 
@@ -128,7 +132,12 @@ def run_trials(searcher, n, evaluated):
 
 
 @pytest.mark.parametrize("name, location", [*((n, "local") for n in OPTUNA_SEARCHERS), ("random", "remote")])
-def test_a_search_resumed_from_its_journal_continues_and_never_repeats_a_point(tmp_path, name, location):
+def test_a_search_resumed_from_its_journal_continues_and_never_repeats_a_point(tmp_path, monkeypatch, name, location):
+    seeds = []  # what each searcher's sampler is seeded with
+    module, _, cls = SEARCHERS[name].partition(":")
+    searcher = getattr(importlib.import_module(module), cls)
+    make_sampler = searcher.make_sampler
+    monkeypatch.setattr(searcher, "make_sampler", lambda self, seed: seeds.append(seed) or make_sampler(self, seed))
     run = RunDir(tmp_path / "run") if location == "local" else RunDir("mock:///run")  # remote: pyarrow's in-memory fs
     settings = {"seed": 0, "warm_start": 2, "startup_trials": 3, "population": 4}
     first = make_searcher(name, SPACE, study=StudyJournal(run, "search"), **settings)
@@ -137,9 +146,15 @@ def test_a_search_resumed_from_its_journal_continues_and_never_repeats_a_point(t
     run_trials(first, 6, evaluated)
     _, interrupted = first.ask()  # the driver stops with this trial running
     assert run.exists(JOURNAL_FILE) and (tmp_path / "run").exists() == (location == "local")
+    previous = len(first.study.trials)
 
     resumed = make_searcher(name, SPACE, study=StudyJournal(run, "search"), **settings)
     assert resumed.resumed
+    # re-seeded with seed + the trials already in the study: its draws after the resume are not the first run's
+    assert seeds == [0, previous]
+    closed = resumed.study.trials[previous - 1]  # the interrupted trial: closed as failed, its point queued again
+    assert closed.state == optuna.trial.TrialState.FAIL and resumed._point(closed.params) == interrupted
+    assert resumed.study.trials[previous].user_attrs[RERUN_ATTR] == closed.number
     sid, point = resumed.ask()
     assert point == interrupted  # the interrupted point runs again, first
     resumed.tell(sid, Outcome("ok", fake_values(point), {}))
@@ -155,6 +170,34 @@ def test_a_search_resumed_from_its_journal_continues_and_never_repeats_a_point(t
     if name == "nsga2":  # generation 0 (4 trials) filled before the stop: the resumed run breeds generation 1 on
         generations = [t.system_attrs.get("NSGAIISampler:generation") for t in told]  # None: queued points
         assert generations[:6].count(0) == 4 and {g for g in generations[7:] if g is not None} == {1, 2}
+
+
+class Repeating(OptunaSearcher):
+    """A sampler that proposes one point over and over: every proposal after the first is a taken point."""
+    name = "repeating"
+
+    def make_sampler(self, seed):
+        fixed = {"a": 0.1, "b": 0.4, "c": 0.2, "criterion": "l1"}
+        with warnings.catch_warnings():  # experimental since Optuna 2.4
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.PartialFixedSampler(fixed, optuna.samplers.RandomSampler(seed=seed))
+
+
+def test_a_proposal_of_a_taken_point_is_closed_with_its_twin_and_replaced_by_an_untaken_one():
+    s = Repeating(SPACE, seed=0, warm_start=0)
+    first, point = s.ask()
+    assert point == {"a": 0.1, "b": 0.4, "c": 0.2, "criterion": "l1"}
+    s.tell(first, Outcome("ok", fake_values(point), {}))
+    handed = [point]
+    for _ in range(3):
+        sid, point = s.ask()
+        s.tell(sid, Outcome("ok", fake_values(point), {}))
+        handed.append(point)
+    assert len({key(p) for p in handed}) == 4  # never the repeated point again
+    duplicates = [t for t in s.study.trials if DUPLICATE_ATTR in t.user_attrs]
+    assert len(duplicates) == 3 and all(t.state == optuna.trial.TrialState.FAIL for t in duplicates)
+    assert {t.user_attrs[DUPLICATE_ATTR] for t in duplicates} == {first}  # each names the trial that took it
+    assert all(s._point(t.params) == handed[0] for t in duplicates)
 
 
 def test_a_resumed_study_keeps_its_objectives(tmp_path):

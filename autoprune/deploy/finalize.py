@@ -45,7 +45,7 @@ def finalize(run_dir: str | Path | RunDir, pick: str = "knee", epochs: float | N
     ``deploy.*`` keys). Returns the contents of ``metrics.json``."""
     # imported here: ``import autoprune`` imports this module and stays light (controller brings matplotlib)
     from autoprune import devices
-    from autoprune.measure.latency import local_meter
+    from autoprune.measure.latency import ReferenceStore, local_meter
     from autoprune.searching.controller import trial_settings
     from autoprune.searching.trial import run_trial
 
@@ -71,7 +71,7 @@ def finalize(run_dir: str | Path | RunDir, pick: str = "knee", epochs: float | N
                        device=devices.resolve(searched.device))
     spec = searched.latency_spec(base.input_shape)
     meter = local_meter(base_model, base.example_input, searched_base.groups, spec,
-                        shared_reference=config["latency.shared_reference"])
+                        store=ReferenceStore.when(config["latency.shared_reference"]))
     echo(f"finalizing trial {row['trial_id']} ({pick}) of {run}: criterion '{policy.criterion}', fine-tuning "
          f"{_epochs(epochs)}{' with KD from the base' if kd else ''} on {settings.device} "
          f"(the search fine-tuned {_epochs(config['finetune.epochs'])})")

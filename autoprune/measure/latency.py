@@ -60,18 +60,29 @@ class LatencyReport:
 
 class ReferenceStore:
     """Each target's reference base latencies, kept across searches in a directory on the target
-    (``$AUTOPRUNE_CACHE_DIR/latency``, default ``~/.cache/autoprune/latency``): one JSON file per signature
-    (base layer shapes, timing settings, host). A search's reference is the lowest median measured so far:
-    a quiet measurement is what describes the model, and every search on that target then shares it."""
+    (``$AUTOPRUNE_CACHE_DIR/latency`` as the process starting the search sees it, default
+    ``~/.cache/autoprune/latency``, ``~`` expanded on the target): one JSON file per signature (base layer shapes,
+    timing settings, host). A search's reference is the lowest median measured so far: a quiet measurement is what
+    describes the model, and every search on that target then shares it."""
 
     def __init__(self, directory: str | Path) -> None:
-        self.directory = Path(directory).expanduser()
+        self.path = str(directory)  # expanded where it is used: the latency actor's node
+
+    @property
+    def directory(self) -> Path:
+        return Path(self.path).expanduser()
 
     @classmethod
     def default(cls) -> "ReferenceStore":
+        """The store ``$AUTOPRUNE_CACHE_DIR`` (read here, in the process that starts the meter) names."""
         import os
 
-        return cls(Path(os.environ.get("AUTOPRUNE_CACHE_DIR", "~/.cache/autoprune")) / "latency")
+        return cls(str(Path(os.environ.get("AUTOPRUNE_CACHE_DIR", "~/.cache/autoprune")) / "latency"))
+
+    @classmethod
+    def when(cls, shared: bool) -> "ReferenceStore | None":
+        """The default store if references are ``shared`` across searches (``latency.shared_reference``), else None."""
+        return cls.default() if shared else None
 
     def settle(self, signature: str, measured: LatencyReport) -> LatencyReport:
         """The reference to use: ``measured`` if it is the lowest seen (then stored), else the stored one."""
@@ -102,10 +113,11 @@ class LatencyMeter:
     (``start_meter``) so every trial of a search shares it, or in-process for a single candidate."""
 
     def __init__(self, base: nn.Module, spec: LatencySpec, structure: StructureModel,
-                 table: LatencyTable | None = None, shared_reference: bool = False, gate: str | None = None) -> None:
+                 table: LatencyTable | None = None, store: ReferenceStore | None = None,
+                 gate: str | None = None) -> None:
         self.spec = spec
         self.gate = MeasurementGate(gate) if gate else None  # pauses training steps on this node while timing
-        self.store = ReferenceStore.default() if shared_reference else None  # where the meter runs: the target
+        self.store = store  # the base's reference shared across searches on this target (None: this meter's own)
         self.base_name = type(base).__name__
         self.base = self._runnable(base)
         self.structure = structure
@@ -297,7 +309,7 @@ def check_target(target: str | None) -> None:
 
 def start_meter(base: nn.Module, spec: LatencySpec, structure: StructureModel, table: LatencyTable | None,
                 target: str | None, state: dict[str, Any] | None = None,
-                shared_reference: bool = True, gate: str | None = None,
+                store: ReferenceStore | None = None, gate: str | None = None,
                 node: str | None = None) -> tuple[Any, bool]:
     """Start the search's latency actor (on the node advertising ``target`` when one is named, else on ``node``,
     else on the head node, which outlives any worker; hard affinity: Ray's soft affinity placed it on workers),
@@ -323,7 +335,7 @@ def start_meter(base: nn.Module, spec: LatencySpec, structure: StructureModel, t
             raise AutopruneError(f"config key 'latency.device': candidates are timed on CUDA, but torch on {where} "
                                  f"has no CUDA device: set latency.device: cpu, or install a CUDA build of torch there")
     handle: Any = ray.remote(LatencyMeter).options(**options).remote(_cpu_copy(base), spec, structure, table,
-                                                                     shared_reference, gate)
+                                                                     store, gate)
     restored = bool(state) and bool(ray.get(handle.restore.remote(state)))
     ray.get(handle.reference.remote())
     return handle, restored
@@ -346,7 +358,7 @@ def _head_node_id() -> str:
 
 
 def local_meter(base: nn.Module, example_input: torch.Tensor, groups: list[PrunableGroup], spec: LatencySpec,
-                table: LatencyTable | None = None, shared_reference: bool = True) -> LatencyMeter:
+                table: LatencyTable | None = None, store: ReferenceStore | None = None) -> LatencyMeter:
     """An in-process meter (single candidates, ``autoprune space``)."""
     return LatencyMeter(_cpu_copy(base), spec, StructureModel.from_model(base, example_input, groups), table,
-                        shared_reference)
+                        store)

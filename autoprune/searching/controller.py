@@ -23,7 +23,7 @@ from autoprune import devices
 from autoprune.config import SearchConfig, violations
 from autoprune.data import ClassificationData, DataSpec, load_data
 from autoprune.errors import AutopruneError
-from autoprune.measure.latency import Meter, RemoteMeter, check_target, local_meter
+from autoprune.measure.latency import Meter, ReferenceStore, RemoteMeter, check_target, local_meter
 from autoprune.measure.latency_table import LatencyTable, build_table
 from autoprune.measure.structure import StructureModel
 from autoprune.objectives import values_of
@@ -286,7 +286,7 @@ def space_command(config: SearchConfig, echo: Echo) -> None:
     devices.check_local_latency(settings.latency_device, "'autoprune space'", config["latency.device"])
     table = LatencyTable.load(config["latency.table"]) if config["latency.table"] else None
     meter = local_meter(model, example, groups, settings.latency_spec(tuple(example.shape[1:])), table,
-                        config["latency.shared_reference"])
+                        ReferenceStore.when(config["latency.shared_reference"]))
     echo(f"{config['model']}: {len(groups)} prunable groups, ratios "
          f"{min(p.low for p in space.params)}..{max(p.high for p in space.params)}, {settings.threads} thread(s), "
          f"latency on {settings.latency_device}")

@@ -6,7 +6,7 @@ from typing import Any, Callable
 
 from autoprune.config import SearchConfig
 from autoprune.errors import AutopruneError
-from autoprune.measure.latency import node_resources, start_meter
+from autoprune.measure.latency import ReferenceStore, node_resources, start_meter
 from autoprune.measure.latency_table import LatencyTable
 from autoprune.measure.runtimes import in_runtime
 from autoprune.measure.structure import StructureModel
@@ -37,7 +37,8 @@ def start_latency_meter(config: SearchConfig, run_dir: RunDir, base_model: Any, 
         node, requested = wait_for_gpu_node(config, echo)
     try:
         meter, restored = start_meter(base_model, spec, structure, table, config["latency.target"], state,
-                                      config["latency.shared_reference"], settings.gate, node)
+                                      ReferenceStore.when(config["latency.shared_reference"]), settings.gate,
+                                      node)
     except BaseException:
         if requested:
             release_gpu_node()

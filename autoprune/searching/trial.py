@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from autoprune import devices
-from autoprune.measure.latency import Meter, local_meter
+from autoprune.measure.latency import Meter, ReferenceStore, local_meter
 from autoprune.measure.metrics import count_macs, count_params, serialized_size, torch_threads
 from autoprune.measure.spec import LatencySpec
 from autoprune.pruning import prune
@@ -167,7 +167,7 @@ def _prune_and_measure(base_model: nn.Module, task: Task, policy: Policy, settin
         record = getattr(pruned, RECORD_ATTR)
         if meter is None:
             meter = local_meter(base_model, example, discover(base_model, example, policy.ignore),
-                                settings.latency_spec(input_shape))
+                                settings.latency_spec(input_shape), store=ReferenceStore.default())
         base = {**static_metrics(base_model, input_shape), **meter.reference().metrics()}
         after = {**static_metrics(pruned, input_shape), **meter.measure(pruned, record.channels_after()).metrics(),
                  "channels": record.channels_after(), "criterion_used": record.criterion_summary()}
