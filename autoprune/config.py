@@ -41,6 +41,8 @@ DEFAULTS: dict[str, Any] = {
     # checkpoint: an autoprune base checkpoint, trained on the classification data when missing
     "base": {"checkpoint": None, "weights": None, "epochs": 10.0, "lr": 0.1, "batch_size": 128, "sparsity_l1": 0.0,
              "sparsity_epochs": 1.0},
+    # round_to: kept channel counts are multiples of it; auto: of the step latency.runtime runs fast on the latency
+    # node's CPU, measured when the search starts (autoprune/measure/steps.py) and kept in the run directory
     "space": {"ratio": {"low": 0.0, "high": 0.7, "step": 0.1}, "groups": {}, "ignore": [], "round_to": 1,
               "criteria": ["l1"], "reconstruct": False},  # reconstruct: least-squares re-fit of pruned layers' consumers
     # final_epochs: what 'autoprune finalize' fine-tunes the chosen policy for (epochs: each trial's budget);
@@ -87,6 +89,8 @@ DEFAULTS: dict[str, Any] = {
     "deploy": {"onnx": True, "int8": True, "share_bits": None, "qat_epochs": 1.0, "int8_max_drop": 0.01,
                "calibration_batches": 8},
 }
+AUTO = "auto"
+AUTO_OR_INT = {"space.round_to"}  # an integer, or auto (measured)
 NULLABLE = {"task": str, "base.weights": str, "objectives": list, "time_budget_s": float, "data.root": str,
             "data.max_train_samples": int, "data.factory": str,
             "base.checkpoint": str, "latency.threads": int, "latency.target": str, "latency.table": str,
@@ -179,6 +183,14 @@ class SearchConfig:
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.raw, sort_keys=False)
 
+    def with_value(self, dotted: str, value: Any) -> "SearchConfig":
+        """A copy with one key set (checked as ``--set`` is)."""
+        raw = copy.deepcopy(self.raw)
+        _set(raw, dotted, value)
+        config = SearchConfig(raw, self.path)
+        _validate(config)
+        return config
+
     def with_absolute_paths(self) -> "SearchConfig":
         """A copy whose local file paths (data root, base checkpoint, latency table) are absolute, for code that
         runs from another working directory; URIs are kept."""
@@ -255,6 +267,8 @@ def _set(raw: dict[str, Any], dotted: str, value: Any) -> None:
 def _check_type(key: str, value: Any, default: Any) -> Any:
     if value is None and key in NULLABLE:
         return None
+    if key in AUTO_OR_INT and value == AUTO:
+        return value
     expected = NULLABLE.get(key, type(default))
     if expected is float and isinstance(value, (int, str)) and not isinstance(value, bool):
         try:  # YAML reads 1e-3 (no dot) as a string
@@ -313,7 +327,7 @@ def _validate(c: SearchConfig) -> None:
                              f"{', '.join(SEARCHERS)}")
     for key in ("trials", "concurrency", "space.round_to", "finetune.steps", "latency.repeats", "searcher.proxy_samples",
                 "searcher.proxy_batches"):
-        if c[key] < 1:
+        if c[key] != AUTO and c[key] < 1:
             raise AutopruneError(f"config key '{key}' must be >= 1, got {c[key]}")
     for key in ("base.sparsity_l1", "base.sparsity_epochs"):
         if c[key] < 0:

@@ -12,67 +12,21 @@ ONNX export in onnxruntime fp32, its static int8 quantization), batch 1, ``--thr
 stage are timed interleaved, round by round, after a warm-up, and each count's figure is its median over
 ``--rounds`` rounds.
 
-Printed per runtime and stage: the curve (latency of each count relative to the full block), and for each multiple
-``m`` in 2, 4, 8, 16 the median ratio ``latency(next multiple of m at or above c) / latency(c)`` over the counts
-that are not multiples: a ratio at or below 1.00 means a count that is not a multiple of ``m`` buys nothing (the
-next multiple up, with more channels, runs as fast or faster). The measured step is the largest ``m`` whose ratio
-is <= 1.02. Written to ``OUT/channel_steps.json``.
+Printed per runtime and stage: the curve (latency of each count relative to the full block), the step the search
+uses for ``space.round_to: auto`` (``autoprune.measure.steps``: the finest multiple from 16 down whose added counts
+each run more than 1 % faster than the coarser multiple next up) and, for each finer multiple tried, the least such
+gain. Written to ``OUT/channel_steps.json``.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import math
-import statistics
-import time
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from autoprune.measure.runtimes import in_runtime
-
-MULTIPLES = (2, 4, 8, 16)
-STEP_TOLERANCE = 1.02  # rounding up to the step may cost this much latency at most
-
-
-def block(width: int, inner: int) -> nn.Module:
-    """ResNet's basic block without the skip: the convolutions whose shared count a pruning ratio sets."""
-    return nn.Sequential(nn.Conv2d(width, inner, 3, padding=1, bias=False), nn.BatchNorm2d(inner), nn.ReLU(),
-                         nn.Conv2d(inner, width, 3, padding=1, bias=False), nn.BatchNorm2d(width)).eval()
-
-
-def time_interleaved(models: dict[int, nn.Module], shape: tuple[int, ...], rounds: int) -> dict[int, float]:
-    """Median milliseconds per batch-1 call of each model, every model timed once per round, in turn."""
-    x = torch.randn(1, *shape)
-    samples: dict[int, list[float]] = {c: [] for c in models}
-    with torch.inference_mode():
-        for _ in range(10):  # warm-up
-            for m in models.values():
-                m(x)
-        for _ in range(rounds):
-            for c, m in models.items():
-                start = time.perf_counter()
-                m(x)
-                samples[c].append((time.perf_counter() - start) * 1e3)
-    return {c: statistics.median(s) for c, s in samples.items()}
-
-
-def step_ratios(latency: dict[int, float]) -> dict[int, float]:
-    """For each multiple ``m``: the median over counts ``c`` that are not multiples of ``m`` of
-    ``latency(next multiple of m) / latency(c)`` (at most 1: the next multiple up runs as fast or faster)."""
-    top = max(latency)
-    ratios = {}
-    for m in MULTIPLES:
-        pairs = [latency[min(top, math.ceil(c / m) * m)] / latency[c] for c in latency
-                 if c % m and c < top and min(top, math.ceil(c / m) * m) in latency]
-        ratios[m] = statistics.median(pairs) if pairs else 1.0
-    return ratios
-
-
-def measured_step(ratios: dict[int, float]) -> int:
-    """The largest multiple whose ratio is within ``STEP_TOLERANCE`` (1 when none is)."""
-    return max([1, *(m for m, r in ratios.items() if r <= STEP_TOLERANCE)])
+from autoprune.measure.steps import block, finest_paying_step, time_interleaved
 
 
 def main() -> None:
@@ -91,15 +45,14 @@ def main() -> None:
             shape = (width, pixels, pixels)
             models = {c: in_runtime(block(width, c), runtime, shape, args.threads) for c in range(1, width + 1)}
             latency = time_interleaved(models, shape, args.rounds)
-            ratios = step_ratios(latency)
-            step = measured_step(ratios)
+            step, tried = finest_paying_step(latency)
             full = latency[width]
             curve = " ".join(f"{c}:{latency[c] / full:.2f}" for c in range(1, width + 1))
             print(f"{runtime:>11s} C={width:<3d} {pixels:>2d}px  full block {full:.3f} ms  step {step}  "
-                  + "  ".join(f"x{m}: {r:.2f}" for m, r in ratios.items()))
+                  + "  ".join(f"x{m}: {g:.2f}" for m, g in tried.items()))
             print(f"{'':>11s} latency / full block by inner count: {curve}")
             report[f"{runtime} {stage}"] = {"runtime": runtime, "width": width, "pixels": pixels, "full_ms": full,
-                                            "latency_ms": latency, "ratios": ratios, "step": step}
+                                            "latency_ms": latency, "least_gain": tried, "step": step}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "channel_steps.json").write_text(json.dumps(report, indent=1))
     print(f"written: {args.out / 'channel_steps.json'}")

@@ -118,6 +118,7 @@ class SearchedBase:
 def load_searched_base(run: RunDir, config: SearchConfig, echo: Echo = print) -> SearchedBase:
     """The base, task and search space of run ``run`` (``config``: its config.yaml), as the search had them."""
     from autoprune.pruning.policy import discover
+    from autoprune.searching.channel_step import resolve_of_run
     from autoprune.searching.controller import (
         base_checkpoint_path,
         build_task,
@@ -126,8 +127,10 @@ def load_searched_base(run: RunDir, config: SearchConfig, echo: Echo = print) ->
         python_checkpoint,
         slim_base,
     )
+    from autoprune.searching.results import read_marker
     from autoprune.searching.space import SearchSpace
 
+    config = resolve_of_run(config, read_marker(run))  # space.round_to: auto -> the step the run searched with
     python = load_python_run(run)
     if python is not None:  # a run of autoprune.search: its model and task were written into the run directory
         base, base_path, task = python_checkpoint(config, python), run.path, python.task

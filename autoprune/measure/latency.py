@@ -307,6 +307,17 @@ def check_target(target: str | None) -> None:
                              f"'{target}' (start one with: ray start --resources='{{\"{target}\": 1}}')")
 
 
+def target_placement(target: str | None, node: str | None = None) -> dict[str, Any]:
+    """Ray options that place a task or actor where candidates are timed: the node advertising ``target``, else
+    ``node``, else the head node, where no trial trains (hard affinity: Ray's soft affinity placed it on workers)."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    check_target(target)
+    if target:
+        return {"resources": {target: 1}}
+    return {"scheduling_strategy": NodeAffinitySchedulingStrategy(node or _head_node_id(), soft=False)}
+
+
 def start_meter(base: nn.Module, spec: LatencySpec, structure: StructureModel, table: LatencyTable | None,
                 target: str | None, state: dict[str, Any] | None = None,
                 store: ReferenceStore | None = None, gate: str | None = None,
@@ -319,14 +330,8 @@ def start_meter(base: nn.Module, spec: LatencySpec, structure: StructureModel, t
     On CUDA the actor asks Ray for no GPU (a fraction would take a trial's share) and times on the node's first
     device, which Ray 2.60 leaves visible to it; trials on that node pause while it times (the gate)."""
     import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    check_target(target)
-    options: dict[str, Any] = {"num_cpus": 0, "max_concurrency": 1}
-    if target:
-        options["resources"] = {target: 1}
-    else:  # on a cluster the head, where no trial trains (or the GPU node that times on CUDA)
-        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node or _head_node_id(), soft=False)
+    options: dict[str, Any] = {"num_cpus": 0, "max_concurrency": 1, **target_placement(target, node)}
     if spec.device.startswith("cuda"):
         options["runtime_env"] = {"env_vars": {"RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"}}  # keep the GPU visible
         probe = {k: v for k, v in options.items() if k in ("resources", "scheduling_strategy", "runtime_env")}

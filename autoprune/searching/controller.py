@@ -31,6 +31,7 @@ from autoprune.pruning import checkpoint as ckpt_io
 from autoprune.pruning.checkpoint import PYTHON
 from autoprune.pruning.criteria import LOSS_CRITERIA
 from autoprune.pruning.policy import discover
+from autoprune.searching import channel_step
 from autoprune.searching.base_training import fit, packaged_base, recipe_of
 from autoprune.searching.capacity import (
     NODE_JOIN_WAIT_S,
@@ -280,6 +281,7 @@ def structure_base(config: SearchConfig, echo: Echo) -> tuple[Any, Any]:
 def space_command(config: SearchConfig, echo: Echo) -> None:
     """``autoprune space``: the space's corners measured in-process; an unmeetable constraint is an error."""
     model, example = structure_base(config, echo)
+    config = channel_step.resolve_here(config, echo)
     groups = discover(model, example, ignore=config["space.ignore"])
     space = SearchSpace.from_config(config, groups)
     settings = trial_settings(config)
@@ -511,6 +513,7 @@ def run_search(config: SearchConfig, run_dir: str | Path | RunDir, *, resume: bo
     for note in await_capacity(config, echo, NODE_JOIN_WAIT_S if os.environ.get("RAY_ADDRESS") else 0.0):
         echo(note)
     marker = prepare_run_dir(run_dir, config, resume, python is not None)
+    config = channel_step.resolve_for_run(config, run_dir, marker, echo)
     if python is not None:
         base, base_digest = python_base(run_dir, config, python, pickled, echo)
     else:

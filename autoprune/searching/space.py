@@ -54,6 +54,9 @@ class SearchSpace:
             if name not in names:
                 raise AutopruneError(f"config key 'space.groups.{name}': the model has no prunable group '{name}' "
                                      f"(see 'autoprune groups')")
+        if not isinstance(config["space.round_to"], int):  # auto: measured first (autoprune.searching.channel_step)
+            raise AutopruneError("config key 'space.round_to': auto is measured when a search starts; resolve it "
+                                 "with autoprune.searching.channel_step before building the space")
         default = config["space.ratio"]
         params = []
         for g in groups:
