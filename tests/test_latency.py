@@ -166,8 +166,10 @@ def test_corners_and_unmeetable_constraints_are_named():
                              Constraint.parse("accuracy >= base - 0.01", "c")])
     with pytest.raises(AutopruneError, match=r"constraint 'latency_ms <= 3.5' cannot be met.*smallest.*4"):
         check_constraints(rows, [Constraint.parse("latency_ms <= 3.5", "c")])
-    with pytest.raises(AutopruneError, match=r"constraint 'size_bytes <= base \* 0.2' cannot be met"):
-        check_constraints(rows, [Constraint.parse("size_bytes <= base * 0.2", "c")])
+    with pytest.raises(AutopruneError, match=r"constraint 'size_bytes <= base \* 0.2' cannot be met.*relax it$"):
+        check_constraints(rows, [Constraint.parse("size_bytes <= base * 0.2", "c")], "; try X")  # not latency
+    with pytest.raises(AutopruneError, match=r"'latency_ms <= 3.5' cannot be met.*relax it; try X$"):
+        check_constraints(rows, [Constraint.parse("latency_ms <= 3.5", "c")], "; try X")
 
 
 def test_space_command_prints_the_corners_and_refuses_an_unmeetable_constraint(tmp_path):

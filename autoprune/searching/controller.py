@@ -384,7 +384,10 @@ def feasible(base_model: Any, example_input: Any, space: SearchSpace, config: Se
     """Print what the space can reach; refuse a constraint it cannot meet before any trial runs."""
     rows = space_report(base_model, example_input, space, meter)
     echo(f"search space (latency at batch {config['latency.batch_size']}):\n{format_report(rows)}")
-    check_constraints(rows, config.constraints)
+    runtime = config["latency.runtime"]
+    hint = (f"; {runtime} runs channel counts that are not multiples of its step slowly: try space.round_to: auto"
+            if runtime != "torch" and config["space.round_to"] == 1 else "")
+    check_constraints(rows, config.constraints, hint)
 
 
 @dataclass

@@ -55,8 +55,9 @@ def format_report(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def check_constraints(rows: list[dict[str, Any]], constraints: list[Constraint]) -> None:
-    """Refuse a constraint on a structural metric that no model of the space can meet, naming it."""
+def check_constraints(rows: list[dict[str, Any]], constraints: list[Constraint], latency_hint: str = "") -> None:
+    """Refuse a constraint on a structural metric that no model of the space can meet, naming it (with
+    ``latency_hint`` appended for a latency constraint)."""
     base = {k: float(v) for k, v in rows[0].items() if k != "model"}
     corners = rows[1:]
     for c in constraints:
@@ -68,4 +69,5 @@ def check_constraints(rows: list[dict[str, Any]], constraints: list[Constraint])
         if c.violation({c.metric: best}, base) > 0:
             which = "smallest" if c.op == "<=" else "largest"
             raise AutopruneError(f"constraint '{c.text}' cannot be met: the {which} model of the search space has "
-                                 f"{c.metric} {best:,.6g} (bound {bound:,.6g}); widen space.ratio or relax it")
+                                 f"{c.metric} {best:,.6g} (bound {bound:,.6g}); widen space.ratio or relax it"
+                                 + (latency_hint if c.metric == "latency_ms" else ""))
