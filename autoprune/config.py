@@ -41,10 +41,12 @@ DEFAULTS: dict[str, Any] = {
     # checkpoint: an autoprune base checkpoint, trained on the classification data when missing
     "base": {"checkpoint": None, "weights": None, "epochs": 10.0, "lr": 0.1, "batch_size": 128, "sparsity_l1": 0.0,
              "sparsity_epochs": 1.0},
-    # round_to: kept channel counts are multiples of it; auto: of the step latency.runtime runs fast on the latency
-    # node's CPU, measured when the search starts (autoprune/measure/steps.py) and kept in the run directory
+    # round_to: kept channel counts are multiples of it, and below it multiples of small_step (null: none below it);
+    # round_to auto: both measured for latency.runtime on the latency node's CPU when the search starts
+    # (autoprune/measure/steps.py) and kept in the run directory
     "space": {"ratio": {"low": 0.0, "high": 0.7, "step": 0.1}, "groups": {}, "ignore": [], "round_to": 1,
-              "criteria": ["l1"], "reconstruct": False},  # reconstruct: least-squares re-fit of pruned layers' consumers
+              "small_step": None, "criteria": ["l1"],
+              "reconstruct": False},  # reconstruct: least-squares re-fit of pruned layers' consumers
     # final_epochs: what 'autoprune finalize' fine-tunes the chosen policy for (epochs: each trial's budget);
     # precision (the base's training too): auto is bf16 autocast on a GPU that has it, else fp16 with a gradient
     # scaler, and fp32 on CPUs; or fp32, bf16, fp16
@@ -94,7 +96,7 @@ AUTO_OR_INT = {"space.round_to"}  # an integer, or auto (measured)
 NULLABLE = {"task": str, "base.weights": str, "objectives": list, "time_budget_s": float, "data.root": str,
             "data.max_train_samples": int, "data.factory": str,
             "base.checkpoint": str, "latency.threads": int, "latency.target": str, "latency.table": str,
-            "latency.screen_margin": float, "deploy.share_bits": int}
+            "latency.screen_margin": float, "deploy.share_bits": int, "space.small_step": int}
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # autoprune.tasks.training.autocast_dtype
 RUNTIMES = ("torch", "onnxruntime", "int8")  # latency.runtime: autoprune/measure/runtimes.py
 SHARE_BITS = range(4, 9)  # deploy.share_bits: 16 to 256 shared values per layer (autoprune/deploy/sharing.py)
@@ -325,6 +327,10 @@ def _validate(c: SearchConfig) -> None:
     if c["searcher.name"] not in SEARCHERS:
         raise AutopruneError(f"config key 'searcher.name': unknown searcher '{c['searcher.name']}', use one of "
                              f"{', '.join(SEARCHERS)}")
+    small, round_to = c["space.small_step"], c["space.round_to"]
+    if small is not None and (round_to == AUTO or not 1 <= small < round_to or round_to % small):
+        raise AutopruneError(f"config key 'space.small_step' must be a divisor of space.round_to below it (or null; "
+                             f"round_to auto measures both), got {small}")
     for key in ("trials", "concurrency", "space.round_to", "finetune.steps", "latency.repeats", "searcher.proxy_samples",
                 "searcher.proxy_batches"):
         if c[key] != AUTO and c[key] < 1:

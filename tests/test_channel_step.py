@@ -31,6 +31,20 @@ def test_counts_between_blocks_of_16_that_run_as_slow_as_the_next_block_give_16(
     assert step == 16 and tried[8] == pytest.approx(1.0)  # 24 runs as slow as 32: the multiples of 8 buy nothing
 
 
+def test_counts_below_the_step_are_measured_the_same_way():
+    # onnxruntime on an AVX-512 CPU: small counts run in proportion, so multiples of 4 below 16 pay; int8 there runs
+    # small counts no faster than 16 (1 channel: 1.1x the full block), so none below 16 does
+    def ort(c):
+        return 0.5 + 0.02 * c if c <= 16 else (1.0 if c % 4 == 0 else 1.0 + 0.02 * (c - 16))
+
+    def int8(c):
+        return 0.87 if c == 16 else (1.0 if c % 4 == 0 else 1.2)
+
+    below = {c: v for c, v in curve(ort).items() if c <= 16}
+    assert finest_paying_step(below, 16)[0] == 1
+    assert finest_paying_step({c: v for c, v in curve(int8).items() if c <= 16}, 16) == (16, {8: pytest.approx(0.87)})
+
+
 def test_a_blocked_runtime_gets_its_block():
     # latency set by ceil(c / 8) blocks: within a block nothing is gained, between blocks 20 %
     step, tried = finest_paying_step(curve(lambda c: 1.0 + 0.2 * -(-c // 8)))
@@ -40,13 +54,15 @@ def test_a_blocked_runtime_gets_its_block():
 def test_the_probe_measures_a_step_in_each_runtime():
     report = probe_step("torch", 1, width=16, pixels=4, rounds=5)
     assert isinstance(report, StepReport) and report.step in MULTIPLES and report.runtime == "torch"
-    assert report.line().startswith(f"channel step in torch: {report.step} (a 16-channel block at 4 px; ")
+    assert report.line().startswith(f"channel step in torch: {report.step}, below it ")
+    assert "(a 16-channel block at 4 px; " in report.line()
+    assert report.small_step is None or report.step % report.small_step == 0 < report.step - report.small_step
 
 
-def fake_probe(step, calls):
+def fake_probe(step, calls, small=None):
     def probe(runtime, threads, target):
         calls.append((runtime, threads, target))
-        return StepReport(runtime, step, {8: 1.0}, 32, 14)
+        return StepReport(runtime, step, {8: 1.0}, 32, 14, small, {8: 1.1, 4: 1.0} if small else {8: 0.9})
 
     return probe
 
@@ -54,15 +70,19 @@ def fake_probe(step, calls):
 def test_auto_is_measured_once_on_the_latency_node_and_kept_in_the_run_directory(tmp_path):
     config = load_config(None, ["space.round_to=auto", "latency.runtime=onnxruntime", "latency.threads=1"])
     run, marker, calls, said = RunDir(tmp_path), {"format": "autoprune-run"}, [], []
-    resolved = resolve_for_run(config, run, marker, said.append, fake_probe(16, calls))
-    assert resolved["space.round_to"] == 16 and config["space.round_to"] == "auto"
+    resolved = resolve_for_run(config, run, marker, said.append, fake_probe(16, calls, small=8))
+    assert resolved["space.round_to"] == 16 and resolved["space.small_step"] == 8 and config["space.round_to"] == "auto"
     assert calls == [("onnxruntime", 1, None)] and said[0].startswith("space.round_to auto: channel step in onnxrun")
-    assert json.loads((tmp_path / MARKER).read_text())["round_to"] == 16
+    saved = json.loads((tmp_path / MARKER).read_text())
+    assert saved["round_to"] == 16 and saved["small_step"] == 8 and saved["format"] == "autoprune-run"
     # a resumed search and finalize take the run's step, measured again never
     again = resolve_for_run(config, run, json.loads((tmp_path / MARKER).read_text()), said.append,
                             fake_probe(8, calls))
-    assert again["space.round_to"] == 16 and len(calls) == 1 and "measured when the run started" in said[-1]
-    assert resolve_of_run(config, json.loads((tmp_path / MARKER).read_text()))["space.round_to"] == 16
+    assert again["space.round_to"] == 16 and again["space.small_step"] == 8 and len(calls) == 1
+    assert "measured when the run started" in said[-1]
+    of_run = resolve_of_run(config, json.loads((tmp_path / MARKER).read_text()))
+    assert (of_run["space.round_to"], of_run["space.small_step"]) == (16, 8)
+    assert SearchSpace.from_config(of_run, []).small_step == 8
     # a given multiple is kept as it is
     eight = load_config(None, ["space.round_to=8"])
     assert resolve_for_run(eight, run, {}, said.append, fake_probe(16, calls)) is eight and len(calls) == 1
@@ -77,6 +97,10 @@ def test_auto_errors_are_one_line(tmp_path):
         resolve_for_run(on_gpu, RunDir(tmp_path), {}, print, fake_probe(16, []))
     with pytest.raises(AutopruneError, match="holds no measured step: the search never started"):
         resolve_of_run(load_config(None, ["space.round_to=auto"]), {})
+    with pytest.raises(AutopruneError, match="config key 'space.small_step' must be a divisor of space.round_to"):
+        load_config(None, ["space.round_to=16", "space.small_step=6"])
+    with pytest.raises(AutopruneError, match="round_to auto measures both"):
+        load_config(None, ["space.round_to=auto", "space.small_step=4"])
     with pytest.raises(AutopruneError, match="auto is measured when a search starts"):
         SearchSpace.from_config(load_config(None, ["space.round_to=auto"]), [])
 
@@ -94,9 +118,10 @@ def test_a_search_in_onnxruntime_prunes_to_the_measured_step_and_finalize_keeps_
     assert main(["search", "search_spaces/resnet20_fashionmnist.yaml", *(a for s in sets for a in ("--set", s)),
                  "--out", str(run)]) == 0
     assert "space.round_to auto: channel step in onnxruntime: " in capsys.readouterr().out
-    step = json.loads((run / MARKER).read_text())["round_to"]
+    saved = json.loads((run / MARKER).read_text())
+    step, small = saved["round_to"], saved["small_step"] or saved["round_to"]
     out = tmp_path / "final"
     assert main(["finalize", str(run), "--pick", "best", "--epochs", "0", "--no-kd", "--no-int8", "--out",
                  str(out)]) == 0
     widths = [m.out_channels for m in autoprune.load(out).modules() if isinstance(m, torch.nn.Conv2d)]
-    assert all(w % step == 0 for w in widths), (step, widths)
+    assert all(w % step == 0 or (w < step and w % small == 0) for w in widths), (step, small, widths)

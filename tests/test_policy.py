@@ -142,3 +142,22 @@ def test_discover_reports_channel_groups_and_segments():
         (64, (24, 40), 1)
     grouped = {g.name: g for g in discover(build_model(ModelSpec("toy_models:grouped")), torch.zeros(1, 3, 8, 8))}
     assert grouped["grouped.0"].channel_groups == 4 and grouped["stem.0"].channel_groups == 1
+
+
+def test_counts_below_round_to_round_to_the_small_step():
+    p = Policy({"g": 0.7, "h": 0.9, "k": 0.3, "m": 0.99}, round_to=16, small_step=4)
+    assert p.keep("g", 64) == 16      # 19.2 kept: the nearest multiple of 16
+    assert p.keep("h", 64) == 8       # 6.4 kept: below 16, the nearest multiple of 4
+    assert p.keep("k", 64) == 48      # 44.8 kept
+    assert p.keep("m", 64) == 4       # at least the small step
+    assert Policy({"h": 0.9}, round_to=16).keep("h", 64) == 16  # without one: never below round_to
+    # a concatenated group: the small step in units, shared among the segments
+    concat = PrunableGroup("g", 64, 0, 0.0, ("g",), ("g",), 1, (32, 32))
+    assert Policy({"g": 0.9}, round_to=16, small_step=4).kept_units("g", [32, 32]) == [4, 4]
+    assert Policy({"g": 0.9}, round_to=16, small_step=4).kept_channels(concat) == 8
+    again = Policy.from_json(p.to_json())
+    assert again == p and json.loads(p.to_json())["small_step"] == 4
+    assert "small_step" not in json.loads(Policy({"g": 0.5}).to_json())  # documents without it read as before
+    for bad in (0, 16, 6, 32, True):
+        with pytest.raises(AutopruneError, match="policy small_step must be null or a divisor of round_to"):
+            Policy({"g": 0.5}, round_to=16, small_step=bad)

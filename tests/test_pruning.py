@@ -65,6 +65,16 @@ def test_round_to_gives_multiples(zoo_model):
     assert all(c % 8 == 0 or c == g.channels for g, c in zip(groups, channels_after(pruned, shape).values()))
 
 
+def test_counts_below_round_to_are_multiples_of_the_small_step():
+    model = build_model(ModelSpec("resnet20", 10, 1)).eval()
+    x = torch.zeros(1, 1, 28, 28)
+    groups = discover(model, x)
+    policy = Policy({g.name: 0.8 if g.channels == 64 else 0.7 for g in groups}, round_to=16, small_step=4)
+    after = channels_after(prune(model, policy, x), (1, 28, 28))
+    by_width = {w: {after[g.name] for g in groups if g.channels == w} for w in (16, 32, 64)}
+    assert by_width == {16: {4}, 32: {8}, 64: {12}}  # 4.8, 9.6 and 12.8 kept: below 16, multiples of 4
+
+
 @pytest.mark.parametrize("criterion", sorted(REGISTRY))
 def test_residual_concat_and_depthwise_prune_consistently(criterion):
     spec, shape = MODELS["branchy"]

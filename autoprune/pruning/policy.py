@@ -45,12 +45,14 @@ class PrunableGroup:
 
 @dataclass(frozen=True)
 class Policy:
-    """A pruning ratio in [0, 1) per prunable group (by root-module name), plus how to rank channels."""
+    """A pruning ratio in [0, 1) per prunable group (by root-module name), plus how to rank channels and round the
+    kept counts: multiples of ``round_to``; below ``round_to``, multiples of ``small_step`` (None: never below)."""
 
     ratios: dict[str, float]
     criterion: str = "l1"
     round_to: int = 1
     ignore: list[str] = field(default_factory=list)
+    small_step: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ratios", {str(k): v for k, v in dict(self.ratios).items()})
@@ -64,6 +66,11 @@ class Policy:
             raise AutopruneError(f"unknown criterion '{self.criterion}': use one of {', '.join(CRITERIA)}")
         if isinstance(self.round_to, bool) or not isinstance(self.round_to, int) or self.round_to < 1:
             raise AutopruneError(f"policy round_to must be a positive integer, got {self.round_to!r}")
+        small = self.small_step
+        if small is not None and (isinstance(small, bool) or not isinstance(small, int) or not 1 <= small < self.round_to
+                                  or self.round_to % small):
+            raise AutopruneError(f"policy small_step must be null or a divisor of round_to ({self.round_to}) below it, "
+                                 f"got {small!r}")
 
     @classmethod
     def uniform(cls, groups: list[PrunableGroup], ratio: float, **kwargs: Any) -> "Policy":
@@ -71,11 +78,12 @@ class Policy:
         return cls({g.name: ratio for g in groups}, **kwargs)
 
     def keep(self, name: str, channels: int) -> int:
-        """Channels the group ``name`` keeps: ``channels * (1 - ratio)``, rounded to ``round_to``, at least one.
+        """Channels the group ``name`` keeps: ``channels * (1 - ratio)``, rounded to ``round_to`` (to ``small_step``
+        below it), at least one.
 
         That is the count ``prune`` leaves in a plain group; ``kept_channels`` gives it for any group.
         """
-        return _kept(channels, self.ratios.get(name, 0.0), self.round_to)
+        return _kept(channels, self.ratios.get(name, 0.0), self.round_to, self.small_step)
 
     def kept_units(self, name: str, segment_units: Sequence[int], unit_size: int = 1,
                    fraction: float = 1.0) -> list[int]:
@@ -88,8 +96,10 @@ class Policy:
         """
         total = sum(segment_units)
         step = self.round_to // math.gcd(self.round_to, unit_size)
-        goal = total - round((total - _kept(total, self.ratios.get(name, 0.0), step)) * fraction)
-        return allocate(segment_units, goal, step)
+        small = self.small_step // math.gcd(self.small_step, unit_size) if self.small_step else None
+        small = small if small and small < step else None
+        goal = total - round((total - _kept(total, self.ratios.get(name, 0.0), step, small)) * fraction)
+        return allocate(segment_units, goal, small if small and goal < step else step)
 
     def kept_channels(self, group: PrunableGroup) -> int:
         """Exactly the channels ``prune`` leaves in ``group``."""
@@ -118,6 +128,7 @@ class Policy:
     def to_dict(self) -> dict[str, Any]:
         """The JSON document ``from_dict`` reads."""
         return {"schema_version": SCHEMA_VERSION, "criterion": self.criterion, "round_to": self.round_to,
+                **({"small_step": self.small_step} if self.small_step is not None else {}),
                 "ignore": list(self.ignore), "ratios": dict(self.ratios)}
 
     @classmethod
@@ -127,12 +138,13 @@ class Policy:
         version = d.get("schema_version")
         if version != SCHEMA_VERSION:
             raise AutopruneError(f"policy schema_version must be {SCHEMA_VERSION}, got {version!r}")
-        unknown = sorted(set(d) - {"schema_version", "criterion", "round_to", "ignore", "ratios"})
+        unknown = sorted(set(d) - {"schema_version", "criterion", "round_to", "small_step", "ignore", "ratios"})
         if unknown:
             raise AutopruneError(f"unknown policy key '{unknown[0]}'")
         if not isinstance(d.get("ratios"), dict):
             raise AutopruneError("policy key 'ratios' must be an object of layer name -> ratio")
-        return cls(d["ratios"], d.get("criterion", "l1"), d.get("round_to", 1), d.get("ignore", []))
+        return cls(d["ratios"], d.get("criterion", "l1"), d.get("round_to", 1), d.get("ignore", []),
+                   d.get("small_step"))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False)
@@ -158,10 +170,13 @@ class Policy:
         Path(path).write_text(self.to_json() + "\n")
 
 
-def _kept(count: int, ratio: float, round_to: int) -> int:
-    """``count * (1 - ratio)`` rounded to a multiple of ``round_to``; at least ``round_to`` and 1, at most ``count``."""
+def _kept(count: int, ratio: float, round_to: int, small_step: int | None = None) -> int:
+    """``count * (1 - ratio)`` rounded to a multiple of ``round_to``, at least ``round_to`` and 1, at most ``count``;
+    with ``small_step``, a count below ``round_to`` rounds to a multiple of it instead (at least ``small_step``)."""
     kept = max(1, round(count * (1.0 - ratio)))
-    if round_to > 1:
+    if small_step and kept < round_to:
+        kept = max(small_step, round(kept / small_step) * small_step)
+    elif round_to > 1:
         kept = max(round_to, round(kept / round_to) * round_to)
     return min(count, kept)
 

@@ -1,8 +1,8 @@
 """``space.round_to: auto``: the channel step of the latency runtime, measured once per run and kept with it.
 
 The step is measured where the search times its candidates (``autoprune.measure.steps``), when the run starts, and
-written to the run's marker (``autoprune-run.json``, key ``round_to``): a resumed search and ``autoprune finalize``
-prune with the step the run searched with, not one measured again.
+written to the run's marker (``autoprune-run.json``, keys ``round_to`` and ``small_step``): a resumed search and
+``autoprune finalize`` prune with the steps the run searched with, not ones measured again.
 """
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ from autoprune.searching.storage import RunDir
 
 Echo = Callable[[str], None]
 Probe = Callable[[str, int, "str | None"], StepReport]
-KEY = "round_to"
 
 
 def latency_threads(config: SearchConfig) -> int:
@@ -34,30 +33,30 @@ def check_measurable(config: SearchConfig) -> None:
 
 def resolve_for_run(config: SearchConfig, run: RunDir, marker: dict[str, Any], echo: Echo,
                     probe: Probe = probe_on_target) -> SearchConfig:
-    """``config`` with ``space.round_to`` an integer: as given, the run's measured step (``marker``), or measured now
+    """``config`` with ``space.round_to`` an integer: as given, the run's measured steps (``marker``), or measured now
     by ``probe`` on the latency node and written to the marker."""
     if config["space.round_to"] != AUTO:
         return config
-    step = marker.get(KEY)
-    if step is None:
+    if "round_to" not in marker:
         check_measurable(config)
         report = probe(config["latency.runtime"], latency_threads(config), config["latency.target"])
-        step = marker[KEY] = report.step
+        marker.update(round_to=report.step, small_step=report.small_step)
         run.write_text(MARKER, json.dumps(marker) + "\n")
         echo(f"space.round_to auto: {report.line()}")
     else:
-        echo(f"space.round_to auto: {step}, the channel step measured when the run started ({MARKER})")
-    return config.with_value("space.round_to", int(step))
+        echo(f"space.round_to auto: {marker['round_to']}, below it {marker.get('small_step')}, the channel steps "
+             f"measured when the run started ({MARKER})")
+    return _with_steps(config, marker)
 
 
 def resolve_of_run(config: SearchConfig, marker: dict[str, Any]) -> SearchConfig:
     """``config`` (a run's config.yaml) with the step the run searched with."""
     if config["space.round_to"] != AUTO:
         return config
-    if marker.get(KEY) is None:
+    if marker.get("round_to") is None:
         raise AutopruneError(f"the run's config says space.round_to: auto but its {MARKER} holds no measured step: "
                              f"the search never started")
-    return config.with_value("space.round_to", int(marker[KEY]))
+    return _with_steps(config, marker)
 
 
 def resolve_here(config: SearchConfig, echo: Echo) -> SearchConfig:
@@ -67,4 +66,11 @@ def resolve_here(config: SearchConfig, echo: Echo) -> SearchConfig:
     check_measurable(config)
     report = probe_step(config["latency.runtime"], latency_threads(config))
     echo(f"space.round_to auto: {report.line()}")
-    return config.with_value("space.round_to", report.step)
+    return _with_steps(config, {"round_to": report.step, "small_step": report.small_step})
+
+
+def _with_steps(config: SearchConfig, steps: dict[str, Any]) -> SearchConfig:
+    """``config`` with ``space.round_to`` and ``space.small_step`` as measured (``steps``)."""
+    small = steps.get("small_step")
+    return config.with_value("space.round_to", int(steps["round_to"])).with_value(
+        "space.small_step", int(small) if small is not None else None)

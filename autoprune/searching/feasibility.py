@@ -27,7 +27,8 @@ STATIC = ("macs", "params", "size_bytes", "latency_ms")  # what a structure alon
 def corner_policies(space: SearchSpace) -> dict[str, Policy]:
     """The smallest, uniform-midpoint and largest models of the space."""
     def at(pick: Any) -> Policy:
-        return Policy({p.group: pick(p) for p in space.params}, "l1", space.round_to, list(space.ignore))
+        return Policy({p.group: pick(p) for p in space.params}, "l1", space.round_to, list(space.ignore),
+                      space.small_step)
 
     return {"smallest": at(lambda p: p.high), "midpoint": at(lambda p: p.snap((p.low + p.high) / 2)),
             "largest": at(lambda p: p.low)}

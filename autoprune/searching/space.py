@@ -45,6 +45,7 @@ class SearchSpace:
     criteria: tuple[str, ...]
     round_to: int = 1
     ignore: tuple[str, ...] = ()
+    small_step: int | None = None  # counts below round_to: multiples of this (None: none below round_to)
 
     @classmethod
     def from_config(cls, config: SearchConfig, groups: list[PrunableGroup]) -> "SearchSpace":
@@ -63,7 +64,7 @@ class SearchSpace:
             r = {**default, **config["space.groups"].get(g.name, {})}
             params.append(RatioParam(g.name, g.channels, float(r["low"]), float(r["high"]), float(r["step"])))
         return cls(tuple(params), tuple(config["space.criteria"]), config["space.round_to"],
-                   tuple(config["space.ignore"]))
+                   tuple(config["space.ignore"]), config["space.small_step"])
 
     @property
     def groups(self) -> list[str]:
@@ -72,7 +73,8 @@ class SearchSpace:
     def policy(self, point: dict[str, Any]) -> Policy:
         """The policy a point of the space stands for."""
         ratios = {p.group: float(point[p.group]) for p in self.params}
-        return Policy(ratios, point.get(CRITERION_KEY, self.criteria[0]), self.round_to, list(self.ignore))
+        return Policy(ratios, point.get(CRITERION_KEY, self.criteria[0]), self.round_to, list(self.ignore),
+                      self.small_step)
 
     def uniform_point(self, ratio: float, criterion: str | None = None) -> dict[str, Any]:
         """Every group at (the grid value nearest to) ``ratio``: the manual baseline."""

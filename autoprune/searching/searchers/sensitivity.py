@@ -233,7 +233,7 @@ def curves_key(space: SearchSpace, criterion: str, objectives: Sequence[str], ca
     """What the curves depend on besides the base: groups, grids, criterion, rounding, the metrics recorded."""
     what = {"groups": [[p.group, p.channels, p.grid()] for p in space.params], "criterion": criterion,
             "round_to": space.round_to, "ignore": list(space.ignore), "objectives": list(objectives),
-            "cache_key": cache_key}
+            "cache_key": cache_key, **({"small_step": space.small_step} if space.small_step else {})}
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:24]
 
 
