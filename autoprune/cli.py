@@ -269,12 +269,16 @@ def cmd_finalize(args: argparse.Namespace) -> None:
     if not run_dir.is_dir():
         raise AutopruneError(f"run directory '{args.run_dir}' does not exist")
     m = finalize(run_dir, args.pick, args.epochs, args.kd, args.out, deploy=deploy_options(run_dir, args),
-                 echo=lambda line: print(line, flush=True))
+                 against=args.against, echo=lambda line: print(line, flush=True))
     b, f = m["base"], m["final"]
     print(f"finalized trial {m['trial_id']} ({args.pick}) in {time.perf_counter() - start:.0f} s -> {args.out}")
     test = f"test_{m['metric']}"
     print(f"test {m['metric']} {f[test]:.4f} (base {b[test]:.4f}), latency {f['latency_ms']:.3f} ms "
           f"(base {b['latency_ms']:.3f} ms), speedup {f['speedup']:.2f}x")
+    if "against_uniform" in m:
+        u = m["against_uniform"]
+        print(f"uniform {u['ratio']:g}, finalized the same way: test {m['metric']} {u[test]:.4f} at "
+              f"{u['latency_ms']:.3f} ms ({u['speedup']:.2f}x); the search's pick {u[test + '_difference']:+.4f}")
     print(format_runtimes(m))
     print(f"files: {', '.join(sorted(p.name for p in Path(args.out).iterdir()))}; model card: "
           f"{Path(args.out) / 'README.md'}")
@@ -392,6 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kd", action=argparse.BooleanOptionalAction, default=True,
                    help="distil from the base while fine-tuning (default: on)")
     p.add_argument("--out", required=True, help="output directory (everything export writes)")
+    p.add_argument("--against", choices=["uniform"], help="also finalize, the same way, the uniform policy measured "
+                   "closest to the finalized model's latency, and report the difference")
     add_deploy_flags(p)
     p.set_defaults(func=cmd_finalize)
 

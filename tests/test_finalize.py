@@ -113,12 +113,23 @@ def test_finalize_cli_trial_without_kd(run, tmp_path, capsys):
     trial = read_trials(run).to_pylist()[1]["trial_id"]
     out = tmp_path / "final"
     assert main(["finalize", str(run), "--pick", f"trial:{trial}", "--epochs", "0", "--no-kd", "--out", str(out),
-                 "--onnx", "--no-int8", "--share-bits", "4"]) == 0
+                 "--onnx", "--no-int8", "--share-bits", "4", "--against", "uniform"]) == 0
     printed = capsys.readouterr().out
     assert f"finalized trial {trial} (trial:{trial})" in printed and "speedup" in printed
     assert "shared 4-bit weights: test_accuracy" in printed and "onnxruntime " in printed
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["search"]["trial_id"] == trial and saved["finetune"]["kd"] is False
+    # against uniform: every uniform ratio of the space timed, the one closest to the final latency finalized the
+    # same way (no fine-tune here), the difference reported
+    uniform, final = saved["against_uniform"], saved["final"]
+    timed = {float(r): ms for r, ms in uniform["timed"].items()}
+    assert sorted(timed) == [round(0.1 * i, 1) for i in range(8)]  # the space's grid, 0 to 0.7
+    assert uniform["ratio"] == min(timed, key=lambda r: abs(timed[r] - final["latency_ms"]))
+    assert uniform["criterion"] == saved["search"]["criterion"] and uniform["latency_ms"] == timed[uniform["ratio"]]
+    assert uniform["test_accuracy_difference"] == pytest.approx(final["test_accuracy"] - uniform["test_accuracy"])
+    assert f"uniform {uniform['ratio']:g}, finalized the same way: test accuracy {uniform['test_accuracy']:.4f}" \
+        in printed
+    assert f"| uniform {uniform['ratio']:g}, same way |" in (out / "README.md").read_text()
     assert saved["finetune"]["finetune_epochs"] == 0
     assert sorted(p.name for p in out.iterdir()) == sorted([*TORCH_FILES, "model.onnx", "model.shared.npz"])
     # weight sharing: every convolution keeps at most 16 distinct weights, and the export reloads with them

@@ -27,10 +27,11 @@ if TYPE_CHECKING:
     from torch import nn
 
     from autoprune.config import SearchConfig
+    from autoprune.measure.latency import LatencyMeter
     from autoprune.measure.spec import LatencySpec
     from autoprune.pruning.policy import Policy, PrunableGroup
     from autoprune.searching.space import SearchSpace
-    from autoprune.searching.trial import TrialResult
+    from autoprune.searching.trial import TrialResult, TrialSettings
     from autoprune.tasks.base import Task
 
 Echo = Callable[[str], None]
@@ -38,11 +39,18 @@ COST_KEYS = ("latency_ms", "latency_iqr_ms", "size_bytes", "params", "macs")
 
 
 def finalize(run_dir: str | Path | RunDir, pick: str = "knee", epochs: float | None = None, kd: bool = True,
-             out: str | Path = "final", *, deploy: DeployOptions | None = None, echo: Echo = print) -> dict[str, Any]:
+             out: str | Path = "final", *, deploy: DeployOptions | None = None, against: str | None = None,
+             echo: Echo = print) -> dict[str, Any]:
     """Re-prune the base to the policy of the trial ``pick`` chooses (as ``export``), fine-tune it for ``epochs``
     (default: the run's ``finetune.final_epochs``) with distillation from the base unless ``kd`` is False, and
     write the export files into ``out`` (``deploy``: what beside the PyTorch files; default: the run's
-    ``deploy.*`` keys). Returns the contents of ``metrics.json``."""
+    ``deploy.*`` keys). ``against="uniform"``: also finalize, the same way, the uniform policy measured closest to
+    the finalized model's latency, and report the difference (``autoprune/deploy/against.py``). Returns the contents
+    of ``metrics.json``."""
+    from autoprune.deploy.against import AGAINST
+
+    if against is not None and against not in AGAINST:
+        raise AutopruneError(f"--against must be one of {', '.join(AGAINST)}, got '{against}'")
     # imported here: ``import autoprune`` imports this module and stays light (controller brings matplotlib)
     from autoprune import devices
     from autoprune.measure.latency import ReferenceStore, local_meter
@@ -84,6 +92,9 @@ def finalize(run_dir: str | Path | RunDir, pick: str = "knee", epochs: float | N
              f"gave {row[f'base_test_{name}']:.4f}: it may not be the base the run searched")
     metrics = final_metrics(row, pick, run, config, base, result, name, {**settings.to_dict(), **task.describe()},
                             spec)
+    if against == "uniform":
+        metrics["against_uniform"] = finalize_uniform(searched_base, policy.criterion, meter, settings, metrics,
+                                                      echo)
     ckpt = ckpt_io.from_model(result.model, base.model_spec, base.data_spec, base.input_shape, base.preprocess,
                               result.pruned)
     ckpt.module = base.module
@@ -91,6 +102,28 @@ def finalize(run_dir: str | Path | RunDir, pick: str = "knee", epochs: float | N
     write_export(Path(out), ckpt, policy, metrics, finalized_card(metrics, policy.criterion), task, spec,
                  deploy or DeployOptions.from_config(config), echo)
     return metrics
+
+
+def finalize_uniform(searched: SearchedBase, criterion: str, meter: LatencyMeter, settings: TrialSettings,
+                     metrics: dict[str, Any], echo: Echo) -> dict[str, Any]:
+    """The uniform policy at the finalized model's measured latency, pruned and fine-tuned as it was (``against``)."""
+    from autoprune.deploy.against import comparison, uniform_at_latency
+    from autoprune.searching.trial import run_trial
+
+    final, name = metrics["final"], metrics["metric"]
+    match = uniform_at_latency(searched.model, searched.checkpoint.example_input, searched.space, criterion, meter,
+                               final["latency_ms"])
+    echo(f"against uniform: ratio {match.ratio:g} measured closest to {final['latency_ms']:.3f} ms "
+         f"({match.latency_ms:.3f} ms; " + ", ".join(f"{r:g}: {ms:.3f}" for r, ms in match.timed.items())
+         + "); fine-tuning it the same way")
+    result = run_trial(searched.model, searched.task, match.policy, settings, meter=meter,
+                       on_epoch=lambda e, m, *_: echo(f"  uniform fine-tune epoch {e}: val_{name} "
+                                                      f"{m[f'val_{name}']:.4f}"))
+    compared = comparison(match, final, result.pruned, metrics["base"]["latency_ms"], name)
+    echo(f"against uniform {match.ratio:g}: test {name} {final[f'test_{name}']:.4f} finalized at "
+         f"{final['latency_ms']:.3f} ms, {compared[f'test_{name}']:.4f} uniform at {compared['latency_ms']:.3f} ms "
+         f"({compared[f'test_{name}_difference']:+.4f})")
+    return compared
 
 
 @dataclass
@@ -194,7 +227,9 @@ def finalized_card(m: dict[str, Any], criterion: str) -> str:
         f"{f' ({recipe})' if recipe else ''}, seed {ft['seed']}, on {ft['device']}.\n"
         f"The search had fine-tuned it for {_epochs(s['finetune_epochs'])}{' with KD' if s['kd'] else ''}.",
         [("base", m["base"]), (f"search ({_epochs(s['finetune_epochs'])})", s),
-         (f"final ({_epochs(ft['finetune_epochs'])})", f)],
+         (f"final ({_epochs(ft['finetune_epochs'])})", f),
+         *([(f"uniform {m['against_uniform']['ratio']:g}, same way", m["against_uniform"])]
+           if "against_uniform" in m else [])],
         f"Validation {m['metric']} selected the trial; the test split was evaluated once per model. Search-time latency\n"
         "comes from the search's latency meter; base and final latency were measured again in one process,\n"
         f"base and pruned interleaved (batch {lat['batch_size']}, {lat['threads']} thread(s), {lat['device']}).",
