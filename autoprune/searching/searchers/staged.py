@@ -3,9 +3,12 @@
 Stage 0 costs seconds per candidate (prune, recalibrate batch norm, evaluate on a fixed validation
 subset); a fine-tune costs a whole training budget. ``StagedSearcher`` lets an inner searcher (NSGA-II,
 TPE, GP, random) spend ``proxy_trials`` stage-0 evaluations, telling it each outcome with the proxy
-accuracy in place of the fine-tuned one; then it fine-tunes the best of them with the full budget, in
-order of non-dominated sorting on (proxy accuracy, the other objectives), crowding distance breaking
-ties within a front, feasible ones first. Only fine-tuned candidates enter the front.
+accuracy in place of the fine-tuned one; then it fine-tunes the best of them with the full budget, feasible ones
+first. Under a structural budget (a latency, size, params or MACs constraint) the feasible ones go by proxy
+accuracy, best first: the user asked for the most accurate model within the budget, and EagleEye fine-tunes the
+top candidates by its adaptive-BN score the same way. Otherwise (and for the infeasible ones) they go in order of
+non-dominated sorting on (proxy accuracy, the other objectives), crowding distance breaking ties within a front:
+a spread of the trade-off. Only fine-tuned candidates enter the front.
 """
 from __future__ import annotations
 
@@ -91,12 +94,17 @@ class StagedSearcher(Searcher):
         return all(v <= 0 for k, v in outcome.violations.items() if k in self.structural)
 
     def selection(self) -> list[dict[str, Any]]:
-        """Stage-0 candidates in the order they deserve a fine-tune: feasible first, then by non-dominated
-        rank on the objectives (proxy accuracy first), crowding distance descending within a rank."""
+        """Stage-0 candidates in the order they deserve a fine-tune (see module): feasible first; under a
+        structural budget those by proxy accuracy, best first; else by non-dominated rank on the objectives (proxy
+        accuracy first), crowding distance descending within a rank."""
         ranked: list[dict[str, Any]] = []
+        metric = self.objectives[0]
         for feasible in (True, False):
             pool = [(p, o) for p, o in self._proxies.values()
                     if o.state == "ok" and o.values is not None and self._feasible(o) == feasible]
+            if feasible and self.structural:
+                ranked += [p for p, o in sorted(pool, key=lambda po: metric.loss(po[1].values[0]))]  # type: ignore[index]
+                continue
             while pool:
                 values = [o.values for _, o in pool]
                 front = pareto_indices(values, self.objectives)  # type: ignore[arg-type]
