@@ -129,7 +129,9 @@ class Mystery(torch.nn.Module):
 @pytest.fixture(autouse=True)
 def fresh_cache(tmp_path_factory, monkeypatch):
     """Each test its own cache directory: what a test measures or computes does not depend on the tests before it.
-    Subprocesses inherit it; the latency actor gets it from the search that starts it (``ReferenceStore.default``)."""
+    Subprocesses inherit it; the latency actor gets it from the search that starts it (``ReferenceStore.default``).
+    Module-scoped fixtures run before it and share the session's directory (set above); so do Ray workers started
+    earlier in the session, for what they read from the environment themselves."""
     monkeypatch.setenv("AUTOPRUNE_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
 
 

@@ -51,17 +51,19 @@ def test_a_blocked_runtime_gets_its_block():
     assert step == 8 and tried == {8: pytest.approx(1.8 / 1.6), 4: pytest.approx(1.0)}
 
 
-def test_the_probe_measures_a_step_in_each_runtime():
-    report = probe_step("torch", 1, width=16, pixels=4, rounds=5)
-    assert isinstance(report, StepReport) and report.step in MULTIPLES and report.runtime == "torch"
+def test_the_probe_times_each_level_and_reports_what_it_tried():
+    report = probe_step("torch", 1, batch=2, width=16, pixels=4, rounds=5)
+    assert isinstance(report, StepReport) and report.runtime == "torch" and 8 in report.tried
+    # it went one level past the step it took (or to the finest), and below it only where the step is above 1
+    assert report.step in MULTIPLES and (report.step == 1 or report.step // 2 in report.tried)
     assert report.line().startswith(f"channel step in torch: {report.step}, below it ")
     assert "(a 16-channel block at 4 px; " in report.line()
     assert report.small_step is None or report.step % report.small_step == 0 < report.step - report.small_step
 
 
 def fake_probe(step, calls, small=None):
-    def probe(runtime, threads, target):
-        calls.append((runtime, threads, target))
+    def probe(runtime, threads, batch, target):
+        calls.append((runtime, threads, batch, target))
         return StepReport(runtime, step, {8: 1.0}, 32, 14, small, {8: 1.1, 4: 1.0} if small else {8: 0.9})
 
     return probe
@@ -70,22 +72,31 @@ def fake_probe(step, calls, small=None):
 def test_auto_is_measured_once_on_the_latency_node_and_kept_in_the_run_directory(tmp_path):
     config = load_config(None, ["space.round_to=auto", "latency.runtime=onnxruntime", "latency.threads=1"])
     run, marker, calls, said = RunDir(tmp_path), {"format": "autoprune-run"}, [], []
-    resolved = resolve_for_run(config, run, marker, said.append, fake_probe(16, calls, small=8))
+    resolved = resolve_for_run(config, run, marker, said.append, probe=fake_probe(16, calls, small=8))
     assert resolved["space.round_to"] == 16 and resolved["space.small_step"] == 8 and config["space.round_to"] == "auto"
-    assert calls == [("onnxruntime", 1, None)] and said[0].startswith("space.round_to auto: channel step in onnxrun")
+    assert calls == [("onnxruntime", 1, 1, None)] and said[0].startswith("space.round_to auto: channel step in onnxrun")
     saved = json.loads((tmp_path / MARKER).read_text())
     assert saved["round_to"] == 16 and saved["small_step"] == 8 and saved["format"] == "autoprune-run"
     # a resumed search and finalize take the run's step, measured again never
     again = resolve_for_run(config, run, json.loads((tmp_path / MARKER).read_text()), said.append,
-                            fake_probe(8, calls))
+                            resume=True, probe=fake_probe(8, calls))
     assert again["space.round_to"] == 16 and again["space.small_step"] == 8 and len(calls) == 1
     assert "measured when the run started" in said[-1]
     of_run = resolve_of_run(config, json.loads((tmp_path / MARKER).read_text()))
     assert (of_run["space.round_to"], of_run["space.small_step"]) == (16, 8)
     assert SearchSpace.from_config(of_run, []).small_step == 8
+    # a resumed run keeps its steps: another multiple is refused, and a run not searched with auto is not measured
+    with pytest.raises(AutopruneError, match=r"searched with the measured steps 16 \(below it 8\), not 1 \(below it "
+                                             r"None\); resume it with space.round_to: auto"):
+        resolve_for_run(load_config(None, ["space.round_to=1"]), run, saved, said.append, resume=True,
+                        probe=fake_probe(8, calls))
+    with pytest.raises(AutopruneError, match="was not searched with auto"):
+        resolve_for_run(config, run, {"format": "autoprune-run"}, said.append, resume=True, probe=fake_probe(8, calls))
+    assert len(calls) == 1
     # a given multiple is kept as it is
     eight = load_config(None, ["space.round_to=8"])
-    assert resolve_for_run(eight, run, {}, said.append, fake_probe(16, calls)) is eight and len(calls) == 1
+    other = RunDir(tmp_path / "other")
+    assert resolve_for_run(eight, other, {}, said.append, probe=fake_probe(16, calls)) is eight and len(calls) == 1
 
 
 def test_auto_errors_are_one_line(tmp_path):
@@ -94,7 +105,7 @@ def test_auto_errors_are_one_line(tmp_path):
     on_gpu = load_config(None, ["space.round_to=auto", "latency.device=cuda"])
     with pytest.raises(AutopruneError, match="auto measures the channel step of a CPU runtime, but candidates are "
                                              "timed on cuda: give the multiple"):
-        resolve_for_run(on_gpu, RunDir(tmp_path), {}, print, fake_probe(16, []))
+        resolve_for_run(on_gpu, RunDir(tmp_path), {}, print, probe=fake_probe(16, []))
     with pytest.raises(AutopruneError, match="holds no measured step: the search never started"):
         resolve_of_run(load_config(None, ["space.round_to=auto"]), {})
     with pytest.raises(AutopruneError, match="config key 'space.small_step' must be a divisor of space.round_to"):

@@ -161,3 +161,8 @@ def test_counts_below_round_to_round_to_the_small_step():
     for bad in (0, 16, 6, 32, True):
         with pytest.raises(AutopruneError, match="policy small_step must be null or a divisor of round_to"):
             Policy({"g": 0.5}, round_to=16, small_step=bad)
+
+
+def test_a_ratio_of_zero_keeps_every_channel_whatever_the_rounding():
+    assert Policy({"g": 0.0}, round_to=16, small_step=4).keep("g", 10) == 10
+    assert Policy({"g": 0.0}, round_to=16).keep("g", 40) == 40

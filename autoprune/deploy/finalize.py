@@ -93,8 +93,11 @@ def finalize(run_dir: str | Path | RunDir, pick: str = "knee", epochs: float | N
     metrics = final_metrics(row, pick, run, config, base, result, name, {**settings.to_dict(), **task.describe()},
                             spec)
     if against == "uniform":
-        metrics["against_uniform"] = finalize_uniform(searched_base, policy.criterion, meter, settings, metrics,
-                                                      echo)
+        try:
+            metrics["against_uniform"] = finalize_uniform(searched_base, policy.criterion, meter, settings, metrics,
+                                                          echo)
+        except AutopruneError as e:  # the finalized model is still written
+            echo(f"against uniform: not compared: {e}")
     ckpt = ckpt_io.from_model(result.model, base.model_spec, base.data_spec, base.input_shape, base.preprocess,
                               result.pruned)
     ckpt.module = base.module

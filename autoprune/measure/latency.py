@@ -93,10 +93,16 @@ class ReferenceStore:
             stored = None
         if stored is not None and stored.latency_ms <= measured.latency_ms:
             return stored
-        self.directory.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{time.time_ns()}.tmp")
-        tmp.write_text(json.dumps({"reference": asdict(measured), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}))
-        tmp.replace(path)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{time.time_ns()}.tmp")
+            tmp.write_text(json.dumps({"reference": asdict(measured),
+                                       "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}))
+            tmp.replace(path)
+        except OSError as e:
+            raise AutopruneError(f"cannot write the shared latency reference in {self.directory}: "
+                                 f"{e.strerror or e}; set AUTOPRUNE_CACHE_DIR to a directory writable on the "
+                                 f"latency node, or latency.shared_reference: false") from None
         return measured
 
 

@@ -8,9 +8,9 @@ conv3x3(c -> C) -> BN``), and picks the finest multiple that pays: starting from
 while every count it adds (the multiples of ``m`` that are not multiples of the coarser one) runs more than 1 %
 faster than the coarser multiple next up. Counts below the step are tried the same way, from the step down (the small
 step; none when half the step already runs no faster than the step: int8 here). Counts are built and timed level by
-level, interleaved, so a runtime whose step is 16 with nothing below costs five structures. Counts between multiples
-of the step buy nothing in that runtime (or run slower than the next multiple up), so pruning rounds to it.
-``bench/channel_steps.py`` draws the curves for other widths and resolutions.
+level, interleaved, so a runtime whose step is 16 with nothing below costs four structures (8, 16, 24, 32). Counts
+between multiples of the step buy nothing in that runtime (or run slower than the next multiple up), so pruning
+rounds to it. ``bench/channel_steps.py`` draws the curves for other widths and resolutions.
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import math
 import statistics
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -32,9 +33,10 @@ def block(width: int, inner: int) -> nn.Module:
                          nn.Conv2d(inner, width, 3, padding=1, bias=False), nn.BatchNorm2d(width)).eval()
 
 
-def time_interleaved(models: dict[int, nn.Module], shape: tuple[int, ...], rounds: int) -> dict[int, float]:
-    """Median milliseconds per batch-1 call of each model, every model timed once per round, in turn."""
-    x = torch.randn(1, *shape)
+def time_interleaved(models: dict[int, nn.Module], shape: tuple[int, ...], rounds: int,
+                     batch: int = 1) -> dict[int, float]:
+    """Median milliseconds per call of each model on a ``batch``, every model timed once per round, in turn."""
+    x = torch.randn(batch, *shape)
     samples: dict[int, list[float]] = {c: [] for c in models}
     with torch.inference_mode():
         for _ in range(10):  # warm-up
@@ -94,13 +96,15 @@ class StepReport:
                 f"above {PAYS:.2f} pays)")
 
 
-def probe_step(runtime: str, threads: int, width: int = 32, pixels: int = 14, rounds: int = 100) -> StepReport:
+def probe_step(runtime: str, threads: int, batch: int = 1, width: int = 32, pixels: int = 14,
+               rounds: int = 100) -> StepReport:
     """Measure the channel step of ``runtime`` (torch, onnxruntime, int8) on this CPU with ``threads`` threads, and
     which counts below it pay (see module).
 
     Args:
         runtime: the runtime the candidates are timed in.
         threads: intra-op threads, as the latency is timed.
+        batch: the batch size the latency is timed at.
         width, pixels: the block's outer width and resolution.
         rounds: interleaved timing rounds per count.
 
@@ -118,7 +122,7 @@ def probe_step(runtime: str, threads: int, width: int = 32, pixels: int = 14, ro
             for c in range(level, top + 1, level):
                 if c not in models:
                     models[c] = in_runtime(block(width, c), runtime, shape, threads)
-            curve = time_interleaved({c: m for c, m in sorted(models.items()) if c <= top}, shape, rounds)
+            curve = time_interleaved({c: m for c, m in sorted(models.items()) if c <= top}, shape, rounds, batch)
             step, tried = finest_paying_step(curve, coarsest)
             if step > level:
                 break
@@ -135,12 +139,12 @@ def probe_step(runtime: str, threads: int, width: int = 32, pixels: int = 14, ro
     return StepReport(runtime, step, tried, width, pixels, below if below < step else None, tried_below)
 
 
-def probe_on_target(runtime: str, threads: int, target: str | None) -> StepReport:
+def probe_on_target(runtime: str, threads: int, batch: int, target: str | None) -> StepReport:
     """``probe_step`` run by Ray where the search's latency actor times (``latency.target``, else the head node)."""
     import ray
 
     from autoprune.measure.latency import target_placement
 
-    task = ray.remote(probe_step).options(num_cpus=0, **target_placement(target))
-    report: StepReport = ray.get(task.remote(runtime, threads))
+    task: Any = ray.remote(probe_step).options(num_cpus=0, **target_placement(target))
+    report: StepReport = ray.get(task.remote(runtime, threads, batch))
     return report

@@ -173,6 +173,8 @@ class Policy:
 def _kept(count: int, ratio: float, round_to: int, small_step: int | None = None) -> int:
     """``count * (1 - ratio)`` rounded to a multiple of ``round_to``, at least ``round_to`` and 1, at most ``count``;
     with ``small_step``, a count below ``round_to`` rounds to a multiple of it instead (at least ``small_step``)."""
+    if ratio <= 0:
+        return count  # nothing to prune: no rounding removes channels
     kept = max(1, round(count * (1.0 - ratio)))
     if small_step and kept < round_to:
         kept = max(small_step, round(kept / small_step) * small_step)

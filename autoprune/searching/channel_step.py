@@ -17,7 +17,7 @@ from autoprune.searching.results import MARKER
 from autoprune.searching.storage import RunDir
 
 Echo = Callable[[str], None]
-Probe = Callable[[str, int, "str | None"], StepReport]
+Probe = Callable[[str, int, int, "str | None"], StepReport]
 
 
 def latency_threads(config: SearchConfig) -> int:
@@ -31,15 +31,26 @@ def check_measurable(config: SearchConfig) -> None:
                              f"candidates are timed on {latency_device(config)}: give the multiple (e.g. 8)")
 
 
-def resolve_for_run(config: SearchConfig, run: RunDir, marker: dict[str, Any], echo: Echo,
+def resolve_for_run(config: SearchConfig, run: RunDir, marker: dict[str, Any], echo: Echo, resume: bool = False,
                     probe: Probe = probe_on_target) -> SearchConfig:
     """``config`` with ``space.round_to`` an integer: as given, the run's measured steps (``marker``), or measured now
-    by ``probe`` on the latency node and written to the marker."""
+    by ``probe`` on the latency node and written to the marker. A resumed run keeps the steps it searched with: a
+    config that names others is refused."""
+    measured = "round_to" in marker
     if config["space.round_to"] != AUTO:
+        steps = (config["space.round_to"], config["space.small_step"])
+        if measured and steps != (marker["round_to"], marker.get("small_step")):
+            raise AutopruneError(f"config key 'space.round_to': run '{run}' searched with the measured steps "
+                                 f"{marker['round_to']} (below it {marker.get('small_step')}), not {steps[0]} (below "
+                                 f"it {steps[1]}); resume it with space.round_to: auto")
         return config
-    if "round_to" not in marker:
+    if resume and not measured:
+        raise AutopruneError(f"config key 'space.round_to': run '{run}' was not searched with auto (no measured step "
+                             f"in its {MARKER}); resume it with the round_to of its config.yaml")
+    if not measured:
         check_measurable(config)
-        report = probe(config["latency.runtime"], latency_threads(config), config["latency.target"])
+        report = probe(config["latency.runtime"], latency_threads(config), config["latency.batch_size"],
+                       config["latency.target"])
         marker.update(round_to=report.step, small_step=report.small_step)
         run.write_text(MARKER, json.dumps(marker) + "\n")
         echo(f"space.round_to auto: {report.line()}")
@@ -64,7 +75,7 @@ def resolve_here(config: SearchConfig, echo: Echo) -> SearchConfig:
     if config["space.round_to"] != AUTO:
         return config
     check_measurable(config)
-    report = probe_step(config["latency.runtime"], latency_threads(config))
+    report = probe_step(config["latency.runtime"], latency_threads(config), config["latency.batch_size"])
     echo(f"space.round_to auto: {report.line()}")
     return _with_steps(config, {"round_to": report.step, "small_step": report.small_step})
 

@@ -298,6 +298,7 @@ def space_command(config: SearchConfig, echo: Echo) -> None:
 def latency_table_command(config: SearchConfig, out: str, echo: Echo) -> None:
     """``autoprune latency-table``: time every layer at the space's ratios on the target; write JSON to ``out``."""
     model, example = structure_base(config, echo)
+    config = channel_step.resolve_here(config, echo)
     groups = discover(model, example, ignore=config["space.ignore"])
     space = SearchSpace.from_config(config, groups)
     fractions = sorted({round(1.0 - r, 4) for p in space.params for r in p.grid()})
@@ -516,7 +517,7 @@ def run_search(config: SearchConfig, run_dir: str | Path | RunDir, *, resume: bo
     for note in await_capacity(config, echo, NODE_JOIN_WAIT_S if os.environ.get("RAY_ADDRESS") else 0.0):
         echo(note)
     marker = prepare_run_dir(run_dir, config, resume, python is not None)
-    config = channel_step.resolve_for_run(config, run_dir, marker, echo)
+    config = channel_step.resolve_for_run(config, run_dir, marker, echo, resume)
     if python is not None:
         base, base_digest = python_base(run_dir, config, python, pickled, echo)
     else:
