@@ -125,7 +125,7 @@ def test_a_search_in_onnxruntime_prunes_to_the_measured_step_and_finalize_keeps_
 
     run = tmp_path / "run"
     sets = ["latency.runtime=onnxruntime", "space.round_to=auto", "searcher.proxy_trials=8", "trials=1",
-            "finetune.epochs=0.1", "latency.calibration=2"]
+            "finetune.epochs=0.1", "latency.calibration=2", "constraints=[]"]  # a 0.1-epoch fine-tune meets none
     assert main(["search", "search_spaces/resnet20_fashionmnist.yaml", *(a for s in sets for a in ("--set", s)),
                  "--out", str(run)]) == 0
     assert "space.round_to auto: channel step in onnxruntime: " in capsys.readouterr().out

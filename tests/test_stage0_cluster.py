@@ -28,8 +28,21 @@ def fresh_ray():
     ray.shutdown()
 
 
-def test_evaluators_spread_over_nodes_follow_a_joining_node_and_lose_nothing_with_a_lost_one(embedded, fresh_ray):
+def test_evaluators_spread_over_nodes_follow_a_joining_node_and_lose_nothing_with_a_lost_one(embedded, fresh_ray,
+                                                                                             monkeypatch):
     from ray.cluster_utils import Cluster
+
+    import autoprune.searching.stage0.pool as pool_module
+    from autoprune.searching.stage0.evaluator import Stage0Evaluator
+
+    class Unhurried(Stage0Evaluator):  # defined here: Ray ships it by value
+        """Each chunk takes at least half a second, so the nodes removed below hold chunks in flight on any CPU."""
+
+        def score_many(self, points):
+            time.sleep(0.5)
+            return super().score_many(points)
+
+    monkeypatch.setattr(pool_module, "Stage0Evaluator", Unhurried)
 
     base = checkpoint.load(PACKAGED_BASES / "resnet20_embedded.pt").build().eval()
     task = ClassificationTask(embedded, Recipe(proxy_samples=64))
