@@ -273,8 +273,8 @@ def cmd_finalize(args: argparse.Namespace) -> None:
     b, f = m["base"], m["final"]
     print(f"finalized trial {m['trial_id']} ({args.pick}) in {time.perf_counter() - start:.0f} s -> {args.out}")
     test = f"test_{m['metric']}"
-    print(f"test {m['metric']} {f[test]:.4f} (base {b[test]:.4f}), latency {f['latency_ms']:.3f} ms "
-          f"(base {b['latency_ms']:.3f} ms), speedup {f['speedup']:.2f}x")
+    print(f"test {m['metric']} {f[test]:.4f} (base {b[test]:.4f}), latency in {m['latency']['runtime']} "
+          f"{f['latency_ms']:.3f} ms (base {b['latency_ms']:.3f} ms), speedup {f['speedup']:.2f}x")
     if "against_uniform" in m:
         u = m["against_uniform"]
         print(f"uniform {u['ratio']:g}, finalized the same way: test {m['metric']} {u[test]:.4f} at "

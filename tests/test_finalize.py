@@ -119,6 +119,7 @@ def test_finalize_cli_trial_without_kd(run, tmp_path, capsys):
     assert "shared 4-bit weights: test_accuracy" in printed and "onnxruntime " in printed
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["search"]["trial_id"] == trial and saved["finetune"]["kd"] is False
+    assert f"latency in {saved['latency']['runtime']} {saved['final']['latency_ms']:.3f} ms" in printed
     # against uniform: every uniform ratio of the space timed, the one closest to the final latency finalized the
     # same way (no fine-tune here), the difference reported
     uniform, final = saved["against_uniform"], saved["final"]

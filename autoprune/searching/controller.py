@@ -384,7 +384,8 @@ def feasible(base_model: Any, example_input: Any, space: SearchSpace, config: Se
              echo: Echo) -> None:
     """Print what the space can reach; refuse a constraint it cannot meet before any trial runs."""
     rows = space_report(base_model, example_input, space, meter)
-    echo(f"search space (latency at batch {config['latency.batch_size']}):\n{format_report(rows)}")
+    echo(f"search space (latency in {config['latency.runtime']} at batch {config['latency.batch_size']}):\n"
+         f"{format_report(rows)}")
     runtime = config["latency.runtime"]
     hint = (f"; {runtime} runs channel counts that are not multiples of its step slowly: try space.round_to: auto"
             if runtime != "torch" and config["space.round_to"] == 1 else "")
