@@ -50,7 +50,7 @@ def finalize(run_dir: str | Path | RunDir, pick: str = "knee", epochs: float | N
     from autoprune.deploy.against import AGAINST
 
     if against is not None and against not in AGAINST:
-        raise AutopruneError(f"--against must be one of {', '.join(AGAINST)}, got '{against}'")
+        raise AutopruneError(f"against (--against) must be one of {', '.join(AGAINST)}, got '{against}'")
     # imported here: ``import autoprune`` imports this module and stays light (controller brings matplotlib)
     from autoprune import devices
     from autoprune.measure.latency import ReferenceStore, local_meter

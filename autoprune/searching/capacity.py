@@ -101,6 +101,11 @@ def launcher_node_types(path: Path) -> tuple[list[Resources], bool] | None:
     return scalable, unknown
 
 
+def latency_threads(config: SearchConfig) -> int:
+    """The threads candidates are timed (and trials run) with: ``latency.threads``, else ``resources.cpu``."""
+    return int(config["latency.threads"] or max(1, int(config["resources.cpu"])))
+
+
 def latency_device(config: SearchConfig) -> str:
     """Where candidates are timed: ``latency.device``; ``auto`` is CUDA when trials train on GPUs and no
     ``latency.target`` names the device to time on (a CPU box or an edge device: its CPU)."""

@@ -12,17 +12,12 @@ from typing import Any, Callable
 from autoprune.config import AUTO, SearchConfig
 from autoprune.errors import AutopruneError
 from autoprune.measure.steps import StepReport, probe_on_target, probe_step
-from autoprune.searching.capacity import latency_device
+from autoprune.searching.capacity import latency_device, latency_threads
 from autoprune.searching.results import MARKER
 from autoprune.searching.storage import RunDir
 
 Echo = Callable[[str], None]
 Probe = Callable[[str, int, int, "str | None"], StepReport]
-
-
-def latency_threads(config: SearchConfig) -> int:
-    """The threads candidates are timed with (``latency.threads``, else ``resources.cpu``)."""
-    return int(config["latency.threads"] or max(1, int(config["resources.cpu"])))
 
 
 def check_measurable(config: SearchConfig) -> None:

@@ -37,6 +37,7 @@ from autoprune.searching.capacity import (
     NODE_JOIN_WAIT_S,
     await_capacity,
     latency_device,
+    latency_threads,
     release_gpu_node,
 )
 from autoprune.searching.feasibility import check_constraints, format_report, space_report
@@ -328,12 +329,11 @@ def latency_table_command(config: SearchConfig, out: str, echo: Echo) -> None:
 def trial_settings(config: SearchConfig) -> TrialSettings:
     """How the config's candidates are pruned, fine-tuned and timed; each trains on the device Ray gave it
     (``device='auto'``, decided on the worker) and is timed on ``latency.device``."""
-    threads = max(1, int(config["resources.cpu"]))
     return TrialSettings(finetune_epochs=config["finetune.epochs"], kd=config["finetune.kd"],
                          steps=config["finetune.steps"], latency_batch_size=config["latency.batch_size"],
                          latency_repeats=config["latency.repeats"],
                          latency_reference_repeats=config["latency.reference_repeats"],
-                         reconstruct=config["space.reconstruct"], threads=config["latency.threads"] or threads,
+                         reconstruct=config["space.reconstruct"], threads=latency_threads(config),
                          device="auto", latency_device=latency_device(config),
                          latency_runtime=config["latency.runtime"], seed=config["searcher.seed"])
 
